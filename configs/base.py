@@ -1,0 +1,136 @@
+"""Every longjax config key with its default; other configs import this and override.
+
+  python -m longjax.train --config configs/base.py --workdir /tmp/longjax_base
+
+The defaults describe a small LLaMA trained on the embedded default corpus (the
+Python standard library's source tree, byte-level tokens). `config.py` validates
+this tree and turns it into frozen typed configs; the ConfigDict is locked, so a
+misspelled key on the command line is an error, not a silent no-op.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def rope_config(rope_type: str = "default", rope_theta: float = 10000.0) -> ml_collections.ConfigDict:
+  """Rope keys, named as Hugging Face's `rope_parameters` (see README 'Positional methods')."""
+  rope = ml_collections.ConfigDict()
+  rope.rope_type = rope_type  # default | linear | ntk | dynamic | yarn | dynamic_yarn | llama3 | longrope
+  rope.rope_theta = rope_theta  # base b of inv_freq_i = b^(-2i/d)
+  rope.factor = config_dict.placeholder(float)  # s: context extension factor (linear, dynamic, yarn, llama3, longrope)
+  rope.original_max_position_embeddings = config_dict.placeholder(int)  # L: pre-trained context length
+  rope.alpha = config_dict.placeholder(float)  # ntk: base b * alpha^(d/(d-2))
+  rope.beta_fast = config_dict.placeholder(float)  # yarn: fast boundary of the ramp, default 32
+  rope.beta_slow = config_dict.placeholder(float)  # yarn: slow boundary of the ramp, default 1
+  rope.mscale = config_dict.placeholder(float)  # yarn (DeepSeek form): used with mscale_all_dim
+  rope.mscale_all_dim = config_dict.placeholder(float)
+  rope.attention_factor = config_dict.placeholder(float)  # yarn/longrope: explicit scale of cos and sin
+  rope.truncate = config_dict.placeholder(bool)  # yarn: floor/ceil the correction range (default True)
+  rope.low_freq_factor = config_dict.placeholder(float)  # llama3, default 1
+  rope.high_freq_factor = config_dict.placeholder(float)  # llama3, default 4
+  rope.short_factor = config_dict.placeholder(tuple)  # longrope: d/2 rescale factors used while n <= L
+  rope.long_factor = config_dict.placeholder(tuple)  # longrope: d/2 rescale factors used when n > L
+  rope.partial_rotary_factor = 1.0  # rotate only the first int(head_dim * this) channels
+  return rope
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  # ---- model: a LLaMA decoder (longjax/nn/) ----
+  model = config.model = ml_collections.ConfigDict()
+  model.vocab_size = 259  # 256 bytes + pad/bos/eos for the byte tokenizer
+  model.hidden_size = 256
+  model.intermediate_size = 688  # SwiGLU width
+  model.num_layers = 4
+  model.num_heads = 4
+  model.num_kv_heads = 4  # < num_heads gives grouped-query attention
+  model.head_dim = config_dict.placeholder(int)  # None: hidden_size // num_heads
+  model.max_position_embeddings = 1024  # the length the model is trained for (informational; HF config key)
+  model.rms_norm_eps = 1e-5
+  model.tie_embeddings = False  # LM head shares the token embedding matrix
+  model.initializer_range = 0.02  # std of normal init, as transformers' LlamaConfig
+  model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16 (bfloat16 on accelerators)
+  model.param_dtype = "float32"  # parameters stay float32
+  model.scan_layers = False  # nn.scan over layers: one compiled block, fast compile for deep models
+  model.remat_policy = "none"  # none | full | dots | dots_with_no_batch_dims | save_attention_out
+  model.rope = rope_config()
+
+  attention = model.attention = ml_collections.ConfigDict()
+  attention.type = "full"  # full | s2 | sliding | infini
+  attention.impl = "auto"  # auto | xla | cudnn | pallas | blockwise | naive
+  attention.block_size = 512  # key block of the blockwise kernel
+  attention.window = config_dict.placeholder(int)  # sliding: keys with i - window < j <= i
+  attention.sinks = 0  # sliding: also keep the first `sinks` keys (StreamingLLM)
+  attention.group_size_ratio = 0.25  # s2: group size = ratio * sequence length (LongLoRA)
+  attention.s2_at_eval = False  # s2: LongLoRA trains sparse and evaluates full attention
+  attention.segment_len = 256  # infini: tokens per segment
+  attention.update = "linear"  # infini: linear | delta
+  attention.cross_documents = True  # False: packed documents do not attend to each other
+
+  lora = model.lora = ml_collections.ConfigDict()
+  lora.rank = 0  # 0 disables LoRA
+  lora.alpha = 16.0  # scale alpha / rank (LongLoRA: r=8, alpha=16)
+  lora.targets = ("q", "k", "v", "o")  # any of q k v o gate up down
+  lora.train_embeddings = True  # LongLoRA's "LoRA+": embeddings and norms stay trainable
+  lora.train_norms = True
+
+  # ---- data (longjax/data/) ----
+  data = config.data = ml_collections.ConfigDict()
+  data.source = "textdir"  # textdir (a TFDS dataset built from a directory of text files) | tfds
+  data.text_dir = ""  # textdir: "" means the running Python's standard library source tree
+  data.text_glob = "**/*.py"  # textdir: files of the directory that become documents
+  data.validation_fraction = 0.05  # textdir: share of documents, by path hash, in the validation split
+  data.tfds_name = ""  # tfds: a registered dataset name, e.g. "pg19"
+  data.tfds_text_key = "text"  # tfds: the feature holding the document text
+  data.data_dir = ""  # where TFDS datasets are built/read; "" means ~/tensorflow_datasets
+  data.train_split = "train"
+  data.eval_split = "validation"
+  data.tokenizer = "byte"  # byte | sentencepiece
+  data.tokenizer_path = ""  # sentencepiece: path to the .model file
+  data.add_bos = True
+  data.add_eos = True
+  data.shuffle = True  # shuffle documents each epoch (deterministic from config.seed)
+
+  # ---- training (longjax/train/) ----
+  train = config.train = ml_collections.ConfigDict()
+  train.seq_len = 256
+  train.global_batch_size = 8  # sequences per optimizer step, over all processes
+  train.grad_accum_steps = 1  # micro-batches per step
+  train.num_steps = 100
+  train.learning_rate = 1e-3
+  train.schedule = "cosine"  # cosine | linear | constant (after warmup)
+  train.warmup_steps = 10
+  train.end_learning_rate_ratio = 0.1  # final LR as a fraction of the peak
+  train.weight_decay = 0.1  # not applied to norms, biases or gates
+  train.b1 = 0.9
+  train.b2 = 0.95
+  train.eps = 1e-8
+  train.grad_clip = 1.0  # global-norm clip; 0 disables
+  train.gate_learning_rate = 1e-2  # infini-attention gates: own LR, no decay (REFERENCES.md)
+  train.init_from = ""  # "" random | an HF LLaMA directory | a longjax workdir
+  train.log_every = 10
+  train.eval_every = 0  # 0: no evaluation during training
+  train.eval_batches = 4
+  train.checkpoint_every = 50
+  train.max_to_keep = 3
+  train.async_checkpointing = True
+
+  # ---- device mesh (longjax/sharding.py) ----
+  mesh = config.mesh = ml_collections.ConfigDict()
+  mesh.data = -1  # -1 fills the devices left over by the other axes
+  mesh.fsdp = 1
+  mesh.tensor = 1
+  mesh.sequence = 1
+
+  # ---- evaluation (longjax/evaluate/) ----
+  evaluation = config.eval = ml_collections.ConfigDict()
+  evaluation.lengths = (128, 256, 512, 1024)  # perplexity-vs-length points
+  evaluation.stride = 256  # sliding-window stride of the perplexity protocol
+  evaluation.max_documents = 16
+  evaluation.passkey_trials = 5
+
+  config.lock()
+  return config

@@ -1,0 +1,381 @@
+"""ConfigDict -> validated, frozen, typed configs.
+
+`from_config_dict(cd)` is called once at the top of a run; every module below
+receives only its own typed sub-config (`ModelConfig`, `RopeConfig`, ...).
+Every error a user can cause is a `ConfigError` whose one-line message names the
+key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import ml_collections
+
+DTYPES = ("float32", "bfloat16", "float16")
+ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "dynamic_yarn", "llama3", "longrope")
+ATTENTION_TYPES = ("full", "s2", "sliding", "infini")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "blockwise", "naive")
+REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+INFINI_UPDATES = ("linear", "delta")
+MESH_AXES = ("data", "fsdp", "tensor", "sequence")
+
+
+class ConfigError(ValueError):
+  """A user-caused error: the message is one line naming the key or file, the value and what is allowed."""
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+  if not ok:
+    raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def _positive(key: str, value: Any) -> None:
+  _require(isinstance(value, (int, float)) and value > 0, key, value, "must be > 0")
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+  _require(value in allowed, key, value, f"allowed: {', '.join(allowed)}")
+
+
+def _check_keys(section: str, given: dict, cls: type) -> None:
+  """Reject keys that the typed config does not have (configs built in code, or JSON from disk)."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  for key in given:
+    _require(key in names, f"{section}.{key}", given[key], f"unknown key; known: {', '.join(sorted(names))}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeConfig:
+  rope_type: str = "default"
+  rope_theta: float = 10000.0
+  factor: float | None = None
+  original_max_position_embeddings: int | None = None
+  alpha: float | None = None
+  beta_fast: float | None = None
+  beta_slow: float | None = None
+  mscale: float | None = None
+  mscale_all_dim: float | None = None
+  attention_factor: float | None = None
+  truncate: bool | None = None
+  low_freq_factor: float | None = None
+  high_freq_factor: float | None = None
+  short_factor: tuple[float, ...] | None = None
+  long_factor: tuple[float, ...] | None = None
+  partial_rotary_factor: float = 1.0
+
+  def rotary_dim(self, head_dim: int) -> int:
+    return int(head_dim * self.partial_rotary_factor)
+
+  def validate(self, head_dim: int, key: str = "model.rope") -> None:
+    _choice(f"{key}.rope_type", self.rope_type, ROPE_TYPES)
+    _positive(f"{key}.rope_theta", self.rope_theta)
+    p = self.partial_rotary_factor
+    _require(0 < p <= 1, f"{key}.partial_rotary_factor", p, "must be in (0, 1]")
+    rotary_dim = self.rotary_dim(head_dim)
+    _require(rotary_dim >= 2 and rotary_dim % 2 == 0, f"{key}.partial_rotary_factor", p,
+             f"int(head_dim={head_dim} * factor) = {rotary_dim} must be even and >= 2")
+    needs_factor = ("linear", "dynamic", "yarn", "llama3")
+    needs_original = ("dynamic", "yarn", "dynamic_yarn", "llama3", "longrope")
+    if self.rope_type in needs_factor:
+      _require(self.factor is not None, f"{key}.factor", self.factor, f"rope_type={self.rope_type} needs a factor >= 1")
+    if self.factor is not None:
+      _require(self.factor >= 1, f"{key}.factor", self.factor, "must be >= 1")
+    if self.rope_type in needs_original:
+      _require(self.original_max_position_embeddings is not None and self.original_max_position_embeddings > 0,
+               f"{key}.original_max_position_embeddings", self.original_max_position_embeddings,
+               f"rope_type={self.rope_type} needs the pre-trained context length (a positive int)")
+    if self.rope_type == "ntk":
+      _require(self.alpha is not None and self.alpha >= 1, f"{key}.alpha", self.alpha,
+               "rope_type=ntk needs alpha >= 1")
+    if self.rope_type in ("yarn", "dynamic_yarn"):
+      fast = 32.0 if self.beta_fast is None else self.beta_fast
+      slow = 1.0 if self.beta_slow is None else self.beta_slow
+      _require(fast > slow, f"{key}.beta_fast", fast, f"must be > beta_slow={slow}")
+    if self.rope_type == "llama3":
+      low = 1.0 if self.low_freq_factor is None else self.low_freq_factor
+      high = 4.0 if self.high_freq_factor is None else self.high_freq_factor
+      _require(high > low, f"{key}.high_freq_factor", high, f"must be > low_freq_factor={low}")
+    if self.rope_type == "longrope":
+      for name in ("short_factor", "long_factor"):
+        value = getattr(self, name)
+        _require(value is not None and len(value) == rotary_dim // 2, f"{key}.{name}",
+                 None if value is None else f"<{len(value)} values>",
+                 f"rope_type=longrope needs {rotary_dim // 2} values (rotary_dim / 2)")
+    if self.attention_factor is not None:
+      _positive(f"{key}.attention_factor", self.attention_factor)
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+  type: str = "full"
+  impl: str = "auto"
+  block_size: int = 512
+  window: int | None = None
+  sinks: int = 0
+  group_size_ratio: float = 0.25
+  s2_at_eval: bool = False
+  segment_len: int = 256
+  update: str = "linear"
+  cross_documents: bool = True
+
+  def validate(self, key: str = "model.attention") -> None:
+    _choice(f"{key}.type", self.type, ATTENTION_TYPES)
+    _choice(f"{key}.impl", self.impl, ATTENTION_IMPLS)
+    _positive(f"{key}.block_size", self.block_size)
+    _require(self.sinks >= 0, f"{key}.sinks", self.sinks, "must be >= 0")
+    if self.type == "sliding":
+      _require(self.window is not None and self.window > 0, f"{key}.window", self.window,
+               "type=sliding needs a positive window")
+    if self.window is not None:
+      _positive(f"{key}.window", self.window)
+    _require(0 < self.group_size_ratio <= 1, f"{key}.group_size_ratio", self.group_size_ratio, "must be in (0, 1]")
+    _positive(f"{key}.segment_len", self.segment_len)
+    _choice(f"{key}.update", self.update, INFINI_UPDATES)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  rank: int = 0
+  alpha: float = 16.0
+  targets: tuple[str, ...] = ("q", "k", "v", "o")
+  train_embeddings: bool = True
+  train_norms: bool = True
+
+  @property
+  def enabled(self) -> bool:
+    return self.rank > 0
+
+  @property
+  def scale(self) -> float:
+    return self.alpha / self.rank
+
+  def validate(self, key: str = "model.lora") -> None:
+    _require(self.rank >= 0, f"{key}.rank", self.rank, "must be >= 0 (0 disables LoRA)")
+    if self.rank:
+      _positive(f"{key}.alpha", self.alpha)
+    for target in self.targets:
+      _choice(f"{key}.targets", target, LORA_TARGETS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int = 259
+  hidden_size: int = 256
+  intermediate_size: int = 688
+  num_layers: int = 4
+  num_heads: int = 4
+  num_kv_heads: int = 4
+  head_dim: int | None = None
+  max_position_embeddings: int = 1024
+  rms_norm_eps: float = 1e-5
+  tie_embeddings: bool = False
+  initializer_range: float = 0.02
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  scan_layers: bool = False
+  remat_policy: str = "none"
+  rope: RopeConfig = RopeConfig()
+  attention: AttentionConfig = AttentionConfig()
+  lora: LoraConfig = LoraConfig()
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+  def validate(self, key: str = "model") -> None:
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                 "max_position_embeddings", "rms_norm_eps", "initializer_range"):
+      _positive(f"{key}.{name}", getattr(self, name))
+    _require(self.num_heads % self.num_kv_heads == 0, f"{key}.num_kv_heads", self.num_kv_heads,
+             f"must divide num_heads={self.num_heads}")
+    if self.head_dim is None:
+      _require(self.hidden_size % self.num_heads == 0, f"{key}.hidden_size", self.hidden_size,
+               f"must be divisible by num_heads={self.num_heads} (or set model.head_dim)")
+    else:
+      _positive(f"{key}.head_dim", self.head_dim)
+    _require(self.resolved_head_dim % 2 == 0, f"{key}.head_dim", self.resolved_head_dim, "must be even for RoPE")
+    _choice(f"{key}.dtype", self.dtype, DTYPES)
+    _choice(f"{key}.param_dtype", self.param_dtype, DTYPES)
+    _choice(f"{key}.remat_policy", self.remat_policy, REMAT_POLICIES)
+    self.rope.validate(self.resolved_head_dim, f"{key}.rope")
+    self.attention.validate(f"{key}.attention")
+    self.lora.validate(f"{key}.lora")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  source: str = "textdir"
+  text_dir: str = ""
+  text_glob: str = "**/*.py"
+  validation_fraction: float = 0.05
+  tfds_name: str = ""
+  tfds_text_key: str = "text"
+  data_dir: str = ""
+  train_split: str = "train"
+  eval_split: str = "validation"
+  tokenizer: str = "byte"
+  tokenizer_path: str = ""
+  add_bos: bool = True
+  add_eos: bool = True
+  shuffle: bool = True
+
+  def validate(self, key: str = "data") -> None:
+    _choice(f"{key}.source", self.source, ("textdir", "tfds"))
+    _choice(f"{key}.tokenizer", self.tokenizer, ("byte", "sentencepiece"))
+    if self.source == "tfds":
+      _require(bool(self.tfds_name), f"{key}.tfds_name", self.tfds_name, "source=tfds needs a dataset name")
+    if self.tokenizer == "sentencepiece":
+      _require(bool(self.tokenizer_path), f"{key}.tokenizer_path", self.tokenizer_path,
+               "tokenizer=sentencepiece needs the path of a .model file")
+    _require(0 <= self.validation_fraction < 1, f"{key}.validation_fraction", self.validation_fraction,
+             "must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  seq_len: int = 256
+  global_batch_size: int = 8
+  grad_accum_steps: int = 1
+  num_steps: int = 100
+  learning_rate: float = 1e-3
+  schedule: str = "cosine"
+  warmup_steps: int = 10
+  end_learning_rate_ratio: float = 0.1
+  weight_decay: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  grad_clip: float = 1.0
+  gate_learning_rate: float = 1e-2
+  init_from: str = ""
+  log_every: int = 10
+  eval_every: int = 0
+  eval_batches: int = 4
+  checkpoint_every: int = 50
+  max_to_keep: int = 3
+  async_checkpointing: bool = True
+
+  def validate(self, key: str = "train") -> None:
+    for name in ("seq_len", "global_batch_size", "grad_accum_steps", "num_steps", "log_every", "max_to_keep",
+                 "checkpoint_every", "eval_batches"):
+      _positive(f"{key}.{name}", getattr(self, name))
+    _require(self.learning_rate >= 0, f"{key}.learning_rate", self.learning_rate, "must be >= 0")
+    _require(self.warmup_steps >= 0, f"{key}.warmup_steps", self.warmup_steps, "must be >= 0")
+    _choice(f"{key}.schedule", self.schedule, ("cosine", "linear", "constant"))
+    _require(self.global_batch_size % self.grad_accum_steps == 0, f"{key}.grad_accum_steps",
+             self.grad_accum_steps, f"must divide global_batch_size={self.global_batch_size}")
+    _require(self.weight_decay >= 0, f"{key}.weight_decay", self.weight_decay, "must be >= 0")
+    _require(self.grad_clip >= 0, f"{key}.grad_clip", self.grad_clip, "must be >= 0 (0 disables)")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+  sequence: int = 1
+
+  def validate(self, key: str = "mesh") -> None:
+    filled = [name for name in MESH_AXES if getattr(self, name) == -1]
+    _require(len(filled) <= 1, f"{key}.{filled[-1] if filled else 'data'}", -1, "at most one mesh axis may be -1")
+    for name in MESH_AXES:
+      value = getattr(self, name)
+      _require(value == -1 or value >= 1, f"{key}.{name}", value, "must be a positive size or -1 (fill the rest)")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  lengths: tuple[int, ...] = (128, 256, 512, 1024)
+  stride: int = 256
+  max_documents: int = 16
+  passkey_trials: int = 5
+
+  def validate(self, key: str = "eval") -> None:
+    for length in self.lengths:
+      _positive(f"{key}.lengths", length)
+    _positive(f"{key}.stride", self.stride)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  seed: int = 0
+  model: ModelConfig = ModelConfig()
+  data: DataConfig = DataConfig()
+  train: TrainConfig = TrainConfig()
+  mesh: MeshConfig = MeshConfig()
+  eval: EvalConfig = EvalConfig()
+
+  def validate(self) -> None:
+    self.model.validate()
+    self.data.validate()
+    self.train.validate()
+    self.mesh.validate()
+    self.eval.validate()
+    if self.model.attention.type == "s2":
+      group = self.model.attention.group_size_ratio * self.train.seq_len
+      _require(group == int(group) and int(group) % 2 == 0 and self.train.seq_len % int(group) == 0,
+               "model.attention.group_size_ratio", self.model.attention.group_size_ratio,
+               f"group_size_ratio * train.seq_len={self.train.seq_len} must be an even divisor of seq_len")
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig, "eval": EvalConfig}
+_MODEL_SECTIONS = {"rope": RopeConfig, "attention": AttentionConfig, "lora": LoraConfig}
+_TUPLE_FIELDS = {"short_factor", "long_factor", "targets", "lengths"}
+
+
+def _plain(value: Any) -> Any:
+  if isinstance(value, (ml_collections.ConfigDict, dict)):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(value)
+  return value
+
+
+def _build(cls: type, given: dict, section: str, nested: dict[str, type] | None = None):
+  _check_keys(section, given, cls)
+  kwargs = {}
+  for key, value in given.items():
+    if nested and key in nested:
+      value = _build(nested[key], dict(value), f"{section}.{key}")
+    elif key in _TUPLE_FIELDS and value is not None:
+      value = tuple(float(v) if key.endswith("factor") else v for v in value)
+    kwargs[key] = value
+  try:
+    return cls(**kwargs)
+  except TypeError as e:  # pragma: no cover - keys were checked above
+    raise ConfigError(f"{section}: {e}") from None
+
+
+def model_config_from_dict(given: dict, section: str = "model") -> ModelConfig:
+  """A validated ModelConfig from a plain dict (a ConfigDict's `model`, or JSON from a checkpoint)."""
+  model = _build(ModelConfig, _plain(given), section, _MODEL_SECTIONS)
+  model.validate(section)
+  return model
+
+
+def from_config_dict(config: ml_collections.ConfigDict | dict) -> Config:
+  """Validate a whole config tree (a ConfigDict or the dict of `Config.to_dict`) into a frozen `Config`."""
+  given = _plain(config)
+  _check_keys("config", given, Config)
+  kwargs: dict[str, Any] = {}
+  for key, value in given.items():
+    if key == "model":
+      kwargs[key] = _build(ModelConfig, value, "model", _MODEL_SECTIONS)
+    elif key in _SECTIONS:
+      kwargs[key] = _build(_SECTIONS[key], value, key)
+    else:
+      kwargs[key] = value
+  result = Config(**kwargs)
+  result.validate()
+  return result
+
