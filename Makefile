@@ -1,0 +1,30 @@
+# Each target creates .venv and installs what it needs, so it works alone on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= demo_out
+
+.PHONY: demo test install clean bench
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Train a tiny LLaMA on the Python standard library's source, extend its context, evaluate, write a report.
+demo: $(STAMP)
+	$(PY) -m longjax.demo --workdir $(WORKDIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/attention_scaling.py
+	$(PY) benchmarks/train_throughput.py
+
+clean:
+	rm -rf $(VENV) $(WORKDIR) .pytest_cache
