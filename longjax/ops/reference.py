@@ -1,4 +1,4 @@
-"""Dot-product attention and its dispatch: `attention(q, k, v, *, causal, impl, window, sinks, segment_ids)`.
+"""The definition every attention kernel is checked against: the boolean mask and a materialized softmax.
 
 Shapes: q [B, T, H, D]; k, v [B, S, Hkv, D] with H % Hkv == 0; scale 1/sqrt(D).
 When S > T the queries are the last T positions (a query at row t sits at key
@@ -31,7 +31,10 @@ def attention_mask(q_len: int, k_len: int, *, causal: bool = True, window: int |
 
 
 def naive_attention(q, k, v, mask):
-  """The reference: materialized float32 softmax over [B, H, T, S] logits; rows with no key give 0."""
+  """The reference: materialized float32 softmax over [B, H, T, S] logits; rows with no key give 0.
+
+  mask: bool broadcastable to [B, H, T, S]. v may have its own head_dim.
+  """
   heads, kv_heads = q.shape[2], k.shape[2]
   k = jnp.repeat(k, heads // kv_heads, axis=2)
   v = jnp.repeat(v, heads // kv_heads, axis=2)
@@ -39,24 +42,4 @@ def naive_attention(q, k, v, mask):
   logits = jnp.where(mask, logits, -jnp.inf)
   any_key = jnp.any(mask, axis=-1, keepdims=True)
   probs = jax.nn.softmax(jnp.where(any_key, logits, 0.0), axis=-1) * any_key
-  return jnp.einsum("BHTS,BSHD->BTHD", probs.astype(v.dtype), v).astype(q.dtype)
-
-
-def _xla(q, k, v, mask):
-  # jax.nn.dot_product_attention groups query heads over K/V heads itself (no repeated K/V).
-  return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
-
-
-IMPLS = {"naive": naive_attention, "xla": _xla}
-
-
-def attention(q, k, v, *, causal: bool = True, impl: str = "auto", window: int | None = None, sinks: int = 0,
-              segment_ids: jax.Array | None = None):
-  """Masked softmax attention, q [B, T, H, D], k/v [B, S, Hkv, D] -> [B, T, H, D]."""
-  if q.shape[2] % k.shape[2]:
-    raise ValueError(f"attention: query heads {q.shape[2]} must be a multiple of key/value heads {k.shape[2]}")
-  name = "xla" if impl == "auto" else impl
-  if name not in IMPLS:
-    raise ValueError(f"attention: impl={impl!r} is not available; allowed: auto, {', '.join(IMPLS)}")
-  mask = attention_mask(q.shape[1], k.shape[1], causal=causal, window=window, sinks=sinks, segment_ids=segment_ids)
-  return IMPLS[name](q, k, v, mask)
+  return jnp.einsum("BHTS,BSHE->BTHE", probs.astype(v.dtype), v).astype(q.dtype)

@@ -1,0 +1,126 @@
+"""Attention through library kernels: XLA's fused softmax, cuDNN flash attention, Pallas TPU splash.
+
+Each takes q [B, T, H, D], k/v [B, S, Hkv, D] and the mask rule of `reference.attention_mask`.
+`*_native` says whether a kernel can take the mask without materializing it; where it cannot,
+the kernel still runs, with an explicit [B, 1, T, S] mask, which is exact but quadratic in memory.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+from longjax.ops.reference import attention_mask
+
+# cuDNN's fused flash attention (cudnn-frontend SDPA): half-precision inputs, head_dim a multiple
+# of 8 up to 128 on this path of jax.nn.dot_product_attention.
+CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+CUDNN_MAX_HEAD_DIM = 128
+# Splash attention's default tiles; lengths must be whole tiles.
+SPLASH_BLOCK = 128
+
+
+def _zero_unseen_rows(out, mask):
+  # jax.nn.dot_product_attention gives a query with no visible key the mean of all values; the
+  # reference (and the blockwise kernel) give 0.
+  return out * jnp.any(mask, axis=-1)[:, 0, :, None, None].astype(out.dtype)
+
+
+def xla(q, k, v, *, causal, window, sinks, segment_ids):
+  """jax.nn.dot_product_attention's XLA path: materialized logits, GQA without repeating K/V."""
+  mask = attention_mask(q.shape[1], k.shape[1], causal=causal, window=window, sinks=sinks, segment_ids=segment_ids)
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
+  return _zero_unseen_rows(out, mask)
+
+
+def cudnn_native(q, k, *, causal, window, sinks, segment_ids) -> bool:
+  """True when cuDNN can apply the mask itself: causal (T == S) with an optional window, no sinks or segments."""
+  head_dim = q.shape[-1]
+  if q.dtype not in CUDNN_DTYPES or head_dim > CUDNN_MAX_HEAD_DIM or head_dim % 8:
+    return False
+  if segment_ids is not None or (window is not None and (sinks or not causal)):
+    return False
+  return not causal or q.shape[1] == k.shape[1]  # cuDNN's causal diagonal starts at the top left
+
+
+def cudnn(q, k, v, *, causal, window, sinks, segment_ids):
+  """cuDNN flash attention (jax.nn.dot_product_attention(implementation='cudnn')); GPU, bf16/fp16."""
+  if jax.default_backend() != "gpu":
+    raise RuntimeError(f"attention impl='cudnn' needs a CUDA GPU backend; this process runs on "
+                       f"'{jax.default_backend()}' (use impl='auto', 'xla' or 'blockwise')")
+  if q.dtype not in CUDNN_DTYPES:
+    raise ValueError(f"attention impl='cudnn' needs bfloat16 or float16 inputs, got {q.dtype}")
+  if cudnn_native(q, k, causal=causal, window=window, sinks=sinks, segment_ids=segment_ids):
+    local_window = None if window is None else (window - 1, 0)  # keys i - window < j <= i
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, local_window_size=local_window,
+                                        implementation="cudnn")
+  mask = attention_mask(q.shape[1], k.shape[1], causal=causal, window=window, sinks=sinks, segment_ids=segment_ids)
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
+  return _zero_unseen_rows(out, mask)
+
+
+def pallas_native(q, k, *, causal, window, sinks, segment_ids) -> bool:
+  """True when splash attention fits: both lengths whole tiles of SPLASH_BLOCK."""
+  del causal, window, sinks, segment_ids
+  return q.shape[1] % SPLASH_BLOCK == 0 and k.shape[1] % SPLASH_BLOCK == 0
+
+
+def _splash_mask(q_len: int, k_len: int, *, causal, window, sinks):
+  """The reference mask as a lazy splash mask (bottom-right aligned when S > T)."""
+  shape, offset = (q_len, k_len), k_len - q_len
+  right = 0 if causal else None
+  if window is not None:
+    mask = masks.LocalMask(shape, window_size=(window - 1, right), offset=offset)
+    return mask | _SinkMask(shape, sinks, causal=causal, offset=offset) if sinks else mask
+  if causal:
+    return masks.CausalMask(shape, offset=offset)
+  return masks.FullMask(shape)
+
+
+class _SinkMask(masks._ComputableMask):  # pylint: disable=protected-access
+  """The first `sinks` keys (causal: only those at or before the query), evaluated per tile like
+  splash's own CausalMask, so no [T, S] array is ever built."""
+
+  def __init__(self, shape: tuple[int, int], sinks: int, *, causal: bool, offset: int):
+    self.rule = (shape, sinks, causal, offset)
+
+    def visible(q_ids, kv_ids):
+      return (kv_ids < sinks) & ((kv_ids <= q_ids + offset) if causal else True)
+
+    super().__init__(shape=shape, mask_function=visible)
+
+  def __eq__(self, other):
+    return isinstance(other, _SinkMask) and self.rule == other.rule
+
+  def __hash__(self):
+    return hash((_SinkMask, self.rule))
+
+
+def pallas(q, k, v, *, causal, window, sinks, segment_ids, interpret: bool = False):
+  """Pallas TPU splash attention (jax.experimental.pallas.ops.tpu), one MQA kernel per K/V head.
+
+  `interpret=True` runs the kernel in the Pallas interpreter on any backend (slow; for tests).
+  """
+  if jax.default_backend() != "tpu" and not interpret:
+    raise RuntimeError(f"attention impl='pallas' needs a TPU backend; this process runs on "
+                       f"'{jax.default_backend()}' (use impl='auto', 'xla' or 'blockwise')")
+  if not pallas_native(q, k, causal=causal, window=window, sinks=sinks, segment_ids=segment_ids):
+    raise ValueError(f"attention impl='pallas' needs lengths that are multiples of {SPLASH_BLOCK}, "
+                     f"got T={q.shape[1]}, S={k.shape[1]}")
+  batch, q_len, heads, head_dim = q.shape
+  k_len, kv_heads = k.shape[1], k.shape[2]
+  group = heads // kv_heads
+  mask = masks.MultiHeadMask([_splash_mask(q_len, k_len, causal=causal, window=window, sinks=sinks)] * group)
+  kernel = splash.make_splash_mqa_single_device(mask, interpret=interpret)
+  # Splash takes pre-scaled queries, head-major: q [Hkv, G, T, D], k/v [Hkv, S, D] per batch row.
+  q_heads = (q * (1.0 / np.sqrt(head_dim))).astype(q.dtype).reshape(batch, q_len, kv_heads, group, head_dim)
+  q_heads = q_heads.transpose(0, 2, 3, 1, 4)
+  k_heads, v_heads = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+
+  def one_row(q_row, k_row, v_row, seg_row):
+    segments = None if seg_row is None else splash.SegmentIds(q=seg_row[k_len - q_len:], kv=seg_row)
+    return jax.vmap(lambda qh, kh, vh: kernel(qh, kh, vh, segment_ids=segments))(q_row, k_row, v_row)
+
+  out = jax.vmap(one_row)(q_heads, k_heads, v_heads, segment_ids)  # [B, Hkv, G, T, D]
+  return out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim)
