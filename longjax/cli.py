@@ -1,0 +1,78 @@
+"""What every `python -m longjax.*` main shares: flag parsing and user-error reporting.
+
+A user error (a bad flag, a config value, a path, a checkpoint) prints one line
+to stderr and exits with status 2, without a traceback.
+"""
+
+import logging
+import os
+import sys
+from typing import Callable
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from longjax.config import ConfigError
+
+USAGE_ERROR = 2
+
+
+def _fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(USAGE_ERROR)
+
+
+def _config_search_path(argv: list[str]) -> None:
+  """Let a config file import its siblings and `base` (configs/extend/x.py imports configs/base.py)."""
+  for i, arg in enumerate(argv):
+    path = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[i + 1] if arg == "--config" and i + 1 < len(
+        argv) else None
+    if path:
+      directory = os.path.dirname(os.path.abspath(path.split(":", 1)[0]))
+      while directory != os.path.dirname(directory):
+        sys.path.insert(0, directory)
+        if os.path.exists(os.path.join(directory, "base.py")):
+          break
+        directory = os.path.dirname(directory)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  _config_search_path(argv)
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e).splitlines()[0])
+  except ConfigError as e:
+    _fail(str(e))
+  except Exception as e:  # config files run user code: report what broke, in one line
+    _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """absl's app.run, with user errors reported as one line and exit status 2."""
+
+  def guarded(argv):
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TFDS log every file at INFO
+    logging.getLogger("longjax").setLevel(logging.INFO)
+    try:
+      main(argv)
+    except ConfigError as e:
+      _fail(str(e))
+
+  app.run(guarded, flags_parser=_parse_flags)
+
+
+def initialize_distributed() -> None:
+  """Join a multi-process run when the launcher says so (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+
+  On TPU pods and SLURM/Kubernetes GPU clusters jax.distributed.initialize() finds these itself;
+  the variables make local CPU runs (launch/local.py, gloo collectives on loopback) work too.
+  """
+  import jax
+
+  if "JAX_COORDINATOR_ADDRESS" not in os.environ:
+    return
+  if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"], int(os.environ["JAX_NUM_PROCESSES"]),
+                             int(os.environ["JAX_PROCESS_ID"]))

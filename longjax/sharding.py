@@ -1,0 +1,73 @@
+"""Device mesh from config, logical-axis rules, and the shardings of parameter and batch trees.
+
+This is the only module (with configs) that names mesh axes. Model code names
+logical axes (`batch`, `length`, `embed`, `heads`, `kv_heads`, `head_dim`,
+`mlp`, `vocab`, `layers`, `lora`); RULES maps them onto the mesh axes `data`,
+`fsdp`, `tensor` and `sequence`. Where two logical axes of one array want the
+same mesh axis, the first wins and the other is replicated (flax's rule).
+"""
+
+import math
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from longjax.config import MESH_AXES, ConfigError, MeshConfig
+
+RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", "sequence"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("lora", None),
+)
+
+
+def mesh_shape(mesh: MeshConfig, num_devices: int) -> tuple[int, ...]:
+  """Sizes of (data, fsdp, tensor, sequence), with a -1 axis filling the devices left over."""
+  sizes = [getattr(mesh, name) for name in MESH_AXES]
+  fixed = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % fixed:
+      raise ConfigError(f"mesh={dict(zip(MESH_AXES, sizes))} is invalid: the fixed axes ({fixed}) must divide "
+                        f"the {num_devices} devices")
+    sizes[sizes.index(-1)] = num_devices // fixed
+  if math.prod(sizes) != num_devices:
+    raise ConfigError(f"mesh={dict(zip(MESH_AXES, sizes))} is invalid: its product {math.prod(sizes)} must equal "
+                      f"the {num_devices} devices (use -1 on one axis to fill)")
+  return tuple(sizes)
+
+
+def make_mesh(mesh: MeshConfig, devices=None) -> Mesh:
+  """A Mesh over all (or the given) devices with Auto axis types, so logical rules drive the sharding."""
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  if devices is None:  # jax.make_mesh orders devices for the physical topology (TPU torus, NVLink)
+    return jax.make_mesh(mesh_shape(mesh, jax.device_count()), MESH_AXES, axis_types=axis_types)
+  shape = mesh_shape(mesh, len(devices))
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
+
+
+def logical_sharding(mesh: Mesh, logical_axes: PartitionSpec | tuple) -> NamedSharding:
+  return NamedSharding(mesh, nn.logical_to_mesh_axes(tuple(logical_axes), RULES))
+
+
+def tree_shardings(mesh: Mesh, logical_tree):
+  """A tree of PartitionSpecs of logical names (nn.get_partition_spec) -> NamedShardings on `mesh`."""
+  return jax.tree.map(lambda spec: logical_sharding(mesh, spec), logical_tree,
+                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of int32[batch, length] inputs."""
+  return logical_sharding(mesh, ("batch", "length"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())

@@ -1,0 +1,30 @@
+"""Train or fine-tune a longjax model.
+
+  python -m longjax.train --config configs/tiny.py --workdir /tmp/tiny
+  python -m longjax.train --config configs/extend/yarn_s16.py --workdir /tmp/yarn \
+      --config.train.init_from=/path/to/Llama-2-7b-hf
+
+Rerunning the same command on the same workdir resumes from its newest checkpoint.
+"""
+
+from absl import flags
+from ml_collections import config_flags
+
+from longjax import cli
+from longjax.config import from_config_dict
+from longjax.train.loop import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/tiny.py[:args].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and config.json go.", required=True)
+
+
+def main(argv):
+  del argv
+  cli.initialize_distributed()
+  result = train_and_evaluate(from_config_dict(_CONFIG.value), _WORKDIR.value)
+  print(f"done: {result}")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  cli.run(main)

@@ -1,0 +1,66 @@
+"""Where a run's first parameters come from: random, a Hugging Face directory, or another longjax workdir.
+
+Weights are copied by path into a freshly initialised tree, so parts the source
+lacks (LoRA factors, Infini-attention gates) keep their initialisation while the
+new positional method and context length of the run's config take effect.
+"""
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from longjax import checkpoint
+from longjax.config import ConfigError, ModelConfig
+from longjax.convert import hf
+
+# Fields that fix parameter shapes: taken from the source of `train.init_from`.
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                "head_dim", "tie_embeddings", "rms_norm_eps")
+
+
+def source_kind(init_from: str) -> str:
+  """'hf' for a transformers directory, 'longjax' for a workdir with checkpoints."""
+  if os.path.isfile(os.path.join(init_from, "config.json")) and (
+      os.path.isfile(os.path.join(init_from, hf.SAFETENSORS)) or
+      os.path.isfile(os.path.join(init_from, hf.SAFETENSORS_INDEX))):
+    return "hf"
+  if os.path.isdir(os.path.join(init_from, checkpoint.CHECKPOINTS)):
+    return "longjax"
+  raise ConfigError(f"train.init_from={init_from!r} is invalid: expected a transformers LLaMA directory "
+                    "(config.json + safetensors) or a longjax workdir (with checkpoints/)")
+
+
+def load_source(init_from: str) -> tuple[ModelConfig, dict]:
+  """(model config of the source, its parameters as an unscanned numpy tree)."""
+  if source_kind(init_from) == "hf":
+    return hf.load(init_from)
+  source_config = checkpoint.read_config(init_from)
+  _, params = checkpoint.Checkpointer(init_from, async_save=False).restore_params()
+  params = jax.tree.map(np.asarray, params)
+  if "layers" in params:
+    params = hf.unscan_params(params, source_config.model.num_layers)
+  return source_config.model, params
+
+
+def adopt_shapes(model: ModelConfig, source: ModelConfig) -> ModelConfig:
+  """The run's model config with the source's shape-defining fields (rope, attention, LoRA stay the run's)."""
+  return dataclasses.replace(model, **{name: getattr(source, name) for name in SHAPE_FIELDS})
+
+
+def merge_into(fresh: dict, source: dict, scan_layers: bool, num_layers: int) -> dict:
+  """`fresh` with every leaf that `source` (unscanned) has at the same path replaced by the source's value."""
+  if scan_layers:
+    source = hf.scan_params(source, num_layers)
+  flat_source = traverse_util.flatten_dict(source)
+  flat = traverse_util.flatten_dict(fresh)
+  for path, value in flat_source.items():
+    if path not in flat:
+      raise ConfigError(f"train.init_from: parameter {'/'.join(path)} has no place in this model")
+    if tuple(value.shape) != tuple(flat[path].shape):
+      raise ConfigError(f"train.init_from: parameter {'/'.join(path)} has shape {tuple(value.shape)}; "
+                        f"this model expects {tuple(flat[path].shape)}")
+    flat[path] = np.asarray(value, flat[path].dtype)
+  return traverse_util.unflatten_dict(flat)

@@ -1,0 +1,220 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Builds the mesh, shards parameters by their logical axes, initialises (random,
+Hugging Face or longjax checkpoint) or resumes, then runs the jitted step with
+donated state, logging, evaluation, checkpointing and preemption handling.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import signal
+import time
+
+log = logging.getLogger(__name__)
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from longjax import checkpoint, sharding
+from longjax.config import Config, ConfigError
+from longjax.data import make_batches
+from longjax.nn import Llama, abstract_params
+from longjax.train import init as init_lib
+from longjax.train.metrics import MetricWriter
+from longjax.train.optimizer import learning_rate_schedule, make_optimizer, parameter_labels
+from longjax.train.step import flops_per_token, make_eval_step, make_train_step
+
+# Dense bf16 peak FLOP/s per chip, for the MFU estimate (vendor datasheets); unknown kinds report no MFU.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
+              "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
+              "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12}
+
+
+class TrainingError(ConfigError):
+  """Training cannot go on (e.g. a non-finite loss); the message names the step and what was kept."""
+
+
+def _peak_flops() -> float | None:
+  kind = jax.devices()[0].device_kind
+  return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
+
+
+class _Preemption:
+  """Turns SIGTERM/SIGINT into a flag the loop checks after each step (save, then exit cleanly)."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread (e.g. called from a notebook worker): no handler
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    log.warning("signal %d: saving a checkpoint after this step, then stopping", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _global_batch(batch: dict, batch_sharding) -> dict:
+  """This process's rows -> one global array per key, sharded over the batch mesh axes."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def _write_config(config: Config, workdir: str) -> None:
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json())
+
+
+class Trainer:
+  """Everything a run holds: the config, mesh, model, optimizer, compiled steps and checkpointer."""
+
+  def __init__(self, config: Config, workdir: str):
+    self.workdir = os.path.abspath(workdir)
+    os.makedirs(self.workdir, exist_ok=True)
+    self.source_params = None
+    if config.train.init_from:
+      source_model, self.source_params = init_lib.load_source(config.train.init_from)
+      config = dataclasses.replace(config, model=init_lib.adopt_shapes(config.model, source_model))
+      config.validate()
+    self.config = config
+    train = config.train
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.model = Llama(config.model)
+    abstract, logical = abstract_params(config.model)
+    self.param_shardings = sharding.tree_shardings(self.mesh, logical)
+    self.labels = parameter_labels(abstract, config.model.lora)
+    self.optimizer = make_optimizer(train, abstract, config.model.lora)
+    abstract_opt = jax.eval_shape(self.optimizer.init, abstract)
+    replicated = sharding.replicated(self.mesh)
+    masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731 - frozen leaves hold no state
+    self.opt_shardings = optax.tree_map_params(
+        self.optimizer, lambda value, s: value if masked(value) else s, abstract_opt, self.param_shardings,
+        transform_non_params=lambda _: replicated, is_leaf=masked)
+    self.abstract_params = _abstract(abstract, self.param_shardings)
+    self.abstract_opt = _abstract(abstract_opt, self.opt_shardings)
+    self.batch_sharding = sharding.batch_sharding(self.mesh)
+    self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract))
+    state_shardings = {"step": replicated, "params": self.param_shardings, "opt_state": self.opt_shardings}
+    self.train_step = jax.jit(
+        make_train_step(self.model, self.optimizer, self.labels, train.grad_accum_steps),
+        in_shardings=(state_shardings, self.batch_sharding), out_shardings=(state_shardings, replicated),
+        donate_argnums=(0,))
+    self.eval_step = jax.jit(make_eval_step(self.model), in_shardings=(self.param_shardings, self.batch_sharding),
+                             out_shardings=replicated)
+    self.checkpointer = checkpoint.Checkpointer(self.workdir, max_to_keep=train.max_to_keep,
+                                                async_save=train.async_checkpointing)
+
+  @contextlib.contextmanager
+  def context(self):
+    """Mesh and logical-rule context under which the model's sharding constraints resolve."""
+    with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
+      yield
+
+  def initial_params(self):
+    init = jax.jit(lambda rng: nn.meta.unbox(self.model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"]),
+                   out_shardings=self.param_shardings)
+    params = init(jax.random.key(self.config.seed))
+    if self.source_params is None:
+      return params
+    merged = init_lib.merge_into(jax.tree.map(np.asarray, params), self.source_params,
+                                 self.config.model.scan_layers, self.config.model.num_layers)
+    return jax.device_put(merged, self.param_shardings)
+
+  def train_batches(self):
+    return make_batches(self.config.data, split=self.config.data.train_split, seq_len=self.config.train.seq_len,
+                        global_batch_size=self.config.train.global_batch_size, seed=self.config.seed)
+
+  def evaluate(self, params) -> dict:
+    """Token-weighted loss and perplexity over the first `eval_batches` batches of the eval split."""
+    cfg = self.config
+    batches = make_batches(cfg.data, split=cfg.data.eval_split, seq_len=cfg.train.seq_len,
+                           global_batch_size=cfg.train.global_batch_size, seed=cfg.seed)
+    loss_sum = tokens = 0.0
+    for _ in range(cfg.train.eval_batches):
+      out = jax.device_get(self.eval_step(params, _global_batch(next(batches), self.batch_sharding)))
+      loss_sum, tokens = loss_sum + float(out["loss_sum"]), tokens + float(out["tokens"])
+    loss = loss_sum / max(tokens, 1.0)
+    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+
+
+def train_and_evaluate(config: Config, workdir: str) -> dict:
+  """Train (or resume) in `workdir` until `train.num_steps`; returns the last metrics."""
+  trainer = Trainer(config, workdir)
+  config, train = trainer.config, trainer.config.train
+  _write_config(config, trainer.workdir)
+  batches = trainer.train_batches()
+  schedule = learning_rate_schedule(train)
+  flops = flops_per_token(config.model, trainer.num_params, train.seq_len)
+  peak = _peak_flops()
+  with trainer.context():
+    latest = trainer.checkpointer.latest_step()
+    if latest is None:
+      step, params = 0, trainer.initial_params()
+      opt_state = jax.jit(trainer.optimizer.init, out_shardings=trainer.opt_shardings)(params)
+    else:
+      step, params, opt_state, data_state = trainer.checkpointer.restore(trainer.abstract_params, trainer.abstract_opt)
+      batches.set_state(data_state)
+      log.info("resumed from %s at step %d", trainer.checkpointer.directory, step)
+    state = {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state}
+    writer = MetricWriter(trainer.workdir, total_steps=train.num_steps, initial_step=step,
+                          enabled=jax.process_index() == 0)
+    last: dict = {}
+    saved_step = latest
+    first_step, window_start, window_tokens = step, time.perf_counter(), 0.0
+    try:
+      with _Preemption() as preemption:
+        while step < train.num_steps:
+          state, metrics = trainer.train_step(state, _global_batch(next(batches), trainer.batch_sharding))
+          step += 1
+          metrics = jax.device_get(metrics)
+          loss = float(metrics["loss"])
+          if not math.isfinite(loss):
+            raise TrainingError(f"train: loss is {loss} at step {step}; stopped without saving, the last good "
+                                f"checkpoint (step {saved_step}) is kept in {trainer.checkpointer.directory}")
+          window_tokens += float(metrics["tokens"])
+          if step == first_step + 1:  # the first step of a process includes compilation: not a throughput figure
+            window_start, window_tokens = time.perf_counter(), 0.0
+          writer.advance()
+          if step % train.log_every == 0 or step == train.num_steps:
+            elapsed = time.perf_counter() - window_start
+            tokens_per_s = window_tokens / max(elapsed, 1e-9)
+            last = {"loss": loss, "learning_rate": float(schedule(step - 1)), "grad_norm": float(metrics["grad_norm"]),
+                    "tokens_per_s": tokens_per_s,
+                    "mfu": flops * tokens_per_s / (peak * jax.device_count()) if peak else None}
+            if train.eval_every and (step % train.eval_every == 0 or step == train.num_steps):
+              last.update(trainer.evaluate(state["params"]))
+            writer.write(step, last)
+            window_start, window_tokens = time.perf_counter(), 0.0
+          if step % train.checkpoint_every == 0 or step == train.num_steps or preemption.requested:
+            trainer.checkpointer.save(step, state["params"], state["opt_state"], batches.get_state(), config,
+                                      force=True)
+            saved_step = step
+          if preemption.requested:
+            log.warning("preempted: saved step %d in %s", step, trainer.checkpointer.directory)
+            break
+    finally:
+      trainer.checkpointer.close()
+      writer.close()
+  return {"step": step, **last}

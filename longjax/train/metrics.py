@@ -1,0 +1,46 @@
+"""Run outputs: `workdir/metrics.jsonl`, TensorBoard event files (tensorboardX, no TensorFlow), a progress bar."""
+
+import json
+import os
+import sys
+
+from tensorboardX import SummaryWriter
+from tqdm import tqdm
+
+
+class MetricWriter:
+  """Writes one JSON object per line and the same scalars to TensorBoard; only process 0 writes."""
+
+  def __init__(self, workdir: str, *, total_steps: int, initial_step: int, enabled: bool = True):
+    self.enabled = enabled
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if enabled else None
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard")) if enabled else None
+    show = enabled and sys.stdout.isatty()
+    self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True) if show else None
+
+  def write(self, step: int, scalars: dict) -> None:
+    if not self.enabled:
+      return
+    record = {"step": step, **{k: (None if v is None else float(v)) for k, v in scalars.items()}}
+    self._jsonl.write(json.dumps(record) + "\n")
+    self._jsonl.flush()
+    for key, value in scalars.items():
+      if value is not None:
+        self._tb.add_scalar(key, float(value), step)
+    self._tb.flush()
+    if self._bar is None:
+      shown = " ".join(f"{k}={v:.4g}" for k, v in record.items() if k != "step" and v is not None)
+      print(f"step {step}: {shown}", flush=True)
+    else:
+      self._bar.set_postfix(loss=f"{record.get('loss', float('nan')):.4f}")
+
+  def advance(self, steps: int = 1) -> None:
+    if self._bar is not None:
+      self._bar.update(steps)
+
+  def close(self) -> None:
+    if self.enabled:
+      self._jsonl.close()
+      self._tb.close()
+      if self._bar is not None:
+        self._bar.close()

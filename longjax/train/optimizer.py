@@ -1,0 +1,74 @@
+"""optax AdamW with warmup and decay, clipping, weight-decay masks, and what LoRA leaves trainable.
+
+Every parameter gets one label:
+  `train`  AdamW at the scheduled LR (decayed if it is a matrix: no decay on norms, biases, gates),
+  `gate`   Infini-attention gates: their own LR and no decay (REFERENCES.md: a plain LR leaves them near 0.5),
+  `frozen` no update and no optimizer state (LoRA fine-tuning freezes the base weights).
+"""
+
+import optax
+from flax import traverse_util
+
+from longjax.config import LoraConfig, TrainConfig
+
+TRAIN, GATE, FROZEN = "train", "gate", "frozen"
+
+
+def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
+  """Linear warmup to cfg.learning_rate, then cosine/linear decay to end_learning_rate_ratio of it, or constant."""
+  peak, end = cfg.learning_rate, cfg.learning_rate * cfg.end_learning_rate_ratio
+  decay_steps = max(cfg.num_steps - cfg.warmup_steps, 1)
+  if cfg.schedule == "cosine":
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=cfg.end_learning_rate_ratio)
+  elif cfg.schedule == "linear":
+    decay = optax.linear_schedule(peak, end, decay_steps)
+  else:
+    decay = optax.constant_schedule(peak)
+  warmup = optax.linear_schedule(0.0 if cfg.warmup_steps else peak, peak, max(cfg.warmup_steps, 1))
+  return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+
+
+def _is_lora(path: tuple[str, ...]) -> bool:
+  return path[-1] in ("lora_a", "lora_b")
+
+
+def _is_norm(path: tuple[str, ...]) -> bool:
+  return path[-1] == "scale"
+
+
+def _is_embedding(path: tuple[str, ...]) -> bool:
+  return path[0] == "embed_tokens" or path[0] == "lm_head"
+
+
+def parameter_labels(params, lora: LoraConfig):
+  """The label tree (train | gate | frozen) of a parameter tree."""
+  flat = traverse_util.flatten_dict(params)
+  labels = {}
+  for path in flat:
+    if path[-1] == "gate":
+      labels[path] = GATE
+    elif not lora.enabled or _is_lora(path):
+      labels[path] = TRAIN
+    elif (lora.train_norms and _is_norm(path)) or (lora.train_embeddings and _is_embedding(path)):
+      labels[path] = TRAIN  # LongLoRA's "LoRA+": embeddings and norms stay trainable
+    else:
+      labels[path] = FROZEN
+  return traverse_util.unflatten_dict(labels)
+
+
+def decay_mask(params):
+  """Weight decay on matrices only (kernels, embeddings, LoRA factors), not norms, biases or gates."""
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict({path: value.ndim >= 2 for path, value in flat.items()})
+
+
+def make_optimizer(cfg: TrainConfig, params, lora: LoraConfig) -> optax.GradientTransformation:
+  """Clip by global norm, then AdamW per label; `params` may be abstract (only paths and ndim are read)."""
+  adam = dict(b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+  transforms = {
+      TRAIN: optax.adamw(learning_rate_schedule(cfg), weight_decay=cfg.weight_decay, mask=decay_mask, **adam),
+      GATE: optax.adam(cfg.gate_learning_rate, **adam),
+      FROZEN: optax.set_to_zero(),
+  }
+  chain = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
+  return optax.chain(*chain, optax.multi_transform(transforms, parameter_labels(params, lora)))

@@ -1,0 +1,107 @@
+"""Pure train and eval steps: (state, batch) -> (state, metrics). No I/O, jit-able, shardable.
+
+A batch is a dict of int32[B, T] `inputs`, `targets`, `positions`, `segment_ids`
+and float32[B, T] `loss_mask` (see longjax.data). The loss is token-weighted
+cross-entropy in float32.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from longjax.config import ModelConfig
+from longjax.train.optimizer import FROZEN
+
+TrainState = dict[str, Any]  # {"step": int32[], "params": tree, "opt_state": tree}
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(sum of masked token losses, number of tokens), float32."""
+  logits = logits.astype(jnp.float32)
+  token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  return jnp.sum(token_loss * mask), jnp.sum(mask)
+
+
+def model_inputs(model_config: ModelConfig, batch: dict) -> dict:
+  """Keyword arguments of Llama.__call__ for a packed batch.
+
+  With `attention.cross_documents` the packed row is one long sequence (positions
+  0..T-1); otherwise documents are masked from each other and positions restart.
+  """
+  if model_config.attention.cross_documents:
+    return {}
+  return {"positions": batch["positions"], "segment_ids": batch["segment_ids"]}
+
+
+def loss_fn(params, model: nn.Module, batch: dict, train: bool):
+  logits = model.apply({"params": params}, batch["inputs"], train=train, **model_inputs(model.config, batch))
+  total, count = cross_entropy(logits, batch["targets"], batch["loss_mask"])
+  return total / jnp.maximum(count, 1.0), (total, count)
+
+
+def _split_trainable(params, labels):
+  """The trainable subset: frozen leaves become None (empty subtrees), so jax.grad skips them."""
+  return jax.tree.map(lambda p, label: None if label == FROZEN else p, params, labels)
+
+
+def _fill(trainable, params, labels):
+  """A full tree from the trainable subset, frozen leaves taken from params."""
+  flat_params, treedef = jax.tree.flatten(params)
+  flat_labels = treedef.flatten_up_to(labels)
+  leaves = iter(jax.tree.leaves(trainable))
+  return treedef.unflatten([p if label == FROZEN else next(leaves) for p, label in zip(flat_params, flat_labels)])
+
+
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, labels, grad_accum_steps: int = 1):
+  """The step function. Gradients are taken only w.r.t. trainable leaves, so frozen (LoRA base) weights
+  cost no weight-gradient matmuls; micro-batches are scanned and their gradients summed token-weighted."""
+
+  def micro_grads(params, batch):
+    trainable = _split_trainable(params, labels)
+
+    def loss_of_trainable(t):
+      _, (total, count) = loss_fn(_fill(t, params, labels), model, batch, True)
+      return total, count
+
+    (total, count), grads = jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable)
+    return total, count, _fill(grads, jax.tree.map(jnp.zeros_like, params), labels)
+
+  def step(state: TrainState, batch: dict):
+    params = state["params"]
+    if grad_accum_steps == 1:
+      total, count, grads = micro_grads(params, batch)
+    else:
+      micro = jax.tree.map(lambda x: x.reshape((grad_accum_steps, -1) + x.shape[1:]), batch)
+
+      def body(carry, mb):
+        total, count, grads = micro_grads(params, mb)
+        return jax.tree.map(jnp.add, carry, (total, count, grads)), None
+
+      zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+      (total, count, grads), _ = jax.lax.scan(body, zeros, micro)
+    count = jnp.maximum(count, 1.0)
+    grads = jax.tree.map(lambda g: g / count, grads)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    metrics = {"loss": total / count, "grad_norm": optax.global_norm(grads), "tokens": count}
+    return {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}, metrics
+
+  return step
+
+
+def make_eval_step(model: nn.Module):
+  def step(params, batch):
+    _, (total, count) = loss_fn(params, model, batch, False)
+    return {"loss_sum": total, "tokens": count}
+
+  return step
+
+
+def flops_per_token(model_config: ModelConfig, num_params: int, seq_len: int) -> float:
+  """Training FLOPs per token: 6N for the matmuls plus causal attention 6 * layers * d_attn * T
+  (the 12 * layers * d * T count halved for causal masking, as MaxText counts since 2025)."""
+  attn_width = model_config.num_heads * model_config.resolved_head_dim
+  return 6.0 * num_params + 6.0 * model_config.num_layers * attn_width * seq_len
