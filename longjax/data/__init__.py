@@ -1,0 +1,20 @@
+"""Tokenizers, document sources (the text-file TFDS builder, named TFDS datasets) and packed batches."""
+
+from longjax.data.packing import PackedBatches, make_batches
+from longjax.data.sources import Documents, open_documents
+from longjax.data.textdir import TextDir, TextDirConfig, build_text_dir
+from longjax.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, Tokenizer, get_tokenizer
+
+__all__ = [
+    "ByteTokenizer",
+    "Documents",
+    "PackedBatches",
+    "SentencePieceTokenizer",
+    "TextDir",
+    "TextDirConfig",
+    "Tokenizer",
+    "build_text_dir",
+    "get_tokenizer",
+    "make_batches",
+    "open_documents",
+]

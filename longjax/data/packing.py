@@ -1,0 +1,172 @@
+"""Packed, per-process batches of tokens with a small exact resume state.
+
+Documents are tokenized (with bos/eos when asked) and concatenated into one stream per process, epoch
+after epoch. Each row holds `seq_len + 1` consecutive stream tokens: inputs are row[:-1] and targets
+row[1:]. Consecutive rows overlap by one token (row k starts at stream token k * seq_len), so every
+token after the first is a target exactly once and long documents continue into the next row, their
+positions still counting. Rows never pad, except after the last epoch when `num_epochs` is set.
+
+Sharding across processes is by document: epoch e orders all documents (a permutation seeded by
+(seed, e) when shuffling), and process p of P takes the documents at places p, p + P, p + 2P, ...
+of that order. Shares are disjoint, deterministic and need no communication; each process packs its
+own documents, so a process's rows differ from any slice of the single-process stream.
+
+The state is the stream position of the next row's first token: (epoch, document, offset).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from longjax.config import ConfigError, DataConfig
+from longjax.data.sources import open_documents, split_key
+from longjax.data.tokenizer import Tokenizer, get_tokenizer
+
+
+class PackedBatches:
+  """An iterator of dicts of numpy arrays, each [batch_size, seq_len]:
+
+  inputs, targets: int32 token ids; segment_ids: int32, 1, 2, ... for the documents of an input row,
+  0 for padding; positions: int32 place of the input token in its document; loss_mask: float32, 1
+  where the target is a real token. A target across a document boundary (eos -> next bos) keeps its
+  loss, as in LLaMA's packing. `num_epochs` None reads forever; otherwise the last batch is padded
+  and iteration stops.
+  """
+
+  def __init__(self, documents: Sequence[str], tokenizer: Tokenizer, *, seq_len: int, batch_size: int, seed: int,
+               shuffle: bool = True, add_bos: bool = True, add_eos: bool = True, process_index: int = 0,
+               process_count: int = 1, num_epochs: int | None = None):
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
+    if len(documents) < process_count:
+      raise ValueError(f"{len(documents)} documents cannot be shared by {process_count} processes")
+    if seq_len < 1 or batch_size < 1:
+      raise ValueError(f"seq_len={seq_len} and batch_size={batch_size} must be >= 1")
+    self.documents = documents
+    self.tokenizer = tokenizer
+    self.seq_len = seq_len
+    self.batch_size = batch_size
+    self.seed = seed
+    self.shuffle = shuffle
+    self.add_bos = add_bos
+    self.add_eos = add_eos
+    self.process_index = process_index
+    self.process_count = process_count
+    self.num_epochs = num_epochs
+    self._position = (0, 0, 0)  # (epoch, document place in this process's share, token offset)
+    self._share_cache: tuple[int, np.ndarray] | None = None
+    self._token_cache: dict[tuple[int, int], np.ndarray] = {}
+
+  def __iter__(self) -> PackedBatches:
+    return self
+
+  def get_state(self) -> dict[str, int]:
+    """A small JSON-serializable position; `set_state` on a like iterator resumes the exact stream."""
+    epoch, document, offset = self._position
+    return {"epoch": epoch, "document": document, "offset": offset, "num_documents": len(self.documents),
+            "process_index": self.process_index, "process_count": self.process_count}
+
+  def set_state(self, state: dict[str, int]) -> None:
+    """Resume at a position from `get_state` (seq_len and batch_size may differ; the stream is the same)."""
+    ours = (len(self.documents), self.process_index, self.process_count)
+    theirs = (state["num_documents"], state["process_index"], state["process_count"])
+    if ours != theirs:
+      raise ConfigError(f"data iterator state (documents, process, processes)={theirs} does not match this run's "
+                        f"{ours}: resume with the same dataset and process count")
+    self._position = (int(state["epoch"]), int(state["document"]), int(state["offset"]))
+
+  def _share(self, epoch: int) -> np.ndarray:
+    """Indices of this process's documents in epoch `epoch`, in reading order."""
+    if self._share_cache is None or self._share_cache[0] != epoch:
+      count = len(self.documents)
+      order = np.random.default_rng((self.seed, epoch)).permutation(count) if self.shuffle else np.arange(count)
+      self._share_cache = (epoch, order[self.process_index::self.process_count])
+    return self._share_cache[1]
+
+  def _tokens(self, epoch: int, document: int) -> np.ndarray:
+    key = (epoch, document)
+    if key not in self._token_cache:
+      if len(self._token_cache) > 2:  # A row rarely spans more than the current and the next document.
+        self._token_cache.pop(next(iter(self._token_cache)))
+      text = self.documents[int(self._share(epoch)[document])]
+      ids = self.tokenizer.encode(text, bos=self.add_bos, eos=self.add_eos)
+      self._token_cache[key] = np.asarray(ids, np.int32)
+    return self._token_cache[key]
+
+  def _settle(self, position: tuple[int, int, int]) -> tuple[int, int, int] | None:
+    """The first position at or after `position` that holds a token; None after the last epoch."""
+    epoch, document, offset = position
+    skipped = 0
+    while True:
+      if self.num_epochs is not None and epoch >= self.num_epochs:
+        return None
+      if document >= len(self._share(epoch)):
+        epoch, document, offset = epoch + 1, 0, 0
+        continue
+      if offset < len(self._tokens(epoch, document)):
+        return epoch, document, offset
+      skipped += 1
+      if skipped > len(self._share(epoch)) + 1:
+        raise ValueError("no document of this process's share has any token")
+      document, offset = document + 1, 0
+
+  def _row(self, tokens: np.ndarray, segments: np.ndarray, positions: np.ndarray) -> bool:
+    """Fill one row of seq_len + 1 stream tokens in place and advance by seq_len; False if none is left."""
+    length = self.seq_len + 1
+    filled, segment, cursor, next_start = 0, 0, self._position, None
+    while filled < length and (cursor := self._settle(cursor)) is not None:
+      epoch, document, offset = cursor
+      doc = self._tokens(epoch, document)
+      take = min(length - filled, len(doc) - offset)
+      tokens[filled:filled + take] = doc[offset:offset + take]
+      positions[filled:filled + take] = np.arange(offset, offset + take)
+      segment += 1
+      segments[filled:filled + take] = segment
+      if next_start is None and filled + take > self.seq_len:
+        next_start = (epoch, document, offset + self.seq_len - filled)
+      filled += take
+      cursor = (epoch, document, offset + take)
+    if filled < 2:  # A lone token has no target.
+      return False
+    self._position = next_start if next_start is not None else (self.num_epochs, 0, 0)
+    return True
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    shape = (self.batch_size, self.seq_len + 1)
+    tokens = np.full(shape, self.tokenizer.pad_id, np.int32)
+    segments = np.zeros(shape, np.int32)
+    positions = np.zeros(shape, np.int32)
+    rows = 0
+    while rows < self.batch_size and self._row(tokens[rows], segments[rows], positions[rows]):
+      rows += 1
+    if rows == 0:
+      raise StopIteration
+    return {
+        "inputs": np.ascontiguousarray(tokens[:, :-1]),
+        "targets": np.ascontiguousarray(tokens[:, 1:]),
+        "segment_ids": np.ascontiguousarray(segments[:, :-1]),
+        "positions": np.ascontiguousarray(positions[:, :-1]),
+        "loss_mask": (segments[:, 1:] > 0).astype(np.float32),
+    }
+
+
+def make_batches(data: DataConfig, *, split: str, seq_len: int, global_batch_size: int, seed: int,
+                 process_index: int | None = None, process_count: int | None = None,
+                 num_epochs: int | None = None) -> PackedBatches:
+  """This process's PackedBatches of `split`: global_batch_size / process_count rows a batch."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if global_batch_size % process_count:
+    raise ConfigError(f"train.global_batch_size={global_batch_size} is invalid: must be divisible by the "
+                      f"process count {process_count}")
+  tokenizer = get_tokenizer(data)
+  documents = open_documents(data, split)
+  if len(documents) < process_count:
+    raise ConfigError(f"{split_key(data, split)}={split!r} is invalid: its {len(documents)} documents are fewer "
+                      f"than the {process_count} processes that share them")
+  return PackedBatches(documents, tokenizer, seq_len=seq_len, batch_size=global_batch_size // process_count,
+                       seed=seed, shuffle=data.shuffle, add_bos=data.add_bos, add_eos=data.add_eos,
+                       process_index=process_index, process_count=process_count, num_epochs=num_epochs)
