@@ -72,7 +72,9 @@ class RopeConfig:
 
   def validate(self, head_dim: int, key: str = "model.rope") -> None:
     _choice(f"{key}.rope_type", self.rope_type, ROPE_TYPES)
-    _positive(f"{key}.rope_theta", self.rope_theta)
+    # theta <= 1 gives frequencies that do not decrease (and ln(theta) = 0 in YaRN's correction range).
+    _require(isinstance(self.rope_theta, (int, float)) and self.rope_theta > 1, f"{key}.rope_theta",
+             self.rope_theta, "must be > 1")
     p = self.partial_rotary_factor
     _require(0 < p <= 1, f"{key}.partial_rotary_factor", p, "must be in (0, 1]")
     rotary_dim = self.rotary_dim(head_dim)
@@ -94,17 +96,20 @@ class RopeConfig:
     if self.rope_type in ("yarn", "dynamic_yarn"):
       fast = 32.0 if self.beta_fast is None else self.beta_fast
       slow = 1.0 if self.beta_slow is None else self.beta_slow
+      _require(slow > 0, f"{key}.beta_slow", slow, "must be > 0 (a number of rotations)")
       _require(fast > slow, f"{key}.beta_fast", fast, f"must be > beta_slow={slow}")
     if self.rope_type == "llama3":
       low = 1.0 if self.low_freq_factor is None else self.low_freq_factor
       high = 4.0 if self.high_freq_factor is None else self.high_freq_factor
+      _require(low > 0, f"{key}.low_freq_factor", low, "must be > 0")
       _require(high > low, f"{key}.high_freq_factor", high, f"must be > low_freq_factor={low}")
     if self.rope_type == "longrope":
       for name in ("short_factor", "long_factor"):
         value = getattr(self, name)
-        _require(value is not None and len(value) == rotary_dim // 2, f"{key}.{name}",
+        ok = value is not None and len(value) == rotary_dim // 2 and all(v > 0 for v in value)
+        _require(ok, f"{key}.{name}",
                  None if value is None else f"<{len(value)} values>",
-                 f"rope_type=longrope needs {rotary_dim // 2} values (rotary_dim / 2)")
+                 f"rope_type=longrope needs {rotary_dim // 2} positive values (rotary_dim / 2)")
     if self.attention_factor is not None:
       _positive(f"{key}.attention_factor", self.attention_factor)
 
