@@ -1,0 +1,1 @@
+"""Inference: generation and notebook loading (KV caches come with the inference issue)."""

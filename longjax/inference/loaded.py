@@ -1,0 +1,68 @@
+"""`longjax.load(workdir)`: a training run's model, ready in a notebook."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from longjax import checkpoint
+from longjax.config import Config
+from longjax.data import get_tokenizer
+from longjax.inference.generate import generate as _generate
+from longjax.nn import Llama, abstract_params
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A restored model: `config`, `params`, `model`, `tokenizer`, `step`, and `logits`/`generate` helpers."""
+
+  config: Config
+  params: dict
+  model: Llama
+  tokenizer: object
+  step: int
+
+  def encode(self, text: str) -> np.ndarray:
+    return np.asarray(self.tokenizer.encode(text, bos=self.config.data.add_bos), np.int32)
+
+  def _tokens(self, inputs) -> jax.Array:
+    if isinstance(inputs, str):
+      inputs = [inputs]
+    if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str):
+      rows = [self.encode(text) for text in inputs]
+      if len({len(r) for r in rows}) != 1:
+        raise ValueError("logits/generate: texts of a batch must tokenize to the same length; pass them one by one")
+      return jnp.asarray(np.stack(rows))
+    tokens = jnp.asarray(inputs, jnp.int32)
+    return tokens[None] if tokens.ndim == 1 else tokens
+
+  def logits(self, inputs: str | Sequence[str] | Sequence[int] | np.ndarray, positions=None) -> jax.Array:
+    """float32 [B, T, vocab] for text(s) or token ids [T] / [B, T]."""
+    return self.model.apply({"params": self.params}, self._tokens(inputs), positions)
+
+  def generate(self, prompt: str | Sequence[int] | np.ndarray, max_new_tokens: int = 32, temperature: float = 0.0,
+               top_k: int = 0, seed: int = 0):
+    """Text in -> text out (a string prompt), or token ids in -> int32 [B, max_new_tokens]."""
+    tokens = _generate(self.model, self.params, self._tokens(prompt), max_new_tokens=max_new_tokens,
+                       temperature=temperature, top_k=top_k, seed=seed, pad_id=self.tokenizer.pad_id)
+    if isinstance(prompt, str):
+      return self.tokenizer.decode(np.asarray(tokens[0]).tolist())
+    return tokens
+
+
+def load(workdir: str, step: int | None = None) -> LoadedModel:
+  """Restore the parameters of `step` (newest by default) of the run in `workdir`, on the default device."""
+  config = checkpoint.read_config(workdir)
+  abstract, _ = abstract_params(config.model)
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+  checkpointer = checkpoint.Checkpointer(workdir, async_save=False)
+  try:
+    step, params = checkpointer.restore_params(abstract, step)
+  finally:
+    checkpointer.close()
+  return LoadedModel(config, params, Llama(config.model), get_tokenizer(config.data), step)
