@@ -384,3 +384,26 @@ def from_config_dict(config: ml_collections.ConfigDict | dict) -> Config:
   result.validate()
   return result
 
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parse a config file's argument string `key=value,key=value` against typed defaults.
+
+  `configs/llama2_7b.py:rope=yarn,factor=16` calls get_config("rope=yarn,factor=16");
+  each value is converted to its default's type; unknown keys are a ConfigError.
+  """
+  parsed = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    _require(bool(sep) and key in defaults, f"config argument {key}", value,
+             f"expected key=value with key one of: {', '.join(defaults)}")
+    default = defaults[key]
+    try:
+      if isinstance(default, bool):
+        _require(value.lower() in ("true", "false", "1", "0"), f"config argument {key}", value, "a boolean")
+        parsed[key] = value.lower() in ("true", "1")
+      else:
+        parsed[key] = type(default)(value) if default is not None else value
+    except ValueError:
+      raise ConfigError(f"config argument {key}={value!r} is invalid: expected {type(default).__name__}") from None
+  return parsed
