@@ -27,6 +27,18 @@ def write_corpus(root, files):
   return root
 
 
+@pytest.fixture(name="write_corpus", scope="session")
+def write_corpus_fixture():
+  """`write_corpus(root, {relative path: bytes}) -> root`, for tests that need their own directory."""
+  return write_corpus
+
+
+@pytest.fixture(scope="session")
+def readable_files():
+  """The corpus files that must become documents: {relative path: bytes}."""
+  return READABLE
+
+
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory):
   return write_corpus(tmp_path_factory.mktemp("corpus"), READABLE | SKIPPED)

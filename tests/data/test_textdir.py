@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import READABLE, write_corpus
 from longjax.config import ConfigError, DataConfig
 from longjax.data import TextDir, TextDirConfig, build_text_dir, open_documents
 from longjax.data.textdir import in_validation, stdlib_dir
@@ -21,34 +20,35 @@ def assert_one_line_config_error(error, key):
   assert error.value.__cause__ is None
 
 
-def test_splits_hold_every_readable_file_once(corpus_config):
+def test_splits_hold_every_readable_file_once(corpus_config, readable_files):
   train = open_documents(corpus_config, "train")
   validation = open_documents(corpus_config, "validation")
-  assert len(train) + len(validation) == len(READABLE)
-  expected = {split: {p for p in READABLE if in_validation(p, 0.3) == (split == "validation")}
+  assert len(train) + len(validation) == len(readable_files)
+  expected = {split: {p for p in readable_files if in_validation(p, 0.3) == (split == "validation")}
               for split in ("train", "validation")}
   assert expected["train"] and expected["validation"]
   for split, documents in (("train", train), ("validation", validation)):
     texts = [documents[i] for i in range(len(documents))]
-    assert sorted(texts) == sorted(READABLE[p].decode() for p in expected[split])
+    assert sorted(texts) == sorted(readable_files[p].decode() for p in expected[split])
     assert documents[-1] == texts[-1] and isinstance(texts[0], str)
     with pytest.raises(IndexError):
       documents[len(documents)]
 
 
-def test_examples_carry_their_path(corpus_config):
+def test_examples_carry_their_path(corpus_config, readable_files):
   builder = build_text_dir(corpus_config.text_dir, corpus_config.text_glob, 0.3, corpus_config.data_dir)
   source = builder.as_data_source(split="train")
   for example in (source[i] for i in range(len(source))):
-    assert READABLE[example["path"].decode()] == example["text"]
+    assert readable_files[example["path"].decode()] == example["text"]
 
 
-def test_split_depends_only_on_the_relative_path(tmp_path):
+def test_split_depends_only_on_the_relative_path(tmp_path, readable_files, write_corpus):
   paths = [f"dir_{i}/file_{j}.py" for i in range(20) for j in range(20)]
   share = sum(in_validation(p, 0.25) for p in paths) / len(paths)
   assert 0.2 < share < 0.3
   # The same relative path lands in the same split whatever the directory and its other files.
-  other = write_corpus(tmp_path / "other", {"extra.py": b"y = 2\n", **{p: READABLE[p] for p in list(READABLE)[:5]}})
+  some = {path: readable_files[path] for path in list(readable_files)[:5]}
+  other = write_corpus(tmp_path / "other", {"extra.py": b"y = 2\n", **some})
   builder = build_text_dir(str(other), validation_fraction=0.3, data_dir=str(tmp_path / "tfds"))
   for split, source in builder.as_data_source().items():
     for i in range(len(source)):
@@ -69,7 +69,7 @@ def test_second_build_reuses_the_prepared_data(corpus_config, monkeypatch):
   assert json.loads(info_file.read_text())["fileFormat"] == "array_record"
 
 
-def test_config_name_follows_directory_glob_fraction_and_files(tmp_path):
+def test_config_name_follows_directory_glob_fraction_and_files(tmp_path, write_corpus):
   root = write_corpus(tmp_path / "src", {"a.py": b"a = 1\n", "b.txt": b"b\n"})
   name = TextDirConfig.create(str(root)).name
   assert name.startswith("src_") and name == TextDirConfig.create(str(root)).name
@@ -97,7 +97,7 @@ def test_stdlib_default_builds(tmp_path_factory):
 
 @pytest.mark.parametrize("files, glob", [(None, "**/*.py"), ({}, "**/*.py"), ({"a.txt": b"text"}, "**/*.py"),
                                          ({"empty.py": b""}, "**/*.py"), ({"binary.py": b"\0\1"}, "**/*.py")])
-def test_unusable_text_dir_is_a_config_error(tmp_path, files, glob):
+def test_unusable_text_dir_is_a_config_error(tmp_path, files, glob, write_corpus):
   text_dir = tmp_path / "missing"
   if files is not None:
     write_corpus(text_dir, files).mkdir(exist_ok=True)
@@ -123,8 +123,8 @@ class LongjaxTestDocs(tfds.core.GeneratorBasedBuilder):
   code_path = None  # See TextDir: nothing to download, no checksums to find.
 
   def _info(self):
-    return tfds.core.DatasetInfo(
-        builder=self, features=tfds.features.FeaturesDict({"body": tfds.features.Text(), "number": tfds.features.Scalar(np.int64)}))
+    features = {"body": tfds.features.Text(), "number": tfds.features.Scalar(np.int64)}
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
 
   def _split_generators(self, dl_manager):
     return {"train": self._generate_examples(range(10)), "test": self._generate_examples(range(10, 13))}
@@ -162,7 +162,7 @@ def test_named_tfds_errors(named_config):
   assert_one_line_config_error(error, "data.tfds_text_key")
 
 
-def test_losing_a_concurrent_build_reads_the_winners_copy(tmp_path, monkeypatch):
+def test_losing_a_concurrent_build_reads_the_winners_copy(tmp_path, monkeypatch, write_corpus):
   """Processes that share a data_dir may build at once; the last one's final rename fails."""
   text_dir = str(write_corpus(tmp_path / "src", {"a.py": b"a = 1\n"}))
   prepare = TextDir.download_and_prepare

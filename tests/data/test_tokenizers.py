@@ -64,10 +64,11 @@ def test_sentencepiece_model_with_pad_piece(tmp_path, sentencepiece_model):
   assert tokenizer.decode([3] + tokenizer.encode("abc def") + [3, 3]) == "abc def"
 
 
-@pytest.mark.parametrize("make_path", [lambda p: str(p / "missing.model"), lambda p: str(p),
-                                       lambda p: (p / "bad.model").write_bytes(b"not a model") and str(p / "bad.model")])
-def test_bad_tokenizer_path_is_a_one_line_config_error(tmp_path, make_path):
-  path = make_path(tmp_path)
+@pytest.mark.parametrize("name, data", [("missing.model", None), ("", None), ("bad.model", b"not a model")])
+def test_bad_tokenizer_path_is_a_one_line_config_error(tmp_path, name, data):
+  path = str(tmp_path / name)  # a missing file, a directory, a file that is no model
+  if data is not None:
+    (tmp_path / name).write_bytes(data)
   with pytest.raises(ConfigError) as error:
     get_tokenizer(DataConfig(tokenizer="sentencepiece", tokenizer_path=path))
   message = str(error.value)
