@@ -22,7 +22,7 @@ import numpy as np
 DEFAULT_BLOCK = 512
 
 
-class _Spec(NamedTuple):
+class BlockSpec(NamedTuple):
   """Everything static about one call: the mask rule and the block geometry."""
 
   causal: bool
@@ -39,7 +39,7 @@ def blockwise_attention(q, k, v, *, causal: bool = True, window: int | None = No
                         block_k: int = DEFAULT_BLOCK):
   """q [B, T, H, D], k/v [B, S, Hkv, D] -> [B, T, H, D]; rows that may see no key give 0."""
   q_len, k_len = q.shape[1], k.shape[1]
-  spec = _Spec(causal, window, sinks, q_len, k_len, min(block_q, q_len), min(block_k, k_len))
+  spec = BlockSpec(causal, window, sinks, q_len, k_len, min(block_q, q_len), min(block_k, k_len))
   has_segments = segment_ids is not None
   if has_segments and q_len > k_len:
     raise ValueError(f"blockwise_attention: segment_ids need q_len <= k_len, got {q_len} > {k_len}")
@@ -52,7 +52,7 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
-def block_pairs(spec: _Spec) -> np.ndarray:
+def block_pairs(spec: BlockSpec) -> np.ndarray:
   """int32[P, 2]: the (query block, key block) pairs the static mask reaches, query-block major.
 
   A pair is kept when some query position in the block may see some key position in it:
@@ -75,7 +75,7 @@ def block_pairs(spec: _Spec) -> np.ndarray:
   return np.argwhere(keep).astype(np.int32)
 
 
-def _block_mask(spec: _Spec, has_segments: bool, q_block, k_block, segment_ids):
+def _block_mask(spec: BlockSpec, has_segments: bool, q_block, k_block, segment_ids):
   """bool[B or 1, 1, 1, bq, bk] for one pair: the reference mask, plus keys past the end (padding)."""
   offset = spec.k_len - spec.q_len
   q_pos = q_block * spec.block_q + jnp.arange(spec.block_q)[:, None] + offset
@@ -100,7 +100,7 @@ def _pad_to(x, length: int, axis: int = 1, value=0):
   return jnp.pad(x, pad, constant_values=value)
 
 
-def _padded_inputs(spec: _Spec, q, k, v, segment_ids):
+def _padded_inputs(spec: BlockSpec, q, k, v, segment_ids):
   """Pad T and S up to whole blocks; group query heads: q [B, Tp, Hkv, G, D]."""
   batch, _, heads, head_dim = q.shape
   kv_heads = k.shape[2]
@@ -114,7 +114,7 @@ def _padded_inputs(spec: _Spec, q, k, v, segment_ids):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _attention(spec: _Spec, has_segments: bool, q, k, v, segment_ids):
+def _attention(spec: BlockSpec, has_segments: bool, q, k, v, segment_ids):
   return _forward(spec, has_segments, q, k, v, segment_ids)[0]
 
 
@@ -126,18 +126,17 @@ def _update_rows(x, rows, block, size: int):
   return jax.lax.dynamic_update_slice_in_dim(x, rows, block * size, axis=1)
 
 
-def _logits(spec: _Spec, has_segments, q_blk, k_blk, qi, kj, segment_ids):
+def _logits(spec: BlockSpec, has_segments, q_blk, k_blk, qi, kj, segment_ids):
   """float32 [B, Hkv, G, bq, bk] scaled logits and the mask of pair (qi, kj)."""
   scale = 1.0 / np.sqrt(q_blk.shape[-1])
   logits = jnp.einsum("BQKGD,BSKD->BKGQS", q_blk, k_blk, preferred_element_type=jnp.float32) * scale
   return logits, _block_mask(spec, has_segments, qi, kj, segment_ids)
 
 
-def _forward(spec: _Spec, has_segments: bool, q, k, v, segment_ids):
+def _forward(spec: BlockSpec, has_segments: bool, q, k, v, segment_ids):
   """Online softmax over the reachable block pairs; returns out and (residuals for the backward)."""
   batch, q_len, heads, head_dim = q.shape
   q_p, k_p, v_p, seg_p = _padded_inputs(spec, q, k, v, segment_ids)
-  kv_heads, group = q_p.shape[2], q_p.shape[3]
   rows = q_p.shape[:4]  # [B, Tp, Hkv, G]
   pairs = block_pairs(spec)
 
@@ -176,7 +175,7 @@ def _forward_rule(spec, has_segments, q, k, v, segment_ids):
   return _forward(spec, has_segments, q, k, v, segment_ids)
 
 
-def _backward_rule(spec: _Spec, has_segments: bool, residuals, d_out):
+def _backward_rule(spec: BlockSpec, has_segments: bool, residuals, d_out):
   """FlashAttention-2 backward: recompute each reachable block's probabilities from the saved lse."""
   q, k, v, segment_ids, out, lse = residuals
   batch, q_len, heads, head_dim = q.shape

@@ -7,7 +7,6 @@ last G/2 (dvlab-research/LongLoRA issues #15, #90); these are the boundaries of 
 which has no such leak. Groups become batch rows, so the cost is about G / T of full attention.
 """
 
-import jax
 import jax.numpy as jnp
 
 from longjax.ops.attention import attention

@@ -1,0 +1,153 @@
+"""Every attention impl against the materialized reference: outputs and gradients, masks, dispatch."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from longjax import ops
+from longjax.ops import backends
+from longjax.ops.blockwise import DEFAULT_BLOCK, BlockSpec, block_pairs, blockwise_attention
+
+# (batch, T, S, heads, kv_heads, head_dim, causal, window, sinks, segments, block)
+CASES = {
+    "causal_4096": (1, 4096, 4096, 2, 1, 16, True, None, 0, False, DEFAULT_BLOCK),
+    "sliding_sinks_segments_4096": (1, 4096, 4096, 2, 1, 16, True, 300, 4, True, DEFAULT_BLOCK),
+    "gqa_kv_cache_ragged_blocks": (2, 100, 130, 4, 2, 8, True, 20, 3, False, 32),
+    "bidirectional_window_segments": (2, 64, 64, 2, 1, 8, False, 10, 2, True, 16),
+    "causal_segments_ragged": (2, 77, 77, 4, 4, 8, True, 9, 0, True, 24),
+    "more_queries_than_keys": (2, 50, 40, 2, 1, 8, True, None, 0, False, 16),
+}
+
+
+def _inputs(batch, q_len, k_len, heads, kv_heads, head_dim, segments, seed=0):
+  rng = np.random.default_rng(seed)  # NumPy: no compile per shape
+  normal = lambda *shape: jnp.asarray(rng.standard_normal(shape, np.float32))
+  q, projection = normal(batch, q_len, heads, head_dim), normal(batch, q_len, heads, head_dim)
+  k, v = normal(batch, k_len, kv_heads, head_dim), normal(batch, k_len, kv_heads, head_dim)
+  segment_ids = None
+  if segments:  # a few packed documents per row, boundaries at random
+    segment_ids = jnp.asarray(np.cumsum(rng.random((batch, k_len)) < 8 / k_len, axis=1, dtype=np.int32))
+  return q, k, v, segment_ids, projection
+
+
+def _value_and_grads(fn, q, k, v, projection, *extra):
+  """Output and the gradients of <output, projection> w.r.t. q, k, v (extra: non-differentiated args)."""
+
+  @jax.jit
+  def run(q, k, v, projection, *extra):
+    out, pullback = jax.vjp(lambda q, k, v: fn(q, k, v, *extra), q, k, v)
+    return out, pullback(projection.astype(out.dtype))
+
+  return run(q, k, v, projection, *extra)
+
+
+def _reference(q, k, v, projection, mask):
+  # The mask goes in as an argument: as a closed-over constant XLA spends ~30 s constant-folding it at 4K.
+  return _value_and_grads(ops.naive_attention, q, k, v, projection, mask)
+
+
+@functools.cache
+def _case(case):
+  """Inputs and the reference output and gradients, computed once per case for every impl."""
+  batch, q_len, k_len, heads, kv_heads, head_dim, causal, window, sinks, segments, block = CASES[case]
+  q, k, v, segment_ids, projection = _inputs(batch, q_len, k_len, heads, kv_heads, head_dim, segments)
+  rule = dict(causal=causal, window=window, sinks=sinks, segment_ids=segment_ids)
+  expected = _reference(q, k, v, projection, ops.attention_mask(q_len, k_len, **rule))
+  return (q, k, v, projection), rule, block, expected
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "xla"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_reference(impl, case):
+  inputs, rule, block, (expected, expected_grads) = _case(case)
+  if impl == "blockwise":
+    fn = functools.partial(blockwise_attention, **rule, block_q=block, block_k=block)
+  else:
+    fn = functools.partial(ops.attention, **rule, impl=impl)
+  out, grads = _value_and_grads(fn, *inputs)
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+  for name, grad, expected_grad in zip("qkv", grads, expected_grads):
+    np.testing.assert_allclose(grad, expected_grad, atol=1e-5, err_msg=f"d{name}")
+
+
+def test_rows_without_keys_are_zero_not_nan():
+  # With more queries than keys, the first causal queries precede every key.
+  q, k, v, _, projection = _inputs(1, 48, 16, 2, 1, 8, False)
+  for impl in ("blockwise", "xla"):
+    out, grads = _value_and_grads(functools.partial(ops.attention, impl=impl), q, k, v, projection)
+    assert np.all(out[:, :32] == 0), impl
+    assert all(np.isfinite(g).all() for g in grads), impl
+
+
+def test_blockwise_visits_only_reachable_blocks():
+  geometry = dict(q_len=16384, k_len=16384, block_q=512, block_k=512)
+  full = block_pairs(BlockSpec(causal=False, window=None, sinks=0, **geometry))
+  causal = block_pairs(BlockSpec(causal=True, window=None, sinks=0, **geometry))
+  sliding = block_pairs(BlockSpec(causal=True, window=1024, sinks=4, **geometry))
+  assert len(full) == 32 * 32
+  assert len(causal) == 32 * 33 // 2
+  # Window 1024 reaches the query's own block and two before it, plus the sink block.
+  assert len(sliding) <= 32 * 4
+
+
+def blockwise_spec(**fields):
+  from longjax.ops.blockwise import _Spec  # the static geometry that block_pairs reads
+  return _Spec(**fields)
+
+
+def test_auto_rule_on_cpu():
+  if jax.default_backend() != "cpu":
+    pytest.skip("the CPU rule")
+  short = jax.ShapeDtypeStruct((1, 4096, 4, 64), jnp.float32)
+  long = jax.ShapeDtypeStruct((1, 8192, 4, 64), jnp.float32)
+  assert ops.choose_impl(short, short) == "xla"
+  assert ops.choose_impl(long, long) == "blockwise"
+
+
+def test_unknown_impl_and_bad_heads_raise():
+  q, k, v, _, _ = _inputs(1, 8, 8, 3, 2, 4, False)
+  with pytest.raises(ValueError, match="multiple of key/value heads"):
+    ops.attention(q, k, v)
+  q, k, v, _, _ = _inputs(1, 8, 8, 2, 1, 4, False)
+  with pytest.raises(ValueError, match="impl='flash'"):
+    ops.attention(q, k, v, impl="flash")
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the error without a GPU")
+def test_cudnn_needs_gpu():
+  q, k, v, _, _ = _inputs(1, 8, 8, 2, 1, 8, False)
+  with pytest.raises(RuntimeError, match="impl='cudnn' needs a CUDA GPU"):
+    ops.attention(q.astype(jnp.bfloat16), k.astype(jnp.bfloat16), v.astype(jnp.bfloat16), impl="cudnn")
+
+
+@pytest.mark.skipif(jax.default_backend() == "tpu", reason="checks the error without a TPU")
+def test_pallas_needs_tpu():
+  q, k, v, _, _ = _inputs(1, 128, 128, 2, 1, 8, False)
+  with pytest.raises(RuntimeError, match="impl='pallas' needs a TPU"):
+    ops.attention(q, k, v, impl="pallas")
+
+
+def test_pallas_splash_mask_in_interpreter():
+  # The splash wrapper (GQA, KV-cache offset, window, sinks, segments) run by the Pallas interpreter;
+  # forward only, since the backward kernels are splash's own.
+  q, k, v, segment_ids, _ = _inputs(1, 128, 256, 4, 2, 32, True)
+  rule = dict(causal=True, window=100, sinks=4, segment_ids=segment_ids)
+  expected = ops.naive_attention(q, k, v, ops.attention_mask(128, 256, **rule))
+  out = jax.jit(functools.partial(backends.pallas, **rule, interpret=True))(q, k, v)
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a CUDA GPU")
+@pytest.mark.parametrize("window", [None, 256])
+def test_cudnn_matches_reference_bf16(window):
+  q, k, v, _, projection = _inputs(2, 1024, 1024, 8, 2, 64, False)
+  q, k, v = (x.astype(jnp.bfloat16) for x in (q, k, v))
+  expected, expected_grads = _reference(q, k, v, projection, ops.attention_mask(1024, 1024, causal=True, window=window))
+  out, grads = _value_and_grads(functools.partial(ops.attention, window=window, impl="cudnn"), q, k, v, projection)
+  # bf16 keeps 8 bits of mantissa: compare at a few ulps of outputs of size ~1.
+  np.testing.assert_allclose(out.astype(jnp.float32), expected.astype(jnp.float32), atol=2e-2)
+  for grad, expected_grad in zip(grads, expected_grads):
+    np.testing.assert_allclose(grad.astype(jnp.float32), expected_grad.astype(jnp.float32), atol=5e-2, rtol=5e-2)
