@@ -13,7 +13,7 @@ from ml_collections import config_dict
 
 
 def rope_config(rope_type: str = "default", rope_theta: float = 10000.0) -> ml_collections.ConfigDict:
-  """Rope keys, named as Hugging Face's `rope_parameters` (see README 'Positional methods')."""
+  """Rope keys, named as Hugging Face's `rope_parameters` (docs/positional.md)."""
   rope = ml_collections.ConfigDict()
   rope.rope_type = rope_type  # default | linear | ntk | dynamic | yarn | dynamic_yarn | llama3 | longrope
   rope.rope_theta = rope_theta  # base b of inv_freq_i = b^(-2i/d)
@@ -129,7 +129,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   evaluation = config.eval = ml_collections.ConfigDict()
   evaluation.lengths = (128, 256, 512, 1024)  # perplexity-vs-length points
   evaluation.stride = 256  # sliding-window stride of the perplexity protocol
-  evaluation.max_documents = 16
+  evaluation.max_documents = 16  # the longest documents of the eval split
+  evaluation.max_document_tokens = 8192  # documents are cut to this many tokens (bounds evaluation time)
   evaluation.passkey_trials = 5
 
   config.lock()

@@ -297,12 +297,16 @@ class EvalConfig:
   lengths: tuple[int, ...] = (128, 256, 512, 1024)
   stride: int = 256
   max_documents: int = 16
+  max_document_tokens: int = 8192
   passkey_trials: int = 5
 
   def validate(self, key: str = "eval") -> None:
     for length in self.lengths:
       _positive(f"{key}.lengths", length)
     _positive(f"{key}.stride", self.stride)
+    _positive(f"{key}.max_documents", self.max_documents)
+    _require(self.max_document_tokens > max(self.lengths, default=0), f"{key}.max_document_tokens",
+             self.max_document_tokens, f"must exceed the longest evaluation length {max(self.lengths, default=0)}")
 
 
 @dataclasses.dataclass(frozen=True)

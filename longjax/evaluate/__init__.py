@@ -1,0 +1,44 @@
+"""Evaluation that shows whether a context extension works: perplexity against length (more to come:
+passkey retrieval, needle-in-a-haystack, KV-cache memory)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from longjax.config import Config, DataConfig
+from longjax.data import get_tokenizer, open_documents
+from longjax.evaluate.perplexity import LengthResult, perplexity_at_length, perplexity_vs_length, windows
+from longjax.evaluate.plots import plot_losses, plot_perplexity_vs_length
+
+
+def eval_documents(data: DataConfig, max_documents: int, min_tokens: int = 0,
+                   max_tokens: int | None = None) -> list[np.ndarray]:
+  """The `max_documents` longest documents of the eval split (at least `min_tokens` long), tokenized and cut
+  to `max_tokens`."""
+  tokenizer = get_tokenizer(data)
+  documents = open_documents(data, data.eval_split)
+  tokens = [np.asarray(tokenizer.encode(documents[i], bos=data.add_bos), np.int32) for i in range(len(documents))]
+  tokens = [t for t in tokens if len(t) >= min_tokens]
+  tokens.sort(key=len, reverse=True)
+  return [t[:max_tokens] for t in tokens[:max_documents]]
+
+
+def evaluate_perplexity(config: Config, params, documents: list[np.ndarray]) -> list[LengthResult]:
+  """Perplexity at each of `config.eval.lengths` for the model of `config` with `params`."""
+  from longjax.nn import Llama
+
+  return perplexity_vs_length(Llama(config.model), params, documents, config.eval.lengths, config.eval.stride)
+
+
+def write_results(results: dict[str, list[LengthResult]], path: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump({name: [dataclasses.asdict(r) for r in rs] for name, rs in results.items()}, f, indent=2)
+
+
+__all__ = ["LengthResult", "eval_documents", "evaluate_perplexity", "perplexity_at_length", "perplexity_vs_length",
+           "plot_losses", "plot_perplexity_vs_length", "windows", "write_results"]
