@@ -3,8 +3,8 @@
 FlashAttention-2 (Dao 2023, arXiv 2307.08691) written with lax.scan: queries and keys are cut
 into blocks, and one scan walks the (query block, key block) pairs that the static mask
 (causal, window, sinks) can reach, so masked-out blocks cost nothing. The forward keeps a
-running max and sum per query (online softmax); the custom VJP saves only the output and its
-log-sum-exp and recomputes each block's probabilities in the backward pass.
+running max and sum per query (online softmax); the custom VJP saves only the inputs, the output
+and its log-sum-exp, and recomputes each block's probabilities in the backward pass.
 
 Shapes and mask follow `reference.attention_mask`: q [B, T, H, D], k and v [B, S, Hkv, D],
 query row t at key position S - T + t. Query heads are grouped over key/value heads
