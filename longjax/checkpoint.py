@@ -3,7 +3,7 @@
 A step directory `workdir/checkpoints/<step>/` holds four items:
   params     the parameter tree (float32), restorable alone onto any mesh,
   opt_state  the optax state,
-  data       the training iterator's state (JSON), so a resumed run sees the same batches,
+  data       every process's training-iterator state (JSON), so a resumed run sees the same batches,
   config     the validated run config (JSON).
 Orbax writes each step to a temporary directory and renames it when complete,
 so a failed or interrupted save never replaces the last good checkpoint.
@@ -19,6 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from longjax.config import Config, ConfigError, from_config_dict
 
@@ -46,10 +47,16 @@ def _shape_mismatch(expected, stored) -> str | None:
 class Checkpointer:
   """Saves and restores training state under `workdir/checkpoints`, keeping the last `max_to_keep` steps."""
 
-  def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
+  def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True, read_only: bool = False):
+    """`read_only` for readers of another run's workdir (a notebook, `train.init_from`): they must neither
+    create directories nor clean up temporary ones, which may be a save of that run still in flight."""
     self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
-                                           cleanup_tmp_directories=True)
+    if read_only:
+      options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None, save_interval_steps=0,
+                                             enable_async_checkpointing=False)
+    else:
+      options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+                                             cleanup_tmp_directories=True)
     handlers = {"params": ocp.StandardCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
                 "data": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()}
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
@@ -62,8 +69,10 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def save(self, step: int, params, opt_state, data_state: dict, config: Config, *, force: bool = False) -> bool:
+    """Save a step; `data_state` is this process's iterator state (every process calls save)."""
+    data = {"processes": _gather_json(data_state)}  # JSON items are written by the primary process only
     args = ocp.args.Composite(params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-                              data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config.to_dict()))
+                              data=ocp.args.JsonSave(data), config=ocp.args.JsonSave(config.to_dict()))
     return self.manager.save(step, args=args, force=force)
 
   def wait(self) -> None:
@@ -71,37 +80,69 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.wait_until_finished()
+    # The manager cleans up temporary directories in a background thread started by its constructor, which
+    # only `save` waits for; a process that ends before any save (a user error) would have it fail at exit.
+    cleanup = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+    if cleanup is not None:
+      cleanup.result()
     self.manager.close()
 
   def _check_shapes(self, step: int, abstract_params) -> None:
     stored = self.manager.item_metadata(step)["params"]
+    if not jax.tree.leaves(stored):  # a damaged step, not a different model: let the caller fall back
+      raise ValueError(f"{self.directory}/{step}/params has no readable metadata")
     problem = _shape_mismatch(abstract_params, stored)
     if problem:
       raise CheckpointError(f"{self.directory}/{step}: {problem} (use another workdir, or the model of that run)")
 
-  def _first_restorable(self, step: int | None, restore_one):
-    """restore_one(step) of `step`, or of the newest step that restores (warning about the ones that don't)."""
+  def _first_restorable(self, step: int | None, restore_one, *, set_aside: bool = False):
+    """restore_one(step) of `step`, or of the newest step that restores (warning about the ones that don't).
+
+    With `set_aside`, newer steps that failed are renamed so that training can save those steps again.
+    """
     steps = [step] if step is not None else self.all_steps()[::-1]
     if not steps or steps[0] not in self.all_steps():
       raise CheckpointError(f"{self.directory}: no checkpoint at step {step}; present: {self.all_steps()}")
     last_error: Exception | None = None
+    failed = []
     for candidate in steps:
       try:
-        return restore_one(candidate)
+        result = restore_one(candidate)
       except CheckpointError:
         raise
       except Exception as e:  # noqa: BLE001 - a step that fails to read falls back to the previous one
         last_error = e
+        failed.append(candidate)
         logging.warning("checkpoint %s/%d does not restore (%s: %s); trying the previous one", self.directory,
                         candidate, type(e).__name__, _first_line(e))
+        continue
+      if set_aside and failed:
+        self._set_aside(failed)
+      return result
     raise CheckpointError(f"{self.directory}: no step restores; the last error was "
                           f"{type(last_error).__name__}: {_first_line(last_error)}")
 
+  def _set_aside(self, steps: list[int]) -> None:
+    """Rename step directories that do not restore to `<step>.unrestorable` (kept for inspection, ignored by
+    Orbax): otherwise the resumed run would fail when it reaches one of those steps and saves it again."""
+    if jax.process_index() == 0:
+      for step in steps:
+        path = os.path.join(self.directory, str(step))
+        target, copy = f"{path}.unrestorable", 1
+        while os.path.exists(target):
+          target, copy = f"{path}.unrestorable{copy}", copy + 1
+        os.rename(path, target)
+        logging.warning("moved the unrestorable checkpoint %s to %s", path, target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("longjax.checkpoint.set_aside")
+    self.manager.reload()
+
   def restore(self, abstract_params, abstract_opt_state, step: int | None = None) -> tuple[int, Any, Any, dict]:
-    """(step, params, opt_state, data_state) of `step` or of the newest step that restores.
+    """(step, params, opt_state, this process's data_state) of `step` or of the newest step that restores.
 
     Abstract trees carry the target shardings (a different mesh reshards). A newest step that fails
-    to restore (corrupted, half-deleted) is skipped with a warning and the one before it is used.
+    to restore (corrupted, half-deleted) is skipped with a warning and the one before it is used; the
+    skipped step directories are renamed `<step>.unrestorable`, so that the resumed run can save them anew.
     """
 
     def restore_one(candidate):
@@ -109,9 +150,13 @@ class Checkpointer:
       restored = self.manager.restore(candidate, args=ocp.args.Composite(
           params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract_opt_state),
           data=ocp.args.JsonRestore()))
-      return candidate, restored["params"], restored["opt_state"], restored["data"]
+      processes = restored["data"]["processes"]
+      if len(processes) != jax.process_count():
+        raise CheckpointError(f"{self.directory}/{candidate}: written by {len(processes)} processes, this run has "
+                              f"{jax.process_count()}; resume with the same process count")
+      return candidate, restored["params"], restored["opt_state"], processes[jax.process_index()]
 
-    return self._first_restorable(step, restore_one)
+    return self._first_restorable(step, restore_one, set_aside=step is None)
 
   def restore_params(self, abstract_params=None, step: int | None = None):
     """(step, params) only: what a notebook or `train.init_from` needs; the newest restorable step by default."""
@@ -126,8 +171,22 @@ class Checkpointer:
     return self._first_restorable(step, restore_one)
 
 
-def _first_line(error: Exception | None) -> str:
-  return str(error).splitlines()[0] if error is not None and str(error) else ""
+def _gather_json(value) -> list:
+  """Every process's JSON-serializable `value`, in process order (a collective: every process calls it)."""
+  if jax.process_count() == 1:
+    return [value]
+  data = np.frombuffer(json.dumps(value).encode(), np.uint8)
+  lengths = multihost_utils.process_allgather(np.int32(len(data)))
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:len(data)] = data
+  rows = multihost_utils.process_allgather(padded)
+  return [json.loads(bytes(row[:length]).decode()) for row, length in zip(rows, lengths)]
+
+
+def _first_line(error: Exception | None, limit: int = 200) -> str:
+  """The start of an error's message, short enough for a one-line warning (TensorStore's run to pages)."""
+  line = str(error).splitlines()[0] if error is not None and str(error) else ""
+  return line if len(line) <= limit else line[:limit] + "..."
 
 
 def read_config(workdir: str) -> Config:

@@ -54,14 +54,35 @@ def make_mesh(mesh: MeshConfig, devices=None) -> Mesh:
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
 
 
-def logical_sharding(mesh: Mesh, logical_axes: PartitionSpec | tuple) -> NamedSharding:
-  return NamedSharding(mesh, nn.logical_to_mesh_axes(tuple(logical_axes), RULES))
+def _mesh_size(mesh: Mesh, axes) -> int:
+  """How many shards the mesh axes `axes` (None, one name or a tuple of names) cut a dimension into."""
+  if axes is None:
+    return 1
+  return math.prod(mesh.shape[name] for name in ((axes,) if isinstance(axes, str) else axes))
 
 
-def tree_shardings(mesh: Mesh, logical_tree):
-  """A tree of PartitionSpecs of logical names (nn.get_partition_spec) -> NamedShardings on `mesh`."""
-  return jax.tree.map(lambda spec: logical_sharding(mesh, spec), logical_tree,
-                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+def logical_sharding(mesh: Mesh, logical_axes: PartitionSpec | tuple, shape: tuple[int, ...] | None = None
+                     ) -> NamedSharding:
+  """NamedSharding of logical axis names; with `shape`, a dimension the mesh would cut unevenly stays whole.
+
+  Arguments of a jitted function must split evenly: a 259-token byte vocabulary over tensor=2 is replicated.
+  """
+  spec = nn.logical_to_mesh_axes(tuple(logical_axes), RULES)
+  if shape is not None:
+    spec = PartitionSpec(*(axes if size % _mesh_size(mesh, axes) == 0 else None for axes, size in zip(spec, shape)))
+  return NamedSharding(mesh, spec)
+
+
+def tree_shardings(mesh: Mesh, logical_tree, abstract_tree=None):
+  """A tree of PartitionSpecs of logical names (nn.get_partition_spec) -> NamedShardings on `mesh`.
+
+  `abstract_tree` (arrays or ShapeDtypeStructs of the same structure) leaves unevenly divisible dimensions whole.
+  """
+  is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
+  if abstract_tree is None:
+    return jax.tree.map(lambda spec: logical_sharding(mesh, spec), logical_tree, is_leaf=is_spec)
+  return jax.tree.map(lambda spec, x: logical_sharding(mesh, spec, x.shape), logical_tree, abstract_tree,
+                      is_leaf=is_spec)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

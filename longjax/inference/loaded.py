@@ -60,7 +60,7 @@ def load(workdir: str, step: int | None = None) -> LoadedModel:
   abstract, _ = abstract_params(config.model)
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
-  checkpointer = checkpoint.Checkpointer(workdir, async_save=False)
+  checkpointer = checkpoint.Checkpointer(workdir, read_only=True)
   try:
     step, params = checkpointer.restore_params(abstract, step)
   finally:

@@ -38,7 +38,11 @@ def load_source(init_from: str) -> tuple[ModelConfig, dict]:
   if source_kind(init_from) == "hf":
     return hf.load(init_from)
   source_config = checkpoint.read_config(init_from)
-  _, params = checkpoint.Checkpointer(init_from, async_save=False).restore_params()
+  checkpointer = checkpoint.Checkpointer(init_from, read_only=True)
+  try:
+    _, params = checkpointer.restore_params()
+  finally:
+    checkpointer.close()
   params = jax.tree.map(np.asarray, params)
   if "layers" in params:
     params = hf.unscan_params(params, source_config.model.num_layers)

@@ -27,6 +27,7 @@ from longjax import checkpoint, sharding
 from longjax.config import Config, ConfigError
 from longjax.data import make_batches
 from longjax.nn import Llama, abstract_params
+from longjax.train import data_state as data_state_lib
 from longjax.train import init as init_lib
 from longjax.train.metrics import MetricWriter
 from longjax.train.optimizer import learning_rate_schedule, make_optimizer, parameter_labels
@@ -103,7 +104,7 @@ class Trainer:
     self.mesh = sharding.make_mesh(config.mesh)
     self.model = Llama(config.model)
     abstract, logical = abstract_params(config.model)
-    self.param_shardings = sharding.tree_shardings(self.mesh, logical)
+    self.param_shardings = sharding.tree_shardings(self.mesh, logical, abstract)
     self.labels = parameter_labels(abstract, config.model.lora)
     self.optimizer = make_optimizer(train, abstract, config.model.lora)
     abstract_opt = jax.eval_shape(self.optimizer.init, abstract)
@@ -162,26 +163,33 @@ class Trainer:
 def train_and_evaluate(config: Config, workdir: str) -> dict:
   """Train (or resume) in `workdir` until `train.num_steps`; returns the last metrics."""
   trainer = Trainer(config, workdir)
+  try:
+    return _train(trainer)
+  finally:  # also on a user error before the loop: Orbax's background threads must end before the interpreter
+    trainer.checkpointer.close()
+
+
+def _train(trainer: Trainer) -> dict:
   config, train = trainer.config, trainer.config.train
-  _write_config(config, trainer.workdir)
   batches = trainer.train_batches()
   schedule = learning_rate_schedule(train)
   flops = flops_per_token(config.model, trainer.num_params, train.seq_len)
   peak = _peak_flops()
   with trainer.context():
-    latest = trainer.checkpointer.latest_step()
-    if latest is None:
-      step, params = 0, trainer.initial_params()
+    if trainer.checkpointer.latest_step() is None:
+      step, saved_step, params = 0, None, trainer.initial_params()
       opt_state = jax.jit(trainer.optimizer.init, out_shardings=trainer.opt_shardings)(params)
     else:
       step, params, opt_state, data_state = trainer.checkpointer.restore(trainer.abstract_params, trainer.abstract_opt)
-      batches.set_state(data_state)
+      saved_step = step
+      batches.set_state(data_state_lib.own(data_state))
       log.info("resumed from %s at step %d", trainer.checkpointer.directory, step)
+    # Only now: a rerun whose model does not fit the workdir's checkpoints must not overwrite its config.json.
+    _write_config(config, trainer.workdir)
     state = {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state}
     writer = MetricWriter(trainer.workdir, total_steps=train.num_steps, initial_step=step,
                           enabled=jax.process_index() == 0)
     last: dict = {}
-    saved_step = latest
     first_step, window_start, window_tokens = step, time.perf_counter(), 0.0
     try:
       with _Preemption() as preemption:
@@ -189,32 +197,35 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
           state, metrics = trainer.train_step(state, _global_batch(next(batches), trainer.batch_sharding))
           step += 1
           metrics = jax.device_get(metrics)
-          loss = float(metrics["loss"])
-          if not math.isfinite(loss):
-            raise TrainingError(f"train: loss is {loss} at step {step}; stopped without saving, the last good "
-                                f"checkpoint (step {saved_step}) is kept in {trainer.checkpointer.directory}")
+          loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+          # A finite loss with a non-finite gradient already made the new parameters NaN: never save those.
+          if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            kept = "no checkpoint was saved yet" if saved_step is None else (
+                f"the last good checkpoint (step {saved_step}) is kept in {trainer.checkpointer.directory}")
+            raise TrainingError(f"train: loss is {loss} (gradient norm {grad_norm}) at step {step}; stopped without "
+                                f"saving, {kept}")
           window_tokens += float(metrics["tokens"])
           if step == first_step + 1:  # the first step of a process includes compilation: not a throughput figure
             window_start, window_tokens = time.perf_counter(), 0.0
           writer.advance()
           if step % train.log_every == 0 or step == train.num_steps:
             elapsed = time.perf_counter() - window_start
-            tokens_per_s = window_tokens / max(elapsed, 1e-9)
-            last = {"loss": loss, "learning_rate": float(schedule(step - 1)), "grad_norm": float(metrics["grad_norm"]),
+            tokens_per_s = window_tokens / max(elapsed, 1e-9) if window_tokens else None  # None: compile step only
+            last = {"loss": loss, "learning_rate": float(schedule(step - 1)), "grad_norm": grad_norm,
                     "tokens_per_s": tokens_per_s,
-                    "mfu": flops * tokens_per_s / (peak * jax.device_count()) if peak else None}
+                    "mfu": flops * tokens_per_s / (peak * jax.device_count()) if peak and tokens_per_s else None}
             if train.eval_every and (step % train.eval_every == 0 or step == train.num_steps):
               last.update(trainer.evaluate(state["params"]))
             writer.write(step, last)
             window_start, window_tokens = time.perf_counter(), 0.0
           if step % train.checkpoint_every == 0 or step == train.num_steps or preemption.requested:
-            trainer.checkpointer.save(step, state["params"], state["opt_state"], batches.get_state(), config,
+            data_state = data_state_lib.gather(batches.get_state())
+            trainer.checkpointer.save(step, state["params"], state["opt_state"], data_state, config,
                                       force=True)
             saved_step = step
           if preemption.requested:
             log.warning("preempted: saved step %d in %s", step, trainer.checkpointer.directory)
             break
     finally:
-      trainer.checkpointer.close()
       writer.close()
   return {"step": step, **last}

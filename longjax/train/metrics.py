@@ -4,8 +4,21 @@ import json
 import os
 import sys
 
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch: tensorboardX tries `import torch` only to accept
+  torch tensors (longjax logs floats), which costs seconds of every run's start-up when torch is installed."""
+  hide_torch = "torch" not in sys.modules
+  if hide_torch:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError, which tensorboardX handles
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if hide_torch:
+      del sys.modules["torch"]
+  return SummaryWriter
 
 
 class MetricWriter:
@@ -14,7 +27,7 @@ class MetricWriter:
   def __init__(self, workdir: str, *, total_steps: int, initial_step: int, enabled: bool = True):
     self.enabled = enabled
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if enabled else None
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard")) if enabled else None
+    self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard")) if enabled else None
     show = enabled and sys.stdout.isatty()
     self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True) if show else None
 

@@ -57,9 +57,13 @@ def parameter_labels(params, lora: LoraConfig):
 
 
 def decay_mask(params):
-  """Weight decay on matrices only (kernels, embeddings, LoRA factors), not norms, biases or gates."""
+  """Weight decay on matrices only (kernels, embeddings, LoRA factors), not norms, biases or gates.
+
+  Inside multi_transform the leaves of other labels arrive as optax.MaskedNode (no array): no decay.
+  """
   flat = traverse_util.flatten_dict(params)
-  return traverse_util.unflatten_dict({path: value.ndim >= 2 for path, value in flat.items()})
+  return traverse_util.unflatten_dict(
+      {path: not isinstance(value, optax.MaskedNode) and value.ndim >= 2 for path, value in flat.items()})
 
 
 def make_optimizer(cfg: TrainConfig, params, lora: LoraConfig) -> optax.GradientTransformation:

@@ -86,7 +86,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
     grads = jax.tree.map(lambda g: g / count, grads)
     updates, opt_state = optimizer.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
-    metrics = {"loss": total / count, "grad_norm": optax.global_norm(grads), "tokens": count}
+    metrics = {"loss": total / count, "grad_norm": optax.tree.norm(grads), "tokens": count}
     return {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}, metrics
 
   return step

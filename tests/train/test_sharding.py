@@ -1,0 +1,67 @@
+"""Training on a data x fsdp x tensor mesh of 8 fake CPU devices matches one device, and really shards."""
+
+import json
+
+import numpy as np
+
+# Runs in a fresh process: the device count is fixed when JAX starts.
+SCRIPT = """
+import json, sys
+import jax, jax.numpy as jnp
+from longjax.config import from_config_dict
+from longjax.train.loop import Trainer, _global_batch
+
+def spec(x):
+  return [None if a is None else list(a) if isinstance(a, tuple) else a for a in x.sharding.spec]
+
+trainer = Trainer(from_config_dict(json.loads(sys.argv[1])), sys.argv[2])
+try:
+  with trainer.context():
+    params = trainer.initial_params()
+    opt_state = jax.jit(trainer.optimizer.init, out_shardings=trainer.opt_shardings)(params)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+    batches = trainer.train_batches()
+    losses = []
+    for _ in range(3):
+      state, metrics = trainer.train_step(state, _global_batch(next(batches), trainer.batch_sharding))
+      losses.append(float(metrics["loss"]))
+finally:
+  trainer.checkpointer.close()
+leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+print(json.dumps({
+    "devices": jax.device_count(), "mesh": dict(trainer.mesh.shape), "losses": losses,
+    "specs": {jax.tree_util.keystr(p): spec(x) for p, x in leaves if hasattr(x, "sharding")},
+    "shard_shapes": {jax.tree_util.keystr(p): list(x.sharding.shard_shape(x.shape)) for p, x in leaves
+                     if hasattr(x, "sharding")}}))
+"""
+
+Q = "['params']['layers_0']['attention']['q_proj']['kernel']"
+
+
+def _run(runner, tmp_path, name, devices, mesh):
+  config = runner.config({f"mesh.{axis}": size for axis, size in mesh.items()})
+  flags = f"--xla_force_host_platform_device_count={devices}" if devices > 1 else ""
+  return runner.python(SCRIPT, config.to_json(), str(tmp_path / name), env={"XLA_FLAGS": flags})
+
+
+def test_sharded_training_matches_one_device(runner, tmp_path):
+  sharded = _run(runner, tmp_path, "sharded", 8, {"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1})
+  single = _run(runner, tmp_path, "single", 1, {"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1})
+  assert sharded["devices"] == 8 and single["devices"] == 1
+  assert sharded["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2, "sequence": 1}
+
+  np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-4)
+  assert len(set(single["losses"])) == 3, single["losses"]
+
+  specs, shapes = sharded["specs"], sharded["shard_shapes"]
+  assert specs[Q] == ["fsdp", "tensor", None] and shapes[Q] == [32, 2, 16], (specs[Q], shapes[Q])
+  assert specs["['params']['layers_0']['mlp']['down_proj']['kernel']"] == ["tensor", "fsdp"]
+  # 259 byte tokens do not split in two: the vocabulary axis stays whole, the embedding axis is sharded.
+  assert specs["['params']['embed_tokens']['embedding']"] == [None, "fsdp"]
+  assert specs["['params']['lm_head']"] == ["fsdp", None]
+  # Adam's moments are sharded like their parameters.
+  moments = [path for path in specs if path.startswith("['opt_state']") and "['q_proj']['kernel']" in path
+             and "layers_0" in path]
+  assert len(moments) == 2 and all(specs[path] == specs[Q] for path in moments), json.dumps(
+      {p: specs[p] for p in moments})
+  assert single["shard_shapes"][Q] == [64, 4, 16]
