@@ -3,7 +3,7 @@
 A step directory `workdir/checkpoints/<step>/` holds four items:
   params     the parameter tree (float32), restorable alone onto any mesh,
   opt_state  the optax state,
-  data       every process's training-iterator state (JSON), so a resumed run sees the same batches,
+  data       the training iterators' state (JSON, one per process), so a resumed run sees the same batches,
   config     the validated run config (JSON).
 Orbax writes each step to a temporary directory and renames it when complete,
 so a failed or interrupted save never replaces the last good checkpoint.
@@ -69,10 +69,8 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def save(self, step: int, params, opt_state, data_state: dict, config: Config, *, force: bool = False) -> bool:
-    """Save a step; `data_state` is this process's iterator state (every process calls save)."""
-    data = {"processes": _gather_json(data_state)}  # JSON items are written by the primary process only
     args = ocp.args.Composite(params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-                              data=ocp.args.JsonSave(data), config=ocp.args.JsonSave(config.to_dict()))
+                              data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config.to_dict()))
     return self.manager.save(step, args=args, force=force)
 
   def wait(self) -> None:
@@ -138,7 +136,7 @@ class Checkpointer:
     self.manager.reload()
 
   def restore(self, abstract_params, abstract_opt_state, step: int | None = None) -> tuple[int, Any, Any, dict]:
-    """(step, params, opt_state, this process's data_state) of `step` or of the newest step that restores.
+    """(step, params, opt_state, data_state) of `step` or of the newest step that restores.
 
     Abstract trees carry the target shardings (a different mesh reshards). A newest step that fails
     to restore (corrupted, half-deleted) is skipped with a warning and the one before it is used; the
@@ -150,11 +148,7 @@ class Checkpointer:
       restored = self.manager.restore(candidate, args=ocp.args.Composite(
           params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract_opt_state),
           data=ocp.args.JsonRestore()))
-      processes = restored["data"]["processes"]
-      if len(processes) != jax.process_count():
-        raise CheckpointError(f"{self.directory}/{candidate}: written by {len(processes)} processes, this run has "
-                              f"{jax.process_count()}; resume with the same process count")
-      return candidate, restored["params"], restored["opt_state"], processes[jax.process_index()]
+      return candidate, restored["params"], restored["opt_state"], restored["data"]
 
     return self._first_restorable(step, restore_one, set_aside=step is None)
 
@@ -169,18 +163,6 @@ class Checkpointer:
       return candidate, restored["params"]
 
     return self._first_restorable(step, restore_one)
-
-
-def _gather_json(value) -> list:
-  """Every process's JSON-serializable `value`, in process order (a collective: every process calls it)."""
-  if jax.process_count() == 1:
-    return [value]
-  data = np.frombuffer(json.dumps(value).encode(), np.uint8)
-  lengths = multihost_utils.process_allgather(np.int32(len(data)))
-  padded = np.zeros(int(lengths.max()), np.uint8)
-  padded[:len(data)] = data
-  rows = multihost_utils.process_allgather(padded)
-  return [json.loads(bytes(row[:length]).decode()) for row, length in zip(rows, lengths)]
 
 
 def _first_line(error: Exception | None, limit: int = 200) -> str:

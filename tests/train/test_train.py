@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from conftest import TRAINED_STEPS, checkpoint_steps, read_metrics
 
+from longjax.train import data_state
 from longjax.train import metrics as metrics_lib
 from longjax.train.loop import Trainer, _global_batch, train_and_evaluate
 
@@ -96,7 +97,7 @@ def test_resume_is_exact(runner, tmp_path, async_checkpointing):
   assert step_a == step_b == 6
   _assert_trees_equal(params_a, params_b)
   _assert_trees_equal(opt_a, opt_b)
-  assert data_a == data_b and data_a["offset"] > 0, (data_a, data_b)
+  assert data_a == data_b and data_state.own(data_a)["offset"] > 0, (data_a, data_b)
 
 
 def _run_steps(runner, workdir, extra, steps=2):
