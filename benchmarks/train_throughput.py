@@ -27,9 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from longjax.config import ModelConfig, TrainConfig  # noqa: E402
 from longjax.nn import abstract_params, init_params  # noqa: E402
 from longjax.nn import Llama  # noqa: E402
-from longjax.train.loop import PEAK_FLOPS  # noqa: E402
 from longjax.train.optimizer import make_optimizer, parameter_labels  # noqa: E402
-from longjax.train.step import flops_per_token, make_train_step  # noqa: E402
+from longjax.train.step import flops_per_token, make_train_step, peak_flops  # noqa: E402
 
 SHAPES = {  # name: (model config, batch, seq_len)
     "tiny": (ModelConfig(vocab_size=259, hidden_size=64, intermediate_size=176, num_layers=2, num_heads=4,
@@ -79,8 +78,7 @@ def bench_longjax(config: ModelConfig, batch: int, seq_len: int, steps: int, war
   result = {"step_s": median, "tokens_per_s": batch * seq_len / median, "params": num_params,
             "flops_per_token": flops_per_token(config, num_params, seq_len),
             "temp_bytes": getattr(memory, "temp_size_in_bytes", None)}
-  kind = jax.devices()[0].device_kind
-  peak = next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
+  peak = peak_flops(jax.devices()[0].device_kind)
   result["mfu"] = result["flops_per_token"] * result["tokens_per_s"] / peak if peak else None
   return result
 

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 
 def free_port() -> int:
@@ -40,13 +41,18 @@ def launch(command: list[str], num_processes: int, devices_per_process: int = 1)
     relays.append(threading.Thread(target=_relay, args=(process, index), daemon=True))
     relays[-1].start()
   status = 0
-  for process in processes:
-    code = process.wait()
-    if code and not status:
-      status = code
-      for other in processes:  # one failed: the others would wait for it at the next collective forever
+  while any(p.poll() is None for p in processes):
+    failed = [p.returncode for p in processes if p.poll() not in (None, 0)]
+    if failed:  # one failed: the others would wait for it in their next collective until a timeout
+      status = failed[0]
+      for other in processes:
         if other.poll() is None:
           other.terminate()
+      break
+    time.sleep(0.2)
+  for process in processes:
+    code = process.wait()
+    status = status or code
   for relay in relays:
     relay.join(timeout=5)
   return status

@@ -44,6 +44,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     _fail(str(e).splitlines()[0])
   except ConfigError as e:
     _fail(str(e))
+  except (AttributeError, KeyError) as e:  # an override naming a key the locked config does not have
+    name = str(e.args[0] if e.args else e).strip("'\"")
+    given = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.") and
+                  a.split("=", 1)[0].split(".")[-1] == name), f"--config...{name}")
+    _fail(f"{given}: unknown config key {name!r}; every key is listed, with a comment, in configs/base.py")
   except Exception as e:  # config files run user code: report what broke, in one line
     _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
@@ -72,7 +77,8 @@ def initialize_distributed() -> None:
 
   if "JAX_COORDINATOR_ADDRESS" not in os.environ:
     return
-  if jax.default_backend() == "cpu" or os.environ.get("JAX_PLATFORMS", "") == "cpu":
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  # CPU collectives over loopback/TCP; accelerators use their own (ICI, NCCL) and ignore this.
+  # (Asking for the backend here would initialise it too early.)
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"], int(os.environ["JAX_NUM_PROCESSES"]),
                              int(os.environ["JAX_PROCESS_ID"]))

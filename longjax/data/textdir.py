@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import pathlib
 import re
@@ -132,6 +133,16 @@ class TextDir(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, files):
     for relative_path, path in files:
       yield relative_path, {"text": read_document(path), "path": relative_path}
+
+
+class _NoCustomConfigNotice(logging.Filter):
+  """TFDS warns "Using custom data configuration" at every open of a TextDir: that is how it is meant to work."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Using custom data configuration")
+
+
+logging.getLogger("absl").addFilter(_NoCustomConfigNotice())
 
 
 def build_text_dir(text_dir: str = "", text_glob: str = "**/*.py", validation_fraction: float = 0.05,

@@ -31,21 +31,11 @@ from longjax.train import data_state as data_state_lib
 from longjax.train import init as init_lib
 from longjax.train.metrics import MetricWriter
 from longjax.train.optimizer import learning_rate_schedule, make_optimizer, parameter_labels
-from longjax.train.step import flops_per_token, make_eval_step, make_train_step
-
-# Dense bf16 peak FLOP/s per chip, for the MFU estimate (vendor datasheets); unknown kinds report no MFU.
-PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
-              "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100": 989e12, "NVIDIA H200": 989e12,
-              "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12}
+from longjax.train.step import flops_per_token, make_eval_step, make_train_step, peak_flops
 
 
 class TrainingError(ConfigError):
   """Training cannot go on (e.g. a non-finite loss); the message names the step and what was kept."""
-
-
-def _peak_flops() -> float | None:
-  kind = jax.devices()[0].device_kind
-  return next((v for k, v in PEAK_FLOPS.items() if kind.startswith(k)), None)
 
 
 class _Preemption:
@@ -174,7 +164,7 @@ def _train(trainer: Trainer) -> dict:
   batches = trainer.train_batches()
   schedule = learning_rate_schedule(train)
   flops = flops_per_token(config.model, trainer.num_params, train.seq_len)
-  peak = _peak_flops()
+  peak = peak_flops(jax.devices()[0].device_kind)
   with trainer.context():
     if trainer.checkpointer.latest_step() is None:
       step, saved_step, params = 0, None, trainer.initial_params()

@@ -100,6 +100,15 @@ def make_eval_step(model: nn.Module):
   return step
 
 
+# Dense bf16 peak FLOP/s per chip (vendor datasheets), for the MFU estimate; unknown kinds report no MFU.
+PEAK_FLOPS = {"TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
+              "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12}
+
+
+def peak_flops(device_kind: str) -> float | None:
+  return next((v for k, v in PEAK_FLOPS.items() if device_kind.startswith(k)), None)
+
+
 def flops_per_token(model_config: ModelConfig, num_params: int, seq_len: int) -> float:
   """Training FLOPs per token: 6N for the matmuls plus causal attention 6 * layers * d_attn * T
   (the 12 * layers * d * T count halved for causal masking, as MaxText counts since 2025)."""
