@@ -84,29 +84,38 @@ def bench_longjax(config: ModelConfig, batch: int, seq_len: int, steps: int, war
 
 
 def bench_transformers(config: ModelConfig, batch: int, seq_len: int, steps: int, warmup: int) -> dict:
+  """The same step in PyTorch: float32 on CPU; on a GPU float32 parameters with bf16 autocast and SDPA."""
   import torch
   import transformers
 
+  device = "cuda" if torch.cuda.is_available() else "cpu"
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
   hf_config = transformers.LlamaConfig(
       vocab_size=config.vocab_size, hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
       num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
       num_key_value_heads=config.num_kv_heads, max_position_embeddings=seq_len, attn_implementation="sdpa")
-  model = transformers.LlamaForCausalLM(hf_config).train()
+  model = transformers.LlamaForCausalLM(hf_config).to(device).train()
+  if config.remat_policy != "none":
+    model.gradient_checkpointing_enable()  # the closest transformers has to a remat policy
   optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
-  tokens = torch.randint(0, config.vocab_size, (batch, seq_len))
+  tokens = torch.randint(0, config.vocab_size, (batch, seq_len), device=device)
+  autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda" and config.dtype == "bfloat16")
 
   def run():
     optimizer.zero_grad(set_to_none=True)
-    loss = model(input_ids=tokens, labels=tokens).loss
+    with autocast:
+      loss = model(input_ids=tokens, labels=tokens).loss
     loss.backward()
     optimizer.step()
+    if device == "cuda":
+      torch.cuda.synchronize()
 
   times = _time(run, steps, warmup)
   median = statistics.median(times)
   return {"step_s": median, "tokens_per_s": batch * seq_len / median, "torch": torch.__version__,
-          "transformers": transformers.__version__, "threads": torch.get_num_threads()}
+          "transformers": transformers.__version__, "device": device, "threads": torch.get_num_threads(),
+          "gradient_checkpointing": config.remat_policy != "none"}
 
 
 def main():
@@ -114,15 +123,18 @@ def main():
   parser.add_argument("--shapes", default="tiny,demo,small", help=f"comma-separated, of {', '.join(SHAPES)}")
   parser.add_argument("--steps", type=int, default=10)
   parser.add_argument("--warmup", type=int, default=3)
-  parser.add_argument("--no-hf", action="store_true", help="skip transformers (e.g. on an accelerator)")
+  parser.add_argument("--impl", default=None, help="override model.attention.impl (auto, xla, cudnn, blockwise)")
+  parser.add_argument("--no-hf", action="store_true", help="skip transformers")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "train_throughput.json"))
   args = parser.parse_args()
   rows = []
   for name in args.shapes.split(","):
     config, batch, seq_len = SHAPES[name]
+    if args.impl:
+      config = dataclasses.replace(config, attention=dataclasses.replace(config.attention, impl=args.impl))
     if jax.default_backend() == "cpu":
       config = dataclasses.replace(config, dtype="float32")  # transformers on CPU runs float32 too
-    row = {"shape": name, "batch": batch, "seq_len": seq_len, "layers": config.num_layers,
+    row = {"shape": name, "impl": config.attention.impl, "batch": batch, "seq_len": seq_len, "layers": config.num_layers,
            "hidden": config.hidden_size, "longjax": bench_longjax(config, batch, seq_len, args.steps, args.warmup)}
     if not args.no_hf:
       row["transformers"] = bench_transformers(config, batch, seq_len, args.steps, args.warmup)

@@ -1,5 +1,18 @@
-"""Training: optimizer, pure train/eval steps, the loop. `python -m longjax.train` runs it."""
+"""Training: optimizer, pure train/eval steps, the loop. `python -m longjax.train` runs it.
 
-from longjax.train.loop import Trainer, TrainingError, train_and_evaluate
+The loop (and with it the data pipeline, Orbax and TensorBoard) is imported on first use, so that
+`longjax.train.step` and `longjax.train.optimizer` stay light (benchmarks, accelerator images).
+"""
 
-__all__ = ["Trainer", "TrainingError", "train_and_evaluate"]
+_LOOP_NAMES = ("Trainer", "TrainingError", "train_and_evaluate")
+
+
+def __getattr__(name):
+  if name in _LOOP_NAMES:
+    from longjax.train import loop
+
+    return getattr(loop, name)
+  raise AttributeError(f"module 'longjax.train' has no attribute {name!r}")
+
+
+__all__ = list(_LOOP_NAMES)

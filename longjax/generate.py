@@ -1,0 +1,29 @@
+"""Generate text from a trained run.
+
+  python -m longjax.generate --workdir /tmp/tiny --prompt "def fibonacci(n):" --max_new_tokens 64
+  python -m longjax.generate --workdir /tmp/tiny --prompt "import os" --temperature 0.8 --top_k 40
+"""
+
+from absl import flags
+
+from longjax import cli, load
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step; the newest by default.")
+_PROMPT = flags.DEFINE_string("prompt", "", "Text to continue.")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate.", lower_bound=1)
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 is greedy.", lower_bound=0.0)
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).", lower_bound=0)
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+
+
+def main(argv):
+  del argv
+  run = load(_WORKDIR.value, _STEP.value)
+  text = run.generate(_PROMPT.value, max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
+                      top_k=_TOP_K.value, seed=_SEED.value)
+  print(_PROMPT.value + text)
+
+
+if __name__ == "__main__":
+  cli.run(main)
