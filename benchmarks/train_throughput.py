@@ -40,6 +40,10 @@ SHAPES = {  # name: (model config, batch, seq_len)
     "1b": (ModelConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
                        num_kv_heads=4, dtype="bfloat16", remat_policy="dots_with_no_batch_dims",
                        scan_layers=True), 8, 2048),
+    # the same model at 4x the context, same tokens a step: what a context extension run costs
+    "1b_8k": (ModelConfig(vocab_size=32000, hidden_size=2048, intermediate_size=5632, num_layers=22, num_heads=32,
+                          num_kv_heads=4, dtype="bfloat16", remat_policy="dots_with_no_batch_dims",
+                          scan_layers=True), 2, 8192),
 }
 
 

@@ -110,7 +110,13 @@ def peak_flops(device_kind: str) -> float | None:
 
 
 def flops_per_token(model_config: ModelConfig, num_params: int, seq_len: int) -> float:
-  """Training FLOPs per token: 6N for the matmuls plus causal attention 6 * layers * d_attn * T
-  (the 12 * layers * d * T count halved for causal masking, as MaxText counts since 2025)."""
+  """Model FLOPs of training per token (MFU's numerator; remat recomputation is not counted).
+
+  6 * N for the matmuls, where N leaves out an untied token-embedding table (a lookup, not a matmul),
+  plus causal attention 6 * layers * T * heads * head_dim: the 12 * layers * T * d count of PaLM
+  (Chowdhery et al. 2022, app. B) halved for causal masking, as MaxText counts since 2025.
+  """
+  matmul_params = num_params - (0 if model_config.tie_embeddings else model_config.vocab_size *
+                                model_config.hidden_size)
   attn_width = model_config.num_heads * model_config.resolved_head_dim
-  return 6.0 * num_params + 6.0 * model_config.num_layers * attn_width * seq_len
+  return 6.0 * matmul_params + 6.0 * model_config.num_layers * attn_width * seq_len
