@@ -61,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   attention = model.attention = ml_collections.ConfigDict()
   attention.type = "full"  # full | s2 | sliding | infini
   attention.impl = "auto"  # auto | xla | cudnn | pallas | blockwise | naive
-  attention.block_size = 512  # key block of the blockwise kernel
+  attention.block_size = 512  # query and key block of the blockwise kernel (full and sliding types)
   attention.window = config_dict.placeholder(int)  # sliding: keys with i - window < j <= i
   attention.sinks = 0  # sliding: also keep the first `sinks` keys (StreamingLLM)
   attention.group_size_ratio = 0.25  # s2: group size = ratio * sequence length (LongLoRA)

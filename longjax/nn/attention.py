@@ -49,16 +49,17 @@ class Attention(nn.Module):
     if cfg.type == "infini":
       gate = self.param("gate", nn.with_logical_partitioning(nn.initializers.zeros, ("heads",)), (heads,),
                         self.param_dtype)
-      out, _ = ops.infini_attention(q, k, v, gate, segment_len=cfg.segment_len, update=cfg.update, freqs=freqs)
+      out, _ = ops.infini_attention(q, k, v, gate, segment_len=cfg.segment_len, update=cfg.update, freqs=freqs,
+                                    impl=cfg.impl)
     else:
       q = positional.apply_rope(q, positions, freqs)
       k = positional.apply_rope(k, positions, freqs)
       if cfg.type == "s2" and (self.train or cfg.s2_at_eval):
-        out = ops.s2_attention(q, k, v, group_size=int(cfg.group_size_ratio * x.shape[1]))
+        out = ops.s2_attention(q, k, v, group_size=int(cfg.group_size_ratio * x.shape[1]), impl=cfg.impl)
       else:
         window = cfg.window if cfg.type == "sliding" else None
         sinks = cfg.sinks if cfg.type == "sliding" else 0
         out = ops.attention(q, k, v, causal=True, impl=cfg.impl, window=window, sinks=sinks,
-                            segment_ids=None if cfg.cross_documents else segment_ids)
+                            segment_ids=None if cfg.cross_documents else segment_ids, block_size=cfg.block_size)
     out = checkpoint_name(out, "attention_out")
     return self._proj("o", (self.hidden_size,), ("heads", "head_dim"), ("embed",))(out)

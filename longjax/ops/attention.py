@@ -49,8 +49,11 @@ def choose_impl(q, k, *, causal: bool = True, window: int | None = None, sinks: 
 
 
 def attention(q, k, v, *, causal: bool = True, impl: str = "auto", window: int | None = None, sinks: int = 0,
-              segment_ids: jax.Array | None = None):
-  """Masked softmax attention, q [B, T, H, D], k/v [B, S, Hkv, D] -> [B, T, H, D]."""
+              segment_ids: jax.Array | None = None, block_size: int | None = None):
+  """Masked softmax attention, q [B, T, H, D], k/v [B, S, Hkv, D] -> [B, T, H, D].
+
+  `block_size` sets the query and key blocks of the blockwise kernel (its default when None).
+  """
   if q.shape[2] % k.shape[2]:
     raise ValueError(f"attention: query heads {q.shape[2]} must be a multiple of key/value heads {k.shape[2]}")
   if window is not None and window < 1:
@@ -59,4 +62,6 @@ def attention(q, k, v, *, causal: bool = True, impl: str = "auto", window: int |
   name = choose_impl(q, k, **mask_rule) if impl == "auto" else impl
   if name not in IMPLS:
     raise ValueError(f"attention: impl={impl!r} is not available; allowed: auto, {', '.join(IMPLS)}")
+  if name == "blockwise" and block_size is not None:
+    return blockwise_attention(q, k, v, **mask_rule, block_q=block_size, block_k=block_size)
   return IMPLS[name](q, k, v, **mask_rule)

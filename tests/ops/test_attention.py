@@ -151,3 +151,12 @@ def test_cudnn_matches_reference_bf16(window):
   np.testing.assert_allclose(out.astype(jnp.float32), expected.astype(jnp.float32), atol=2e-2)
   for grad, expected_grad in zip(grads, expected_grads):
     np.testing.assert_allclose(grad.astype(jnp.float32), expected_grad.astype(jnp.float32), atol=5e-2, rtol=5e-2)
+
+
+def test_block_size_reaches_the_blockwise_kernel():
+  q = jax.random.normal(jax.random.key(0), (1, 96, 2, 8))
+  ref = ops.attention(q, q, q, impl="naive")
+  for block in (16, 32, 96):
+    np.testing.assert_allclose(ops.attention(q, q, q, impl="blockwise", block_size=block), ref, atol=1e-5)
+  jaxpr = str(jax.make_jaxpr(lambda q: ops.attention(q, q, q, impl="blockwise", block_size=16))(q))
+  assert "length=21" in jaxpr  # 96 / 16 = 6 blocks: the 6 * 7 / 2 causal block pairs are scanned
