@@ -26,6 +26,16 @@ from longjax.config import Config, ConfigError, from_config_dict
 CHECKPOINTS = "checkpoints"
 
 
+class _NoReadOnlyNotice(logging.Filter):
+  """Orbax warns "Given directory is read only" whenever a reader opens a checkpoint read-only, as intended."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_NoReadOnlyNotice())
+
+
 class CheckpointError(ConfigError):
   """A checkpoint that cannot be used; the message names the directory and what was wrong."""
 
