@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
+from matplotlib import ticker  # noqa: E402
 
 
 def plot_perplexity_vs_length(curves: dict[str, list], path: str, *, trained_length: int | None = None,
@@ -20,6 +21,8 @@ def plot_perplexity_vs_length(curves: dict[str, list], path: str, *, trained_len
     ax.axvline(trained_length, color="gray", linestyle="--", linewidth=1, label=f"trained length {trained_length}")
   ax.set_xscale("log", base=2)
   ax.set_yscale("log")
+  ax.yaxis.set_major_formatter(ticker.ScalarFormatter())
+  ax.yaxis.set_minor_formatter(ticker.ScalarFormatter())
   ax.set_xlabel("evaluation length (tokens)")
   ax.set_ylabel("perplexity (token-weighted, sliding window)")
   ax.set_title(title)

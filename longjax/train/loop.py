@@ -181,6 +181,7 @@ def _train(trainer: Trainer) -> dict:
                           enabled=jax.process_index() == 0)
     last: dict = {}
     first_step, window_start, window_tokens = step, time.perf_counter(), 0.0
+    window_loss_sum = window_loss_tokens = 0.0  # the logged loss is the token-weighted mean since the last log
     try:
       with _Preemption() as preemption:
         while step < train.num_steps:
@@ -195,19 +196,22 @@ def _train(trainer: Trainer) -> dict:
             raise TrainingError(f"train: loss is {loss} (gradient norm {grad_norm}) at step {step}; stopped without "
                                 f"saving, {kept}")
           window_tokens += float(metrics["tokens"])
+          window_loss_sum += loss * float(metrics["tokens"])
+          window_loss_tokens += float(metrics["tokens"])
           if step == first_step + 1:  # the first step of a process includes compilation: not a throughput figure
             window_start, window_tokens = time.perf_counter(), 0.0
           writer.advance()
           if step % train.log_every == 0 or step == train.num_steps:
             elapsed = time.perf_counter() - window_start
             tokens_per_s = window_tokens / max(elapsed, 1e-9) if window_tokens else None  # None: compile step only
-            last = {"loss": loss, "learning_rate": float(schedule(step - 1)), "grad_norm": grad_norm,
+            last = {"loss": window_loss_sum / max(window_loss_tokens, 1.0), "step_loss": loss, "learning_rate": float(schedule(step - 1)), "grad_norm": grad_norm,
                     "tokens_per_s": tokens_per_s,
                     "mfu": flops * tokens_per_s / (peak * jax.device_count()) if peak and tokens_per_s else None}
             if train.eval_every and (step % train.eval_every == 0 or step == train.num_steps):
               last.update(trainer.evaluate(state["params"]))
             writer.write(step, last)
             window_start, window_tokens = time.perf_counter(), 0.0
+            window_loss_sum = window_loss_tokens = 0.0
           if step % train.checkpoint_every == 0 or step == train.num_steps or preemption.requested:
             data_state = data_state_lib.gather(batches.get_state())
             trainer.checkpointer.save(step, state["params"], state["opt_state"], data_state, config,
