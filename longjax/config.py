@@ -140,6 +140,9 @@ class AttentionConfig:
     _require(0 < self.group_size_ratio <= 1, f"{key}.group_size_ratio", self.group_size_ratio, "must be in (0, 1]")
     _positive(f"{key}.segment_len", self.segment_len)
     _choice(f"{key}.update", self.update, INFINI_UPDATES)
+    _require(self.cross_documents or self.type in ("full", "sliding"), f"{key}.cross_documents",
+             self.cross_documents, f"False (documents masked from each other) needs type full or sliding, "
+             f"not {self.type}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,12 @@ def test_bad_values_name_key_value_and_allowed(key, value, message):
   assert "\n" not in str(info.value)
 
 
+def test_document_masking_needs_an_attention_type_that_supports_it():
+  from_config_dict(_with(**{"model.attention.cross_documents": False}))
+  with pytest.raises(ConfigError, match=r"model\.attention\.cross_documents=False.*not s2"):
+    from_config_dict(_with(**{"model.attention.type": "s2", "model.attention.cross_documents": False}))
+
+
 def test_head_dim_consistency():
   config = _with(**{"model.hidden_size": 66, "model.head_dim": 16})  # explicit head_dim frees hidden_size
   assert from_config_dict(config).model.resolved_head_dim == 16
