@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from typing import Any
 
@@ -33,6 +34,8 @@ _ROPE_KEYS = tuple(f.name for f in dataclasses.fields(RopeConfig))
 # longjax rope keys that transformers' config does not know (written back only when set).
 _LONGJAX_ONLY_ROPE_KEYS = ("alpha",)
 _LONGJAX_ONLY_ROPE_TYPES = ("ntk", "dynamic_yarn")
+# Keys some checkpoints carry that transformers does not read (YaRN's original code wrote `finetuned`).
+_IGNORED_ROPE_KEYS = ("finetuned",)
 
 
 class ConversionError(ConfigError):
@@ -44,13 +47,18 @@ class ConversionError(ConfigError):
 
 def _rope_from_hf(hf: dict, path: str) -> RopeConfig:
   rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-  if "type" in rope and "rope_type" not in rope:  # transformers < 4.45 spelled it `type`
-    rope["rope_type"] = rope.pop("type")
-  rope.setdefault("rope_type", "default")
+  legacy_type = rope.pop("type", None)  # transformers < 4.45 spelled it `type`; later ones keep both
+  rope.setdefault("rope_type", legacy_type or "default")
+  for key in _IGNORED_ROPE_KEYS:
+    if rope.pop(key, None) is not None:
+      logging.warning("%s: rope_parameters.%s is ignored (transformers ignores it too)", path, key)
   rope.setdefault("rope_theta", hf.get("rope_theta", 10000.0))
   if "partial_rotary_factor" in hf:
     rope.setdefault("partial_rotary_factor", hf["partial_rotary_factor"])
-  if rope["rope_type"] in ("dynamic", "yarn", "dynamic_yarn", "llama3", "longrope"):
+  if rope["rope_type"] == "dynamic":
+    # transformers' Dynamic NTK takes L from max_position_embeddings, whatever else the config says.
+    rope["original_max_position_embeddings"] = hf.get("max_position_embeddings")
+  elif rope["rope_type"] in ("yarn", "dynamic_yarn", "llama3", "longrope"):
     # transformers falls back on these for L (Phi-3 keeps it at the top level).
     rope.setdefault("original_max_position_embeddings",
                     hf.get("original_max_position_embeddings", hf.get("max_position_embeddings")))
@@ -105,12 +113,17 @@ def config_from_hf(hf: dict, path: str = "config.json") -> ModelConfig:
 
 
 def config_to_hf(model: ModelConfig, torch_dtype: str = "float32") -> dict:
-  """The transformers LlamaConfig dict of a ModelConfig (rope keys under `rope_parameters`)."""
+  """The transformers LlamaConfig dict of a ModelConfig (rope keys under `rope_parameters`).
+
+  For Dynamic NTK, max_position_embeddings is written as the rope's L, since transformers reads L there.
+  """
   rope = {k: v for k, v in dataclasses.asdict(model.rope).items()
           if v is not None and k not in _LONGJAX_ONLY_ROPE_KEYS and k != "partial_rotary_factor"}
   for key in ("short_factor", "long_factor"):
     if key in rope:
       rope[key] = list(rope[key])
+  if model.rope.rope_type == "dynamic":  # its L travels as max_position_embeddings (below)
+    rope.pop("original_max_position_embeddings", None)
   if model.rope.rope_type in _LONGJAX_ONLY_ROPE_TYPES:
     raise ConversionError(f"model.rope.rope_type={model.rope.rope_type!r} has no transformers equivalent; "
                           f"allowed for export: any but {', '.join(_LONGJAX_ONLY_ROPE_TYPES)}")
@@ -124,7 +137,9 @@ def config_to_hf(model: ModelConfig, torch_dtype: str = "float32") -> dict:
       "num_attention_heads": model.num_heads,
       "num_key_value_heads": model.num_kv_heads,
       "head_dim": model.resolved_head_dim,
-      "max_position_embeddings": model.max_position_embeddings,
+      # transformers' Dynamic NTK reads its L from max_position_embeddings.
+      "max_position_embeddings": (model.rope.original_max_position_embeddings
+                                  if model.rope.rope_type == "dynamic" else model.max_position_embeddings),
       "rms_norm_eps": model.rms_norm_eps,
       "tie_word_embeddings": model.tie_embeddings,
       "initializer_range": model.initializer_range,

@@ -1,9 +1,9 @@
 """Perplexity against length: the sliding-window protocol of the PI and YaRN papers.
 
 For each evaluation length `max_len`, every document with at least `max_len`
-tokens is read in windows of exactly `max_len` tokens moved by `stride` (the
-last window is aligned to the document's end); only the tokens new to a window
-are scored, each conditioned on up to `max_len - 1` tokens before it. The
+tokens is read in windows of exactly `max_len` tokens moved by `stride` (at most
+`max_len`, so that no token is skipped; the last window is aligned to the
+document's end); only the tokens new to a window are scored, each conditioned on up to `max_len - 1` tokens before it. The
 result is token-weighted over all documents (yarn `eval/perplexity.py`).
 """
 
@@ -24,6 +24,7 @@ from longjax.nn import Llama
 @dataclasses.dataclass(frozen=True)
 class LengthResult:
   length: int
+  stride: int  # the stride used: min(configured stride, length)
   loss: float  # mean negative log-likelihood per scored token (nats)
   perplexity: float
   tokens: int  # scored tokens
@@ -61,6 +62,7 @@ def _window_loss(model: Llama, params, tokens, first_new):
 def perplexity_at_length(model: Llama, params, documents: Sequence[np.ndarray], max_len: int, stride: int,
                          batch_size: int = 4) -> LengthResult:
   """Token-weighted perplexity of `documents` (token arrays) read with windows of max_len tokens."""
+  stride = min(stride, max_len)
   rows, firsts, used = [], [], 0
   for tokens in documents:
     if len(tokens) < max_len + 1:
@@ -70,7 +72,7 @@ def perplexity_at_length(model: Llama, params, documents: Sequence[np.ndarray], 
       rows.append(tokens[begin:begin + max_len + 1])
       firsts.append(scored_to - begin)
   if not rows:
-    return LengthResult(max_len, math.nan, math.nan, 0, 0)
+    return LengthResult(max_len, stride, math.nan, math.nan, 0, 0)
   total = count = 0.0
   for i in range(0, len(rows), batch_size):
     batch, first = rows[i:i + batch_size], firsts[i:i + batch_size]
@@ -80,7 +82,7 @@ def perplexity_at_length(model: Llama, params, documents: Sequence[np.ndarray], 
                                jnp.asarray(first, jnp.int32))
     total, count = total + float(loss_sum), count + float(n)
   loss = total / count
-  return LengthResult(max_len, loss, math.exp(min(loss, 50.0)), int(count), used)
+  return LengthResult(max_len, stride, loss, math.exp(min(loss, 50.0)), int(count), used)
 
 
 def perplexity_vs_length(model: Llama, params, documents: Sequence[np.ndarray], lengths: Sequence[int], stride: int,

@@ -54,8 +54,14 @@ def adopt_shapes(model: ModelConfig, source: ModelConfig) -> ModelConfig:
   return dataclasses.replace(model, **{name: getattr(source, name) for name in SHAPE_FIELDS})
 
 
-def merge_into(fresh: dict, source: dict, scan_layers: bool, num_layers: int) -> dict:
-  """`fresh` with every leaf that `source` (unscanned) has at the same path replaced by the source's value."""
+def merge_into(fresh: dict, source: dict, scan_layers: bool, num_layers: int, place=None) -> dict:
+  """`fresh` with every leaf that `source` (unscanned) has at the same path replaced by the source's value.
+
+  `place(value, like)` puts a source value where the fresh leaf `like` lives (default: a numpy array of its
+  dtype); the training loop places each one on the devices of the fresh leaf's sharding, so the fresh
+  tree never makes a round trip through host memory.
+  """
+  place = place or (lambda value, like: np.asarray(value, like.dtype))
   if scan_layers:
     source = hf.scan_params(source, num_layers)
   flat_source = traverse_util.flatten_dict(source)
@@ -66,5 +72,5 @@ def merge_into(fresh: dict, source: dict, scan_layers: bool, num_layers: int) ->
     if tuple(value.shape) != tuple(flat[path].shape):
       raise ConfigError(f"train.init_from: parameter {'/'.join(path)} has shape {tuple(value.shape)}; "
                         f"this model expects {tuple(flat[path].shape)}")
-    flat[path] = np.asarray(value, flat[path].dtype)
+    flat[path] = place(value, flat[path])
   return traverse_util.unflatten_dict(flat)

@@ -129,9 +129,9 @@ class Trainer:
     params = init(jax.random.key(self.config.seed))
     if self.source_params is None:
       return params
-    merged = init_lib.merge_into(jax.tree.map(np.asarray, params), self.source_params,
-                                 self.config.model.scan_layers, self.config.model.num_layers)
-    return jax.device_put(merged, self.param_shardings)
+    return init_lib.merge_into(params, self.source_params, self.config.model.scan_layers,
+                               self.config.model.num_layers,
+                               place=lambda value, like: jax.device_put(np.asarray(value, like.dtype), like.sharding))
 
   def train_batches(self):
     return make_batches(self.config.data, split=self.config.data.train_split, seq_len=self.config.train.seq_len,

@@ -15,7 +15,12 @@ TRAIN, GATE, FROZEN = "train", "gate", "frozen"
 
 
 def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
-  """Linear warmup to cfg.learning_rate, then cosine/linear decay to end_learning_rate_ratio of it, or constant."""
+  """The LR of each update, indexed by optax's count (0 for the first update).
+
+  Linear warmup reaching cfg.learning_rate at update `warmup_steps`, then cosine/linear decay reaching
+  end_learning_rate_ratio of it at the last update `num_steps`, or constant. Update k (1-based) uses
+  the schedule at k, so the first update does not get LR 0 and the last one gets the end LR.
+  """
   peak, end = cfg.learning_rate, cfg.learning_rate * cfg.end_learning_rate_ratio
   decay_steps = max(cfg.num_steps - cfg.warmup_steps, 1)
   if cfg.schedule == "cosine":
@@ -25,7 +30,8 @@ def learning_rate_schedule(cfg: TrainConfig) -> optax.Schedule:
   else:
     decay = optax.constant_schedule(peak)
   warmup = optax.linear_schedule(0.0 if cfg.warmup_steps else peak, peak, max(cfg.warmup_steps, 1))
-  return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+  schedule = optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+  return lambda count: schedule(count + 1)
 
 
 def _is_lora(path: tuple[str, ...]) -> bool:
@@ -56,14 +62,21 @@ def parameter_labels(params, lora: LoraConfig):
   return traverse_util.unflatten_dict(labels)
 
 
+def _matrix_rank(path: tuple[str, ...], value) -> int:
+  """Rank of one layer's parameter: under nn.scan (`layers/...`) every leaf has a leading layer axis."""
+  return value.ndim - (1 if path[0] == "layers" else 0)
+
+
 def decay_mask(params):
-  """Weight decay on matrices only (kernels, embeddings, LoRA factors), not norms, biases or gates.
+  """Weight decay on matrices only (kernels, embeddings, LoRA factors), not norms, biases or gates,
+  with or without scanned layers.
 
   Inside multi_transform the leaves of other labels arrive as optax.MaskedNode (no array): no decay.
   """
   flat = traverse_util.flatten_dict(params)
   return traverse_util.unflatten_dict(
-      {path: not isinstance(value, optax.MaskedNode) and value.ndim >= 2 for path, value in flat.items()})
+      {path: not isinstance(value, optax.MaskedNode) and _matrix_rank(path, value) >= 2
+       for path, value in flat.items()})
 
 
 def make_optimizer(cfg: TrainConfig, params, lora: LoraConfig) -> optax.GradientTransformation:

@@ -49,3 +49,38 @@ def test_export_keeps_rope_parameters(tmp_path):
   assert reloaded.rope_parameters["rope_type"] == "llama3"
   assert reloaded.rope_parameters["factor"] == 8.0
   assert hf.load(str(tmp_path / "out"))[0] == config
+
+
+def test_dynamic_export_keeps_transformers_length(tmp_path):
+  """transformers' Dynamic NTK reads L from max_position_embeddings: export must put longjax's L there."""
+  import dataclasses
+
+  import transformers
+
+  from hf_reference import hf_logits as reference_logits
+
+  tiny_hf_llama(tmp_path / "in", rope_parameters={"rope_type": "dynamic", "factor": 2.0}, max_position_embeddings=L)
+  config, params = hf.load(str(tmp_path / "in"))
+  config = dataclasses.replace(config, max_position_embeddings=8 * L)  # a model extended past L, as after training
+  hf.save(config, params, str(tmp_path / "out"))
+  exported = transformers.LlamaForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+  tokens = np.random.default_rng(0).integers(0, config.vocab_size, (1, 3 * L)).astype(np.int32)
+  np.testing.assert_allclose(np.asarray(Llama(config).apply({"params": params}, tokens)),
+                             reference_logits(exported, tokens), atol=1e-4, rtol=0)
+
+
+def test_legacy_and_current_rope_keys_load(tmp_path):
+  import json
+
+  tiny_hf_llama(tmp_path, rope_parameters={"rope_type": "linear", "factor": 4.0})
+  config_file = tmp_path / "config.json"
+  hf_config = json.loads(config_file.read_text())
+  # transformers >= 4.45 re-saves legacy configs with both `type` and `rope_type`; YaRN's code wrote `finetuned`
+  hf_config["rope_parameters"].update(type="linear", finetuned=True)
+  config_file.write_text(json.dumps(hf_config))
+  assert hf.load(str(tmp_path))[0].rope.rope_type == "linear"
+  hf_config["rope_scaling"] = {"type": "linear", "factor": 4.0}  # transformers < 4.45
+  del hf_config["rope_parameters"]
+  config_file.write_text(json.dumps(hf_config))
+  loaded = hf.load(str(tmp_path))[0].rope
+  assert (loaded.rope_type, loaded.factor) == ("linear", 4.0)

@@ -1,0 +1,43 @@
+"""The sliding-window perplexity protocol: every token after the first is scored exactly once."""
+
+import jax
+import numpy as np
+import pytest
+
+from longjax.config import ModelConfig
+from longjax.evaluate import perplexity_at_length, windows
+from longjax.nn import Llama, init_params
+
+CONFIG = ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=2)
+
+
+@pytest.mark.parametrize("num_tokens, window, stride", [(100, 17, 5), (100, 17, 16), (64, 64, 8), (300, 33, 32)])
+def test_windows_score_each_target_once_with_full_context(num_tokens, window, stride):
+  """perplexity_at_length reads windows of max_len + 1 tokens with a stride of at most max_len."""
+  scored = []
+  for begin, first_new in windows(num_tokens, window, stride):
+    assert 0 <= begin and begin + window <= num_tokens
+    scored.extend(range(max(first_new, begin + 1), begin + window))
+  assert sorted(scored) == list(range(1, num_tokens))
+
+
+@pytest.mark.parametrize("stride", [4, 16, 64])  # 64 > every length: clamped, no token is skipped
+def test_every_token_is_scored_once_at_every_length(stride):
+  params = init_params(CONFIG, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  documents = [rng.integers(0, CONFIG.vocab_size, n).astype(np.int32) for n in (40, 57, 90)]
+  for length in (8, 16, 32):
+    result = perplexity_at_length(Llama(CONFIG), params, documents, length, stride, batch_size=3)
+    assert result.stride == min(stride, length)
+    assert result.documents == 3 and result.tokens == sum(len(d) - 1 for d in documents)
+    assert 1.0 < result.perplexity < 2 * CONFIG.vocab_size
+
+
+def test_loss_equals_a_direct_computation_when_one_window_covers_the_document():
+  params = init_params(CONFIG, jax.random.key(0))
+  document = np.random.default_rng(1).integers(0, CONFIG.vocab_size, 33).astype(np.int32)
+  result = perplexity_at_length(Llama(CONFIG), params, [document], 32, 8)
+  logits = Llama(CONFIG).apply({"params": params}, document[None, :-1])
+  logp = jax.nn.log_softmax(logits[0])
+  expected = -np.mean(np.asarray(logp)[np.arange(32), document[1:]])
+  np.testing.assert_allclose(result.loss, expected, rtol=1e-5)
