@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ---- model: a LLaMA decoder (longjax/nn/) ----
   model = config.model = ml_collections.ConfigDict()
+  model.block = "llama"  # the decoder block (longjax.nn.BLOCKS): llama
   model.vocab_size = 259  # 256 bytes + pad/bos/eos for the byte tokenizer
   model.hidden_size = 256
   model.intermediate_size = 688  # SwiGLU width
@@ -61,7 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   attention = model.attention = ml_collections.ConfigDict()
   attention.type = "full"  # full | s2 | sliding | infini
   attention.impl = "auto"  # auto | xla | cudnn | pallas | blockwise | naive
-  attention.block_size = 512  # query and key block of the blockwise kernel (full and sliding types)
+  attention.kernel_block = 512  # tile of the blockwise and KV-cache kernels: query and key block length
   attention.window = config_dict.placeholder(int)  # sliding: keys with i - window < j <= i
   attention.sinks = 0  # sliding: also keep the first `sinks` keys (StreamingLLM)
   attention.group_size_ratio = 0.25  # s2: group size = ratio * sequence length (LongLoRA)

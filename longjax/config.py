@@ -16,6 +16,9 @@ import ml_collections
 
 DTYPES = ("float32", "bfloat16", "float16")
 ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "dynamic_yarn", "llama3", "longrope")
+# Each is a registry's keys (tests/nn/test_registries.py keeps them equal): longjax.nn.BLOCKS and
+# longjax.nn.ATTENTION_TYPES own the modules, their state and the checks below that are theirs.
+BLOCK_TYPES = ("llama",)
 ATTENTION_TYPES = ("full", "s2", "sliding", "infini")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "blockwise", "naive")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out")
@@ -118,7 +121,7 @@ class RopeConfig:
 class AttentionConfig:
   type: str = "full"
   impl: str = "auto"
-  block_size: int = 512
+  kernel_block: int = 512
   window: int | None = None
   sinks: int = 0
   group_size_ratio: float = 0.25
@@ -130,7 +133,7 @@ class AttentionConfig:
   def validate(self, key: str = "model.attention") -> None:
     _choice(f"{key}.type", self.type, ATTENTION_TYPES)
     _choice(f"{key}.impl", self.impl, ATTENTION_IMPLS)
-    _positive(f"{key}.block_size", self.block_size)
+    _positive(f"{key}.kernel_block", self.kernel_block)
     _require(self.sinks >= 0, f"{key}.sinks", self.sinks, "must be >= 0")
     if self.type == "sliding":
       _require(self.window is not None and self.window > 0, f"{key}.window", self.window,
@@ -171,6 +174,7 @@ class LoraConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
+  block: str = "llama"
   vocab_size: int = 259
   hidden_size: int = 256
   intermediate_size: int = 688
@@ -206,6 +210,7 @@ class ModelConfig:
     else:
       _positive(f"{key}.head_dim", self.head_dim)
     _require(self.resolved_head_dim % 2 == 0, f"{key}.head_dim", self.resolved_head_dim, "must be even for RoPE")
+    _choice(f"{key}.block", self.block, BLOCK_TYPES)
     _choice(f"{key}.dtype", self.dtype, DTYPES)
     _choice(f"{key}.param_dtype", self.param_dtype, DTYPES)
     _choice(f"{key}.remat_policy", self.remat_policy, REMAT_POLICIES)

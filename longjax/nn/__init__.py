@@ -1,8 +1,11 @@
 """flax.linen modules: they own the parameters and call longjax.ops and longjax.positional."""
 
 from longjax.nn.attention import Attention
+from longjax.nn.attention_types import ATTENTION_TYPES, AttentionInputs, AttentionType
 from longjax.nn.layers import MLP, Dense, RMSNorm
-from longjax.nn.llama import REMAT_POLICIES, DecoderBlock, Llama, abstract_params, init_params
+from longjax.nn.llama import (BLOCKS, REMAT_POLICIES, DecoderBlock, Llama, abstract_params, cache_lengths, init_cache,
+                              init_params)
 
-__all__ = ["Attention", "Dense", "DecoderBlock", "Llama", "MLP", "REMAT_POLICIES", "RMSNorm", "abstract_params",
+__all__ = ["ATTENTION_TYPES", "Attention", "AttentionInputs", "AttentionType", "BLOCKS", "Dense", "DecoderBlock",
+           "Llama", "MLP", "REMAT_POLICIES", "RMSNorm", "abstract_params", "cache_lengths", "init_cache",
            "init_params"]

@@ -84,8 +84,8 @@ class MLP(nn.Module):
 
   def _dense(self, name, features, in_axes, out_axes):
     rank = self.lora_rank if name in self.lora_targets else 0
-    return Dense((features,), in_axes, out_axes, self.init_std, rank, self.lora_scale, self.dtype,
-                 self.param_dtype, name=f"{name}_proj")
+    return Dense(features=(features,), in_axes=in_axes, out_axes=out_axes, init_std=self.init_std, lora_rank=rank,
+                 lora_scale=self.lora_scale, dtype=self.dtype, param_dtype=self.param_dtype, name=f"{name}_proj")
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 from longjax.config import ModelConfig
 from longjax.nn.attention import Attention
+from longjax.nn.attention_types import ATTENTION_TYPES
 from longjax.nn.layers import MLP, RMSNorm, normal_init
 
 # Names of jax.checkpoint policies selectable by `model.remat_policy`; `none` disables remat.
@@ -18,80 +19,127 @@ REMAT_POLICIES = {
 
 
 class DecoderBlock(nn.Module):
-  """x + attn(norm(x)), then + mlp(norm(.)); x [B, T, E]."""
+  """(x [B, T, E], positions, seq_len, segment_ids, state) -> (x, state): x + attn(norm(x)), then + mlp(norm(.)).
+
+  `state` is this layer's attention cache (None for a whole-sequence call).
+  """
 
   config: ModelConfig
   train: bool = False
 
   @nn.compact
-  def __call__(self, x, positions, seq_len, segment_ids):
+  def __call__(self, x, positions, seq_len, segment_ids, state=None):
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     lora = cfg.lora
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    h = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="input_norm")(x)
-    h = Attention(cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim, cfg.hidden_size, cfg.rope,
-                  cfg.attention, lora, cfg.initializer_range, self.train, dtype, param_dtype,
-                  name="attention")(h, positions, seq_len, segment_ids)
+    h = RMSNorm(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, name="input_norm")(x)
+    h, state = Attention(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.resolved_head_dim,
+                         hidden_size=cfg.hidden_size, rope=cfg.rope, attention=cfg.attention, lora=lora,
+                         init_std=cfg.initializer_range, train=self.train, dtype=dtype, param_dtype=param_dtype,
+                         name="attention")(h, positions, seq_len, segment_ids, state)
     x = x + h
-    h = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="post_attention_norm")(x)
-    h = MLP(cfg.hidden_size, cfg.intermediate_size, cfg.initializer_range, lora.rank,
-            lora.scale if lora.enabled else 1.0, lora.targets if lora.enabled else (), dtype, param_dtype,
-            name="mlp")(h)
-    return x + h
+    h = RMSNorm(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, name="post_attention_norm")(x)
+    h = MLP(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size, init_std=cfg.initializer_range,
+            lora_rank=lora.rank, lora_scale=lora.scale if lora.enabled else 1.0,
+            lora_targets=lora.targets if lora.enabled else (), dtype=dtype, param_dtype=param_dtype, name="mlp")(h)
+    return x + h, state
+
+  @staticmethod
+  def init_state(config: ModelConfig, batch: int, max_length: int, dtype):
+    """One layer's empty cache: the attention type's state (longjax.nn.attention_types)."""
+    return ATTENTION_TYPES[config.attention.type].init_state(config.attention, batch, max_length,
+                                                             config.num_kv_heads, config.resolved_head_dim, dtype)
 
 
-class _ScanBlock(DecoderBlock):
-  """DecoderBlock in nn.scan's (carry, out) form."""
+# `model.block` picks the decoder block. A block is a module called as
+# (x, positions, seq_len, segment_ids, state) -> (x, state) with a static
+# `init_state(config, batch, max_length, dtype)`; every layer state has `length` int32[B].
+BLOCKS: dict[str, type[nn.Module]] = {"llama": DecoderBlock}
 
-  @nn.compact
-  def __call__(self, x, positions, seq_len, segment_ids):
-    return super().__call__(x, positions, seq_len, segment_ids), None
+
+def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> dict:
+  """{"layers": per-layer states}: stacked along a leading `layers` axis when layers are scanned, else a list."""
+  dtype = jnp.dtype(config.dtype if dtype is None else dtype)
+  state = BLOCKS[config.block].init_state(config, batch_size, max_length, dtype)
+  if config.scan_layers:
+    return {"layers": jax.tree.map(lambda x: jnp.broadcast_to(x, (config.num_layers,) + x.shape), state)}
+  return {"layers": [state] * config.num_layers}
+
+
+def cache_lengths(cache: dict) -> jax.Array:
+  """int32[B]: how many tokens each row of the cache holds."""
+  layers = cache["layers"]
+  return layers[0].length if isinstance(layers, list) else layers.length[0]
 
 
 class Llama(nn.Module):
-  """tokens int32[B, T] -> float32 logits [B, T, vocab].
+  """tokens int32[B, T] -> float32 logits [B, T, vocab]; with a cache, (logits, cache).
 
-  positions int32[B, T] default to 0..T-1. `seq_len`, the current total length
-  that dynamic positional methods read, defaults to max(positions) + 1 (as
-  transformers does); pass it when the buffer is padded beyond the true length.
+  positions int32[B, T] default to 0..T-1, or with a cache to each row's next positions.
+  `seq_len`, the current total length that dynamic positional methods read, defaults to
+  max(positions) + 1 (as transformers does), with a cache to each row's length after this call;
+  pass it when the buffer is padded beyond the true length. In a cached call `segment_ids` mark
+  real tokens (non-zero) and padding (0), which is neither cached nor counted; `logits_at` int32[B]
+  asks for the logits of one position per row only (float32 [B, vocab]), as prefill needs.
   """
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens, positions=None, segment_ids=None, *, seq_len=None, train: bool = False):
+  def __call__(self, tokens, positions=None, segment_ids=None, *, seq_len=None, train: bool = False, cache=None,
+               logits_at=None):
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    if seq_len is None:
-      seq_len = jnp.max(positions) + 1
+    length = tokens.shape[1]
+    if cache is None:
+      if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), tokens.shape)
+      if seq_len is None:
+        seq_len = jnp.max(positions) + 1
+    else:
+      filled = cache_lengths(cache)
+      if positions is None:
+        positions = filled[:, None] + jnp.arange(length, dtype=jnp.int32)
+      if seq_len is None:
+        valid = jnp.ones(tokens.shape, bool) if segment_ids is None else segment_ids != 0
+        seq_len = jnp.maximum(jnp.max(jnp.where(valid, positions, -1), axis=1) + 1, filled)
+    positions = jnp.asarray(positions, jnp.int32)
     seq_len = jnp.asarray(seq_len, jnp.int32)
     embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
                      embedding_init=normal_init(cfg.initializer_range, ("vocab", "embed")), name="embed_tokens")
     x = embed(tokens)
 
-    block = _ScanBlock if cfg.scan_layers else DecoderBlock
+    block = BLOCKS[cfg.block]
     if cfg.remat_policy != "none":
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
+    states = None if cache is None else cache["layers"]
     if cfg.scan_layers:
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
+                      in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(cfg, train, name="layers")(x, positions, seq_len, segment_ids)
+      x, states = stack(cfg, train, name="layers")(x, positions, seq_len, segment_ids, states)
     else:
+      new_states = []
       for i in range(cfg.num_layers):
-        x = block(cfg, train, name=f"layers_{i}")(x, positions, seq_len, segment_ids)
+        x, state = block(cfg, train, name=f"layers_{i}")(x, positions, seq_len, segment_ids,
+                                                         None if states is None else states[i])
+        new_states.append(state)
+      states = new_states
 
-    x = RMSNorm(cfg.rms_norm_eps, dtype, param_dtype, name="norm")(x)
+    if logits_at is not None:
+      x = jnp.take_along_axis(x, jnp.asarray(logits_at, jnp.int32)[:, None, None], axis=1)
+    x = RMSNorm(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, name="norm")(x)
     if cfg.tie_embeddings:
       logits = embed.attend(x)
     else:
       kernel = self.param("lm_head", normal_init(cfg.initializer_range, ("embed", "vocab")),
                           (cfg.hidden_size, cfg.vocab_size), param_dtype)
       logits = jnp.einsum("BTE,EV->BTV", x, kernel.astype(dtype))
-    return nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
+    if logits_at is not None:
+      logits = logits[:, 0]
+    return logits if cache is None else (logits, {"layers": states})
 
 
 def init_params(config: ModelConfig, rng: jax.Array, seq_len: int = 8):

@@ -1,5 +1,6 @@
 """Positional modules: `frequencies(rope, head_dim, seq_len)` picks a method by `rope_type`; `apply_rope` rotates."""
 
+import jax
 import jax.numpy as jnp
 
 from longjax.config import RopeConfig
@@ -18,4 +19,24 @@ def frequencies(rope: RopeConfig, head_dim: int, seq_len=None) -> Frequencies:
   return Frequencies(jnp.asarray(inv_freq, jnp.float32), jnp.asarray(attention_factor, jnp.float32))
 
 
-__all__ = ["Frequencies", "METHODS", "apply_rope", "default_inv_freq", "frequencies", "rope_cos_sin", "rotate_half"]
+# Methods whose frequencies move with the current length: a KV cache keeps their keys before RoPE
+# (YaRN paper, sec. 3.3) and turns them with the frequencies of each step.
+DYNAMIC_METHODS = ("dynamic", "dynamic_yarn", "longrope")
+
+
+def is_dynamic(rope: RopeConfig) -> bool:
+  """True when `frequencies` depends on `seq_len`."""
+  return rope.rope_type in DYNAMIC_METHODS
+
+
+def frequencies_per_row(rope: RopeConfig, head_dim: int, seq_len: jax.Array) -> Frequencies:
+  """`frequencies` for rows of different current lengths int[B]: inv_freq [B, d/2] for dynamic methods.
+
+  Static methods ignore the length and give the shared [d/2] frequencies.
+  """
+  if not is_dynamic(rope):
+    return frequencies(rope, head_dim)
+  return jax.vmap(lambda n: frequencies(rope, head_dim, n))(jnp.asarray(seq_len, jnp.int32))
+
+
+__all__ = ["DYNAMIC_METHODS", "Frequencies", "METHODS", "frequencies_per_row", "is_dynamic", "apply_rope", "default_inv_freq", "frequencies", "rope_cos_sin", "rotate_half"]

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 class Frequencies(NamedTuple):
   """What a positional method produces: rotate by `positions * inv_freq`, scale cos and sin by `attention_factor`."""
 
-  inv_freq: jax.Array  # float32[rotary_dim // 2]
-  attention_factor: jax.Array  # float32[] (scales attention logits by its square)
+  inv_freq: jax.Array  # float32[rotary_dim // 2], or [B, rotary_dim // 2] per row (`frequencies_per_row`)
+  attention_factor: jax.Array  # float32[] or [B] (scales attention logits by its square)
 
 
 def default_inv_freq(rope_theta, rotary_dim: int) -> jax.Array:
@@ -30,9 +30,12 @@ def rotate_half(x: jax.Array) -> jax.Array:
 
 def rope_cos_sin(positions: jax.Array, freqs: Frequencies) -> tuple[jax.Array, jax.Array]:
   """positions int[B, T] -> (cos, sin) float32[B, T, rotary_dim], already scaled by attention_factor."""
-  angles = positions.astype(jnp.float32)[..., None] * freqs.inv_freq.astype(jnp.float32)
-  angles = jnp.concatenate([angles, angles], axis=-1)
+  inv_freq = freqs.inv_freq.astype(jnp.float32)
   scale = jnp.asarray(freqs.attention_factor, jnp.float32)
+  if inv_freq.ndim == 2:  # one set of frequencies per batch row
+    inv_freq, scale = inv_freq[:, None, :], scale.reshape(-1, 1, 1)
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
+  angles = jnp.concatenate([angles, angles], axis=-1)
   return jnp.cos(angles) * scale, jnp.sin(angles) * scale
 
 

@@ -1,0 +1,150 @@
+"""Attention types, picked by `model.attention.type` from a registry: each owns its parameters and its state.
+
+An attention type receives q, k, v projected and not yet rotated, and either no state (a
+whole-sequence call: training, evaluation) or its cache (inference), and returns (out, state):
+
+  full      causal attention; cache: K/V of every token up to max_length (`ops.KVCache`).
+  s2        LongLoRA's shifted sparse attention in training (full at evaluation unless
+            s2_at_eval); decodes with the full cache, as LongLoRA infers with full attention.
+  sliding   a window of keys plus `sinks` first keys; cache: StreamingLLM's sinks + rolling window
+            with positions inside the cache (`ops.SinkCache`), constant memory.
+  infini    Infini-attention with its per-head gate; cache: the compressive memory plus the open
+            segment (`ops.InfiniCache`), so streaming equals one long call.
+
+In a cached call, `segment_ids` mark real tokens (non-zero; padding is 0, as in packed batches):
+padding is neither cached nor counted, and each row's real tokens come first. Keys are cached
+after RoPE when the positional method is static, and before it when the method is dynamic (its
+frequencies move with the length; YaRN paper sec. 3.3), so that every step turns all keys with
+the current frequencies.
+"""
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from longjax import ops, positional
+from longjax.config import AttentionConfig, RopeConfig
+
+
+class AttentionInputs(NamedTuple):
+  """q [B, T, H, D], k/v [B, T, Hkv, D] before RoPE; positions int32[B, T]; seq_len int32[] or per row [B]
+  (the current total length, for dynamic positional methods); segment_ids int32[B, T] or None."""
+
+  q: jax.Array
+  k: jax.Array
+  v: jax.Array
+  positions: jax.Array
+  seq_len: jax.Array
+  segment_ids: jax.Array | None
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionType:
+  """`apply(module, cfg, rope, inputs, state, train) -> (out [B, T, H, D], state)`, run inside the Attention
+  module (so it may own parameters); `init_state(cfg, batch, max_length, kv_heads, head_dim, dtype) -> state`."""
+
+  apply: Callable[..., tuple[jax.Array, Any]]
+  init_state: Callable[..., Any]
+
+
+def _frequencies(rope: RopeConfig, head_dim: int, seq_len) -> positional.Frequencies:
+  if jnp.ndim(seq_len) == 1:
+    return positional.frequencies_per_row(rope, head_dim, seq_len)
+  return positional.frequencies(rope, head_dim, seq_len)
+
+
+def _valid(x: AttentionInputs) -> jax.Array:
+  """bool[B, T]: the tokens a cached call writes (segment id non-zero)."""
+  if x.segment_ids is None:
+    return jnp.ones(x.q.shape[:2], bool)
+  return x.segment_ids != 0
+
+
+def _rotated(rope, x: AttentionInputs):
+  freqs = _frequencies(rope, x.q.shape[-1], x.seq_len)
+  return freqs, positional.apply_rope(x.q, x.positions, freqs), positional.apply_rope(x.k, x.positions, freqs)
+
+
+def _dense(cfg: AttentionConfig, q, k, v, segment_ids, *, window=None, sinks=0):
+  return ops.attention(q, k, v, causal=True, impl=cfg.impl, window=window, sinks=sinks,
+                       segment_ids=None if cfg.cross_documents else segment_ids, block_size=cfg.kernel_block)
+
+
+def _cached_full(cfg: AttentionConfig, rope: RopeConfig, x: AttentionInputs, state: ops.KVCache):
+  """Write the new tokens at each row's next slots, then attend over the filled cache."""
+  dynamic = positional.is_dynamic(rope)
+  freqs, q, k_rotated = _rotated(rope, x)
+  valid = _valid(x)
+  slots = state.length[:, None] + jnp.arange(x.q.shape[1], dtype=jnp.int32)
+  slots = jnp.where(valid, slots, state.key.shape[1])  # padding goes nowhere
+  key = ops.write_rows(state.key, slots, x.k if dynamic else k_rotated)
+  value = ops.write_rows(state.value, slots, x.v)
+  key_positions = ops.write_rows(state.positions, slots, x.positions)
+  length = state.length + jnp.sum(valid, axis=1, dtype=jnp.int32)
+  keys = positional.apply_rope(key, key_positions, freqs) if dynamic else key
+  out = ops.cached_attention(q, keys, value, q_offsets=state.length, kv_lengths=length, key_block=cfg.kernel_block)
+  return out, ops.KVCache(key, value, key_positions, length)
+
+
+def _init_kv(cfg, batch, max_length, kv_heads, head_dim, dtype):
+  del cfg
+  return ops.init_kv_cache(batch, max_length, kv_heads, head_dim, dtype=dtype)
+
+
+def _full(module, cfg, rope, x: AttentionInputs, state, train):
+  del module, train
+  if state is not None:
+    return _cached_full(cfg, rope, x, state)
+  _, q, k = _rotated(rope, x)
+  return _dense(cfg, q, k, x.v, x.segment_ids), None
+
+
+def _s2(module, cfg, rope, x: AttentionInputs, state, train):
+  if state is not None or not (train or cfg.s2_at_eval):
+    return _full(module, cfg, rope, x, state, train)
+  _, q, k = _rotated(rope, x)
+  group_size = int(cfg.group_size_ratio * x.q.shape[1])
+  return ops.s2_attention(q, k, x.v, group_size=group_size, impl=cfg.impl), None
+
+
+def _sliding(module, cfg, rope, x: AttentionInputs, state, train):
+  del module, train
+  if state is not None:
+    return ops.sink_cache_attention(x.q, x.k, x.v, state, _valid(x), window=cfg.window, sinks=cfg.sinks, rope=rope)
+  _, q, k = _rotated(rope, x)
+  return _dense(cfg, q, k, x.v, x.segment_ids, window=cfg.window, sinks=cfg.sinks), None
+
+
+def _init_sinks(cfg, batch, max_length, kv_heads, head_dim, dtype):
+  del max_length  # constant memory: sinks + window slots whatever the length
+  return ops.init_sink_cache(batch, kv_heads, head_dim, window=cfg.window, sinks=cfg.sinks, dtype=dtype)
+
+
+def _infini(module, cfg, rope, x: AttentionInputs, state, train):
+  del train
+  heads = x.q.shape[2]
+  # One gate per head, initialised at 0 (an even mix of memory and local attention).
+  gate = module.param("gate", nn.with_logical_partitioning(nn.initializers.zeros, ("heads",)), (heads,),
+                      module.param_dtype)
+  if state is not None:
+    return ops.infini_cache_attention(x.q, x.k, x.v, gate, state, _valid(x), update=cfg.update, rope=rope)
+  freqs = _frequencies(rope, x.q.shape[-1], x.seq_len)
+  out, _ = ops.infini_attention(x.q, x.k, x.v, gate, segment_len=cfg.segment_len, update=cfg.update, freqs=freqs,
+                                impl=cfg.impl)
+  return out, None
+
+
+def _init_infini(cfg, batch, max_length, kv_heads, head_dim, dtype):
+  del max_length  # constant memory: the compressive memory and one segment
+  return ops.init_infini_cache(batch, kv_heads, head_dim, head_dim, segment_len=cfg.segment_len, dtype=dtype)
+
+
+ATTENTION_TYPES: dict[str, AttentionType] = {
+    "full": AttentionType(_full, _init_kv),
+    "s2": AttentionType(_s2, _init_kv),
+    "sliding": AttentionType(_sliding, _init_sinks),
+    "infini": AttentionType(_infini, _init_infini),
+}

@@ -1,0 +1,103 @@
+"""Attention of new queries over a key/value cache whose rows are filled to different lengths.
+
+A cache row holds keys in write order: slot j of row b is filled when j < kv_lengths[b]. The
+queries of one call are new tokens whose own keys are already written: query t of row b sits
+at slot q_offsets[b] + t and sees slots j <= q_offsets[b] + t (causal in write order), within
+an optional window (j > slot - window) plus the first `sinks` slots.
+
+The kernel walks key blocks with an online softmax (FlashAttention-2, as `blockwise`) under a
+`lax.while_loop` that stops at the last filled block, so a decode step costs what the filled
+part of the cache costs, not the buffer's size, and a long chunked prefill never materializes
+[T, S] scores. Forward only: this is the inference path. Softmax statistics are float32.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+DEFAULT_KEY_BLOCK = 512
+
+
+class KVCache(NamedTuple):
+  """Keys and values of every token so far, in write order: key [B, S, Hkv, D], value [B, S, Hkv, Dv],
+  positions int32[B, S] (each key's position, for caches that keep keys before RoPE), length int32[B]
+  (filled slots)."""
+
+  key: jax.Array
+  value: jax.Array
+  positions: jax.Array
+  length: jax.Array
+
+
+def init_kv_cache(batch: int, max_length: int, kv_heads: int, head_dim: int, *, dtype,
+                  value_dim: int | None = None) -> KVCache:
+  value_dim = head_dim if value_dim is None else value_dim
+  return KVCache(jnp.zeros((batch, max_length, kv_heads, head_dim), dtype),
+                 jnp.zeros((batch, max_length, kv_heads, value_dim), dtype),
+                 jnp.zeros((batch, max_length), jnp.int32), jnp.zeros((batch,), jnp.int32))
+
+
+def write_rows(buffer: jax.Array, slots: jax.Array, values: jax.Array) -> jax.Array:
+  """buffer [B, S, ...] with values [B, T, ...] written at slots int32[B, T]; slots outside [0, S) are dropped."""
+  rows = jnp.broadcast_to(jnp.arange(buffer.shape[0])[:, None], slots.shape)
+  return buffer.at[rows, slots].set(values.astype(buffer.dtype), mode="drop")
+
+
+def visible(q_slots, k_slots, kv_lengths, *, window: int | None = None, sinks: int = 0):
+  """bool[B, T, S']: query slots int[B, T] against key slots int[S'] of rows filled to kv_lengths int[B]."""
+  q_slots, k_slots = q_slots[:, :, None], k_slots[None, None, :]
+  mask = (k_slots <= q_slots) & (k_slots < kv_lengths[:, None, None])
+  if window is not None:
+    mask &= (k_slots > q_slots - window) | (k_slots < sinks)
+  return mask
+
+
+def cached_attention(q, k, v, *, q_offsets, kv_lengths, window: int | None = None, sinks: int = 0,
+                     key_block: int = DEFAULT_KEY_BLOCK):
+  """q [B, T, H, D], cache k [B, S, Hkv, D] and v [B, S, Hkv, Dv] -> [B, T, H, Dv] (q's dtype).
+
+  q_offsets int32[B]: the slot of each row's first query; kv_lengths int32[B]: filled slots.
+  Query head h reads key/value head h // (H // Hkv). A query that sees no key gives 0.
+  """
+  batch, q_len, heads, head_dim = q.shape
+  k_len, kv_heads, value_dim = k.shape[1], k.shape[2], v.shape[-1]
+  if heads % kv_heads:
+    raise ValueError(f"cached_attention: query heads {heads} must be a multiple of key/value heads {kv_heads}")
+  group = heads // kv_heads
+  block = min(key_block, k_len)
+  num_blocks = -(-k_len // block)
+  pad = num_blocks * block - k_len
+  if pad:
+    k = jnp.pad(k, [(0, 0), (0, pad), (0, 0), (0, 0)])
+    v = jnp.pad(v, [(0, 0), (0, pad), (0, 0), (0, 0)])
+  q_offsets = jnp.asarray(q_offsets, jnp.int32)
+  kv_lengths = jnp.asarray(kv_lengths, jnp.int32)
+  q_slots = q_offsets[:, None] + jnp.arange(q_len, dtype=jnp.int32)
+  scale = 1.0 / jnp.sqrt(jnp.float32(head_dim))
+  q_grouped = q.reshape(batch, q_len, kv_heads, group, head_dim)
+
+  def body(i, carry):
+    out, row_max, row_sum = carry
+    start = i * block
+    k_blk = jax.lax.dynamic_slice_in_dim(k, start, block, axis=1)
+    v_blk = jax.lax.dynamic_slice_in_dim(v, start, block, axis=1)
+    logits = jnp.einsum("BTKGD,BSKD->BKGTS", q_grouped, k_blk, preferred_element_type=jnp.float32) * scale
+    mask = visible(q_slots, start + jnp.arange(block, dtype=jnp.int32), kv_lengths, window=window, sinks=sinks)
+    logits = jnp.where(mask[:, None, None], logits, -jnp.inf)
+    new_max = jnp.maximum(row_max, jnp.max(logits, axis=-1))
+    safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+    probs = jnp.exp(logits - safe_max[..., None])
+    correction = jnp.exp(jnp.where(jnp.isfinite(row_max), row_max - safe_max, -jnp.inf))
+    row_sum = row_sum * correction + jnp.sum(probs, axis=-1)
+    update = jnp.einsum("BKGTS,BSKE->BKGTE", probs.astype(v.dtype), v_blk, preferred_element_type=jnp.float32)
+    return out * correction[..., None] + update, new_max, row_sum
+
+  stats_shape = (batch, kv_heads, group, q_len)
+  init = (jnp.zeros(stats_shape + (value_dim,), jnp.float32), jnp.full(stats_shape, -jnp.inf, jnp.float32),
+          jnp.zeros(stats_shape, jnp.float32))
+  # Blocks past the furthest filled slot hold nothing any query may see.
+  last_block = (jnp.max(kv_lengths) + block - 1) // block
+  out, _, row_sum = jax.lax.fori_loop(0, jnp.minimum(last_block, num_blocks), body, init)
+  out = out / jnp.where(row_sum > 0, row_sum, 1.0)[..., None]
+  return jnp.moveaxis(out, 3, 1).reshape(batch, q_len, heads, value_dim).astype(q.dtype)
