@@ -22,6 +22,7 @@ setup(
         "ml-collections>=1.1.0",
         "absl-py>=2.5.1",
         "sentencepiece>=0.2.3",
+        "tokenizers>=0.23",
         "numpy>=2.4",
         "safetensors>=0.8.0",
         "tqdm>=4.70",

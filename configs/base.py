@@ -89,8 +89,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.data_dir = ""  # where TFDS datasets are built/read; "" means ~/tensorflow_datasets
   data.train_split = "train"
   data.eval_split = "validation"
-  data.tokenizer = "byte"  # byte | sentencepiece
-  data.tokenizer_path = ""  # sentencepiece: path to the .model file
+  data.tokenizer = "byte"  # byte | sentencepiece (Llama 1/2 tokenizer.model) | hf (a Hugging Face tokenizer.json)
+  # sentencepiece: the .model file; hf: tokenizer.json or its directory (bos/eos/pad from tokenizer_config.json)
+  data.tokenizer_path = ""
   data.add_bos = True
   data.add_eos = True
   data.shuffle = True  # shuffle documents each epoch (deterministic from config.seed)
@@ -110,7 +111,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   train.b2 = 0.95
   train.eps = 1e-8
   train.grad_clip = 1.0  # global-norm clip; 0 disables
-  train.gate_learning_rate = 1e-2  # infini-attention gates: own LR, no decay (REFERENCES.md)
+  # infini-attention gates: own LR, no decay (huggingface.co/blog/infini-attention: at the model's LR they stay
+  # near 0.5)
+  train.gate_learning_rate = 1e-2
   train.init_from = ""  # "" random | an HF LLaMA directory | a longjax workdir
   train.log_every = 10
   train.eval_every = 0  # 0: no evaluation during training
@@ -132,7 +135,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   evaluation.stride = 256  # sliding-window stride of the perplexity protocol
   evaluation.max_documents = 16  # the longest documents of the eval split
   evaluation.max_document_tokens = 8192  # documents are cut to this many tokens (bounds evaluation time)
-  evaluation.passkey_trials = 5
 
   config.lock()
   return config

@@ -22,6 +22,9 @@ def get_config(arg=None):
   model.rope.low_freq_factor = 1.0
   model.rope.high_freq_factor = 4.0
   model.rope.original_max_position_embeddings = 8192
-  config.data.tokenizer_path = "/path/to/Meta-Llama-3.1-8B/original/tokenizer.model"
+  # Llama 3 ships a tiktoken-style BPE as tokenizer.json, not a SentencePiece model; bos/eos
+  # (<|begin_of_text|>, <|end_of_text|>) come from the tokenizer_config.json beside it.
+  config.data.tokenizer = "hf"
+  config.data.tokenizer_path = "/path/to/Meta-Llama-3.1-8B"
   config.train.seq_len = 8192
   return config

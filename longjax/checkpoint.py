@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training run, and `load(workdir)` for notebooks.
+"""Orbax checkpoints of a training run, and `read_config(workdir)` (`longjax.load` builds on both).
 
 A step directory `workdir/checkpoints/<step>/` holds four items:
   params     the parameter tree (float32), restorable alone onto any mesh,
@@ -24,6 +24,8 @@ from jax.experimental import multihost_utils
 from longjax.config import Config, ConfigError, from_config_dict
 
 CHECKPOINTS = "checkpoints"
+# Keys that earlier versions wrote to config.json and that no longer exist; the runs they made still open.
+RETIRED_KEYS = (("eval", "passkey_trials"),)
 
 
 class _NoReadOnlyNotice(logging.Filter):
@@ -187,7 +189,10 @@ def read_config(workdir: str) -> Config:
   if not os.path.isfile(path):
     raise CheckpointError(f"{path}: file not found; allowed: a workdir written by python -m longjax.train")
   with open(path) as f:
-    return from_config_dict(json.load(f))
+    given = json.load(f)
+  for section, key in RETIRED_KEYS:
+    given.get(section, {}).pop(key, None)
+  return from_config_dict(given)
 
 
 def host_params(params):

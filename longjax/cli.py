@@ -1,6 +1,6 @@
 """What every `python -m longjax.*` main shares: flag parsing and user-error reporting.
 
-A user error (a bad flag, a config value, a path, a checkpoint) prints one line
+A user error (a bad flag, a config file or value, a path, a checkpoint) prints one line
 to stderr and exits with status 2, without a traceback.
 """
 
@@ -12,7 +12,9 @@ from typing import Callable
 from absl import app, flags
 from absl import logging as absl_logging
 
-from longjax.config import ConfigError
+from ml_collections import config_flags
+
+from longjax.config import ConfigError, load_file
 
 USAGE_ERROR = 2
 
@@ -22,26 +24,33 @@ def _fail(message: str) -> None:
   sys.exit(USAGE_ERROR)
 
 
-def _config_search_path(argv: list[str]) -> None:
-  """Let a config file import its siblings and `base` (configs/extend/x.py imports configs/base.py)."""
-  for i, arg in enumerate(argv):
-    path = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[i + 1] if arg == "--config" and i + 1 < len(
-        argv) else None
-    if path:
-      directory = os.path.dirname(os.path.abspath(path.split(":", 1)[0]))
-      while directory != os.path.dirname(directory):
-        sys.path.insert(0, directory)
-        if os.path.exists(os.path.join(directory, "base.py")):
-          break
-        directory = os.path.dirname(directory)
+class _ConfigFileParser(flags.ArgumentParser):
+  """`--config path/to/config.py[:arg]` through longjax.config.load_file, locked (a misspelled override fails)."""
+
+  def parse(self, spec: str):
+    config = load_file(spec)
+    config.lock()
+    return config
+
+  def flag_type(self) -> str:
+    return "config file"
+
+
+def define_config_flag(name: str, help_string: str) -> flags.FlagHolder:
+  """A `--NAME FILE[:arg]` flag loaded by `load_file`, with `--NAME.key=value` overrides (ml_collections)."""
+  holder = config_flags.DEFINE_config_file(name, None, help_string)
+  # DEFINE_config_file's own loader runs a file without its sibling imports and defers its errors; the
+  # flag it defines (which brings the overrides) parses its value with whatever `.parser` it holds.
+  flags.FLAGS[name].parser = _ConfigFileParser()
+  return holder
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  _config_search_path(argv)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e).splitlines()[0])
+    cause = e.__context__  # absl wraps what a flag's parser raised (a config file's ConfigError) in its own error
+    _fail(str(cause) if isinstance(cause, ConfigError) else str(e).splitlines()[0])
   except ConfigError as e:
     _fail(str(e))
   except (AttributeError, KeyError) as e:  # an override naming a key the locked config does not have
@@ -49,7 +58,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     given = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.") and
                   a.split("=", 1)[0].split(".")[-1] == name), f"--config...{name}")
     _fail(f"{given}: unknown config key {name!r}; every key is listed, with a comment, in configs/base.py")
-  except Exception as e:  # config files run user code: report what broke, in one line
+  except Exception as e:  # anything else parsing raised: report it in one line
     _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 
 

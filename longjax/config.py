@@ -1,5 +1,6 @@
 """ConfigDict -> validated, frozen, typed configs.
 
+`load_file("configs/x.py:arg")` runs a config file's `get_config(arg)` in any process;
 `from_config_dict(cd)` is called once at the top of a run; every module below
 receives only its own typed sub-config (`ModelConfig`, `RopeConfig`, ...).
 Every error a user can cause is a `ConfigError` whose one-line message names the
@@ -8,9 +9,13 @@ key, the bad value and what is allowed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib.util
 import json
-from typing import Any
+import os
+import sys
+from typing import Any, Iterator
 
 import ml_collections
 
@@ -25,6 +30,9 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_atten
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 INFINI_UPDATES = ("linear", "delta")
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
+TOKENIZERS = ("byte", "sentencepiece", "hf")
+TOKENIZER_FILES = {"sentencepiece": "the path of a .model file",
+                   "hf": "the path of a tokenizer.json file or of the directory holding it"}
 
 
 class ConfigError(ValueError):
@@ -238,12 +246,12 @@ class DataConfig:
 
   def validate(self, key: str = "data") -> None:
     _choice(f"{key}.source", self.source, ("textdir", "tfds"))
-    _choice(f"{key}.tokenizer", self.tokenizer, ("byte", "sentencepiece"))
+    _choice(f"{key}.tokenizer", self.tokenizer, TOKENIZERS)
     if self.source == "tfds":
       _require(bool(self.tfds_name), f"{key}.tfds_name", self.tfds_name, "source=tfds needs a dataset name")
-    if self.tokenizer == "sentencepiece":
+    if self.tokenizer in TOKENIZER_FILES:
       _require(bool(self.tokenizer_path), f"{key}.tokenizer_path", self.tokenizer_path,
-               "tokenizer=sentencepiece needs the path of a .model file")
+               f"tokenizer={self.tokenizer} needs {TOKENIZER_FILES[self.tokenizer]}")
     _require(0 <= self.validation_fraction < 1, f"{key}.validation_fraction", self.validation_fraction,
              "must be in [0, 1)")
 
@@ -306,7 +314,6 @@ class EvalConfig:
   stride: int = 256
   max_documents: int = 16
   max_document_tokens: int = 8192
-  passkey_trials: int = 5
 
   def validate(self, key: str = "eval") -> None:
     for length in self.lengths:
@@ -419,3 +426,77 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     except ValueError:
       raise ConfigError(f"config argument {key}={value!r} is invalid: expected {type(default).__name__}") from None
   return parsed
+
+
+def _config_directories(path: str) -> list[str]:
+  """The directory of a config file and those above it, up to the configs root (the one holding base.py)."""
+  directory = os.path.dirname(path)
+  chain = [directory]
+  while not os.path.isfile(os.path.join(directory, "base.py")):
+    parent = os.path.dirname(directory)
+    if parent == directory:
+      return chain[:1]  # no configs root above: only the file's own siblings are importable
+    directory = parent
+    chain.append(directory)
+  return chain
+
+
+@contextlib.contextmanager
+def _importable(directories: list[str]) -> Iterator[None]:
+  """Let `import base` / `from common import extend` find the config modules of `directories`, for a while.
+
+  The config modules are imported afresh (an unrelated `base` or `common` already imported is set aside,
+  then put back), and sys.path and sys.modules are left as they were.
+  """
+  names = {entry.name[:-3] for directory in directories for entry in os.scandir(directory)
+           if entry.name.endswith(".py") and entry.is_file()}
+  set_aside = {name: sys.modules.pop(name) for name in names if name in sys.modules}
+  saved_path = list(sys.path)
+  sys.path[:0] = directories
+  try:
+    yield
+  finally:
+    sys.path[:] = saved_path
+    for name in names:
+      sys.modules.pop(name, None)
+    sys.modules.update(set_aside)
+
+
+def _first_line(error: BaseException) -> str:
+  message = str(error).strip()
+  return f"{type(error).__name__}: {message.splitlines()[0]}" if message else type(error).__name__
+
+
+def load_file(spec: str) -> ml_collections.ConfigDict:
+  """The ConfigDict of `path/to/config.py` or `path/to/config.py:arg`: the file's `get_config(arg)` (big_vision style).
+
+  Works from any working directory: a config file may import the config files beside it and above it up to
+  configs/ (configs/extend/pi_x4.py imports `common` and, through it, `tiny` and `base`). Any failure is a
+  ConfigError of one line naming the file.
+  """
+  path, has_arg, arg = spec.partition(":")
+  if not path.endswith(".py") or not os.path.isfile(path):
+    raise ConfigError(f"config file {path!r} is invalid: expected an existing path/to/config.py[:arg]")
+  path = os.path.abspath(path)
+  name = os.path.basename(path)[:-3]
+  with _importable(_config_directories(path)):
+    try:
+      module_spec = importlib.util.spec_from_file_location(name, path)
+      module = importlib.util.module_from_spec(module_spec)
+      sys.modules[name] = module  # as an import would: a sibling importing this file gets this module
+      module_spec.loader.exec_module(module)
+    except Exception as e:  # a config file is user code: report what broke, in one line
+      raise ConfigError(f"config file {spec!r} does not load: {_first_line(e)}") from e
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+      raise ConfigError(f"config file {spec!r} is invalid: it defines no get_config(arg=None)")
+    try:
+      config = get_config(arg) if has_arg else get_config()
+    except ConfigError as e:
+      raise ConfigError(f"config file {spec!r}: {e}") from None
+    except Exception as e:
+      raise ConfigError(f"config file {spec!r}: get_config failed: {_first_line(e)}") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"config file {spec!r} is invalid: get_config returned {type(config).__name__}, "
+                      "not a ConfigDict")
+  return config

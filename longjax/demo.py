@@ -12,13 +12,12 @@ Every stage is an ordinary longjax run in its own workdir (rerunning resumes or 
 import dataclasses
 import json
 import os
-import sys
 import time
 
 from absl import flags
 
 from longjax import cli, load
-from longjax.config import RopeConfig, from_config_dict
+from longjax.config import Config, RopeConfig, from_config_dict, load_file
 from longjax.evaluate import eval_documents, evaluate_perplexity, plot_losses, plot_perplexity_vs_length, write_results
 from longjax.train import train_and_evaluate
 
@@ -29,11 +28,11 @@ _FINETUNE_STEPS = flags.DEFINE_integer("finetune_steps", 100, "Fine-tuning steps
 FINETUNE_METHODS = ("yarn", "linear", "default")
 
 
-def _demo_config(arg: str):
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
-  import demo as demo_configs  # configs/demo.py
+DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
 
-  return from_config_dict(demo_configs.get_config(arg)), demo_configs
+
+def _demo_config(arg: str) -> Config:
+  return from_config_dict(load_file(f"{DEMO_CONFIG}:{arg}"))
 
 
 def _training_free_ropes(pretrain_length: int, factor: float) -> dict[str, RopeConfig]:
@@ -66,7 +65,12 @@ def main(argv):
   out = os.path.abspath(_WORKDIR.value)
   os.makedirs(out, exist_ok=True)
   started = time.time()
-  base_config, demo_configs = _demo_config(f"stage=base,steps={_PRETRAIN_STEPS.value}")
+  base_config = _demo_config(f"stage=base,steps={_PRETRAIN_STEPS.value}")
+  finetune_configs = {method: _demo_config(f"stage={method},steps={_FINETUNE_STEPS.value}")
+                      for method in FINETUNE_METHODS}
+  pretrain_length = base_config.train.seq_len
+  finetune_length = finetune_configs[FINETUNE_METHODS[0]].train.seq_len
+  extension = finetune_length // pretrain_length
   base_dir = os.path.join(out, "base")
   print(f"[1/4] pre-training at {base_config.train.seq_len} tokens in {base_dir}", flush=True)
   train_and_evaluate(base_config, base_dir)
@@ -77,20 +81,21 @@ def main(argv):
   documents = eval_documents(base_config.data, base_config.eval.max_documents, min_tokens=max(lengths) + 1,
                              max_tokens=base_config.eval.max_document_tokens)
   training_free = {}
-  for name, rope in _training_free_ropes(demo_configs.PRETRAIN_LENGTH, float(demo_configs.EXTENSION * 2)).items():
+  for name, rope in _training_free_ropes(pretrain_length, float(extension * 2)).items():
     config = dataclasses.replace(base_config, model=dataclasses.replace(base_config.model, rope=rope))
     training_free[name] = evaluate_perplexity(config, base_run.params, documents)
     print(f"  {name}: " + ", ".join(f"{r.length}: {r.perplexity:.3f}" for r in training_free[name]), flush=True)
 
-  print(f"[3/4] fine-tuning at {demo_configs.EXTENSION}x the length: {', '.join(FINETUNE_METHODS)}", flush=True)
-  finetuned, losses = {}, {"pre-training (128 tokens)": _losses(base_dir)}
+  print(f"[3/4] fine-tuning at {extension}x the length: {', '.join(FINETUNE_METHODS)}", flush=True)
+  finetuned, losses = {}, {f"pre-training ({pretrain_length} tokens)": _losses(base_dir)}
   for method in FINETUNE_METHODS:
-    config, _ = _demo_config(f"stage={method},steps={_FINETUNE_STEPS.value}")
+    config = finetune_configs[method]
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, init_from=base_dir))
     run_dir = os.path.join(out, f"finetune_{method}")
     train_and_evaluate(config, run_dir)
     run = load(run_dir)
-    label = {"yarn": "YaRN x4 fine-tuned", "linear": "PI x4 fine-tuned", "default": "RoPE fine-tuned (control)"}[method]
+    label = {"yarn": f"YaRN x{extension} fine-tuned", "linear": f"PI x{extension} fine-tuned",
+             "default": "RoPE fine-tuned (control)"}[method]
     finetuned[label] = evaluate_perplexity(run.config, run.params, documents)
     losses[label] = [(base_config.train.num_steps + s, loss) for s, loss in _losses(run_dir)]
     print(f"  {label}: " + ", ".join(f"{r.length}: {r.perplexity:.3f}" for r in finetuned[label]), flush=True)
@@ -99,10 +104,11 @@ def main(argv):
   write_results({**training_free, **finetuned}, os.path.join(out, "perplexity.json"))
   plot_perplexity_vs_length(training_free, os.path.join(out, "ppl_training_free.png"),
                             trained_length=base_config.train.seq_len,
-                            title="Training-free extension of a model pre-trained at 128 tokens")
-  plot_perplexity_vs_length({"RoPE, pre-trained at 128": training_free["RoPE (no scaling)"], **finetuned},
+                            title=f"Training-free extension of a model pre-trained at {pretrain_length} tokens")
+  before = {f"RoPE, pre-trained at {pretrain_length}": training_free["RoPE (no scaling)"]}
+  plot_perplexity_vs_length({**before, **finetuned},
                             os.path.join(out, "ppl_finetuned.png"), trained_length=base_config.train.seq_len,
-                            title="After fine-tuning at 512 tokens")
+                            title=f"After fine-tuning at {finetune_length} tokens")
   plot_losses(losses, os.path.join(out, "loss.png"))
   report = [
       "# longjax demo report", "",
@@ -114,7 +120,7 @@ def main(argv):
       f"{base_config.eval.max_document_tokens} tokens), sliding windows with stride "
       f"{base_config.eval.stride}. Total time {time.time() - started:.0f} s.", "",
       "## Training-free extension", "", *_table(training_free, lengths), "", "![](ppl_training_free.png)", "",
-      f"## Fine-tuned at {demo_configs.EXTENSION * demo_configs.PRETRAIN_LENGTH} tokens "
+      f"## Fine-tuned at {finetune_length} tokens "
       f"({_FINETUNE_STEPS.value} steps each)", "", *_table(finetuned, lengths), "", "![](ppl_finetuned.png)", "",
       "## Training loss", "", "![](loss.png)", "",
       "Runs: `base/`, `finetune_*/` (each with config.json, metrics.jsonl, tensorboard/, checkpoints/); "

@@ -1,7 +1,6 @@
 import os
 import sys
 
-# Tests import the reference helpers and configs by path.
+# Tests import the reference helpers (hf_reference.py) by path; config files load with longjax.config.load_file.
 sys.path.insert(0, os.path.dirname(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

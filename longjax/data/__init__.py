@@ -3,11 +3,13 @@
 from longjax.data.packing import PackedBatches, make_batches
 from longjax.data.sources import Documents, open_documents
 from longjax.data.textdir import TextDir, TextDirConfig, build_text_dir
-from longjax.data.tokenizer import ByteTokenizer, SentencePieceTokenizer, Tokenizer, get_tokenizer
+from longjax.data.tokenizer import (ByteTokenizer, HuggingFaceTokenizer, SentencePieceTokenizer, Tokenizer,
+                                    get_tokenizer)
 
 __all__ = [
     "ByteTokenizer",
     "Documents",
+    "HuggingFaceTokenizer",
     "PackedBatches",
     "SentencePieceTokenizer",
     "TextDir",

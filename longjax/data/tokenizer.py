@@ -1,18 +1,21 @@
-"""Tokenizers behind one interface: byte-level (the embedded default) and SentencePiece (LLaMA).
+"""Tokenizers behind one interface: byte-level (the embedded default), SentencePiece (Llama 1/2) and
+Hugging Face `tokenizer.json` (Llama 3 and most models on the Hub).
 
-Both expose `vocab_size`, `bos_id`, `eos_id`, `pad_id`, `encode(text, *, bos, eos) -> list[int]` and
+Each exposes `vocab_size`, `bos_id`, `eos_id`, `pad_id`, `encode(text, *, bos, eos) -> list[int]` and
 `decode(ids) -> str`. `decode` reads every id it is given and drops the special ones (pad, bos, eos).
 """
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol
+import json
+from typing import Callable, Iterable, Protocol
 
 from etils import epath
 import numpy as np
 import sentencepiece as spm
+import tokenizers
 
-from longjax.config import ConfigError, DataConfig
+from longjax.config import TOKENIZER_FILES, TOKENIZERS, ConfigError, DataConfig
 
 
 class Tokenizer(Protocol):
@@ -111,12 +114,118 @@ class SentencePieceTokenizer:
     return self._sp.DecodeIds([int(i) for i in ids if int(i) not in self._specials])
 
 
-def get_tokenizer(data: DataConfig) -> ByteTokenizer | SentencePieceTokenizer:
-  """The tokenizer that `data.tokenizer` names (a `data.tokenizer_path` model for sentencepiece)."""
-  if data.tokenizer == "byte":
-    return ByteTokenizer()
-  if data.tokenizer == "sentencepiece":
-    if not data.tokenizer_path:
-      raise ConfigError("data.tokenizer_path='' is invalid: tokenizer=sentencepiece needs the path of a .model file")
-    return SentencePieceTokenizer(data.tokenizer_path)
-  raise ConfigError(f"data.tokenizer={data.tokenizer!r} is invalid: allowed: byte, sentencepiece")
+def _read_text(path: epath.Path, key: str) -> str:
+  try:
+    return path.read_text()
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"{key}={str(path)!r} is invalid: cannot read it ({type(e).__name__})") from None
+
+
+def _token_content(token) -> str | None:
+  """tokenizer_config.json writes a special token as "<s>" or as {"content": "<s>", ...} (an AddedToken)."""
+  return token.get("content") if isinstance(token, dict) else token
+
+
+class HuggingFaceTokenizer:
+  """A Hugging Face `tokenizer.json`, read by the `tokenizers` library (Llama 3: 128,256 ids).
+
+  `path` is the tokenizer.json file or the directory holding it. bos, eos and pad are the `bos_token`,
+  `eos_token` and `pad_token` of the tokenizer_config.json beside it when it has them; otherwise the first
+  of `BOS_TOKENS` / `EOS_TOKENS` that the file defines (Llama 3: <|begin_of_text|>, <|end_of_text|>; Llama 2
+  and Mistral: <s>, </s>). Without a pad token `pad_id` is `eos_id` (Llama 3 defines none): decode drops
+  both, and padded positions never enter the loss. `encode` adds no special tokens of its own (the file's
+  post-processor, e.g. Llama 3's automatic <|begin_of_text|>, is not applied); bos and eos come only from
+  its arguments. `decode` drops bos, eos, pad and ids past the vocabulary (a padded model vocabulary).
+  """
+
+  BOS_TOKENS = ("<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>", "<|endoftext|>")
+  EOS_TOKENS = ("<|end_of_text|>", "</s>", "<eos>", "<|endoftext|>")
+  PAD_TOKENS = ("<pad>", "<|pad|>", "[PAD]")
+
+  def __init__(self, path: str):
+    file = epath.Path(path)
+    if file.is_dir():
+      file = file / "tokenizer.json"
+    key = "data.tokenizer_path"
+    text = _read_text(file, key)
+    try:
+      self._tokenizer = tokenizers.Tokenizer.from_str(text)
+    except Exception:  # the library raises a bare Exception on malformed files
+      raise ConfigError(f"{key}={str(file)!r} is invalid: not a Hugging Face tokenizer.json") from None
+    self.path = str(file)
+    special = self._special_tokens(file.parent / "tokenizer_config.json")
+    self._bos_id = self._find("bos", special.get("bos_token"), self.BOS_TOKENS)
+    self._eos_id = self._find("eos", special.get("eos_token"), self.EOS_TOKENS)
+    pad = special.get("pad_token")
+    has_pad = pad is not None or any(self._tokenizer.token_to_id(t) is not None for t in self.PAD_TOKENS)
+    self._pad_id = self._find("pad", pad, self.PAD_TOKENS) if has_pad else self._eos_id
+    self._specials = frozenset((self._bos_id, self._eos_id, self._pad_id))
+
+  @staticmethod
+  def _special_tokens(config_path: epath.Path) -> dict[str, str | None]:
+    if not config_path.exists():
+      return {}
+    try:
+      config = json.loads(_read_text(config_path, "tokenizer_config.json"))
+    except json.JSONDecodeError as e:
+      raise ConfigError(f"tokenizer_config.json={str(config_path)!r} is invalid: not JSON ({e.msg})") from None
+    if not isinstance(config, dict):
+      raise ConfigError(f"tokenizer_config.json={str(config_path)!r} is invalid: not a JSON object")
+    return {name: _token_content(config.get(name)) for name in ("bos_token", "eos_token", "pad_token")}
+
+  def _find(self, role: str, configured: str | None, candidates: tuple[str, ...]) -> int:
+    """The id of the configured token, else of the first candidate the vocabulary has."""
+    for token in (configured,) if configured is not None else candidates:
+      token_id = self._tokenizer.token_to_id(token)
+      if token_id is not None:
+        return token_id
+    wanted = repr(configured) if configured is not None else f"any of {', '.join(candidates)}"
+    raise ConfigError(f"data.tokenizer_path={self.path!r} is invalid: no {role} token ({wanted}) in its vocabulary; "
+                      f"name it as {role}_token in a tokenizer_config.json beside it")
+
+  @property
+  def vocab_size(self) -> int:
+    return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+  @property
+  def bos_id(self) -> int:
+    return self._bos_id
+
+  @property
+  def eos_id(self) -> int:
+    return self._eos_id
+
+  @property
+  def pad_id(self) -> int:
+    return self._pad_id
+
+  def encode(self, text: str, *, bos: bool = False, eos: bool = False) -> list[int]:
+    ids = self._tokenizer.encode(text, add_special_tokens=False).ids
+    return [self.bos_id] * bos + ids + [self.eos_id] * eos
+
+  def decode(self, ids: Iterable[int]) -> str:
+    kept = [int(i) for i in ids if int(i) not in self._specials and 0 <= int(i) < self.vocab_size]
+    return self._tokenizer.decode(kept, skip_special_tokens=False)
+
+
+def _byte(path: str) -> ByteTokenizer:
+  del path  # bytes need no file
+  return ByteTokenizer()
+
+
+# data.tokenizer -> constructor taking data.tokenizer_path; its keys are config.TOKENIZERS (a test keeps them equal).
+REGISTRY: dict[str, Callable[[str], Tokenizer]] = {
+    "byte": _byte,
+    "sentencepiece": SentencePieceTokenizer,
+    "hf": HuggingFaceTokenizer,
+}
+
+
+def get_tokenizer(data: DataConfig) -> Tokenizer:
+  """The tokenizer that `data.tokenizer` names, reading `data.tokenizer_path` (sentencepiece, hf)."""
+  if data.tokenizer not in REGISTRY:
+    raise ConfigError(f"data.tokenizer={data.tokenizer!r} is invalid: allowed: {', '.join(TOKENIZERS)}")
+  if data.tokenizer in TOKENIZER_FILES and not data.tokenizer_path:
+    raise ConfigError(f"data.tokenizer_path='' is invalid: tokenizer={data.tokenizer} needs "
+                      f"{TOKENIZER_FILES[data.tokenizer]}")
+  return REGISTRY[data.tokenizer](data.tokenizer_path)

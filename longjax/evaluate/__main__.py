@@ -12,13 +12,12 @@ import dataclasses
 import os
 
 from absl import flags
-from ml_collections import config_flags
 
 from longjax import cli, load
 from longjax.config import from_config_dict
 from longjax.evaluate import eval_documents, evaluate_perplexity, plot_perplexity_vs_length, write_results
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Optional config whose rope/attention/eval sections apply.")
+_CONFIG = cli.define_config_flag("config", "Optional config whose rope/attention/eval sections apply.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; the newest by default.")
 _NAME = flags.DEFINE_string("name", None, "Name of this evaluation (default: the rope_type).")

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from longjax.nn import Llama
+from longjax.ops import cross_entropy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +53,8 @@ def windows(num_tokens: int, max_len: int, stride: int) -> list[tuple[int, int]]
 def _window_loss(model: Llama, params, tokens, first_new):
   """tokens int32[B, T]; first_new int32[B] (window index of the first scored target) -> (sum NLL, count)."""
   logits = model.apply({"params": params}, tokens[:, :-1], seq_len=tokens.shape[1] - 1)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
   target_index = jnp.arange(1, tokens.shape[1])[None, :]
-  mask = target_index >= first_new[:, None]
-  return jnp.sum(nll * mask), jnp.sum(mask)
+  return cross_entropy(logits, tokens[:, 1:], target_index >= first_new[:, None])
 
 
 def perplexity_at_length(model: Llama, params, documents: Sequence[np.ndarray], max_len: int, stride: int,

@@ -1,4 +1,4 @@
-"""Layers that own parameters: RMSNorm, Dense (logical axes, optional LoRA), SwiGLU MLP, Embed.
+"""Layers that own parameters: RMSNorm, Dense (logical axes, optional LoRA), SwiGLU MLP.
 
 Every parameter is created with logical axis names (DESIGN.md) so that
 `longjax.sharding` can map it onto any mesh.

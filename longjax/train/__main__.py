@@ -8,13 +8,12 @@ Rerunning the same command on the same workdir resumes from its newest checkpoin
 """
 
 from absl import flags
-from ml_collections import config_flags
 
 from longjax import cli
 from longjax.config import from_config_dict
 from longjax.train.loop import train_and_evaluate
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file, e.g. configs/tiny.py[:args].")
+_CONFIG = cli.define_config_flag("config", "A config file, e.g. configs/tiny.py[:args].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and config.json go.", required=True)
 
 

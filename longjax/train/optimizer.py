@@ -2,7 +2,9 @@
 
 Every parameter gets one label:
   `train`  AdamW at the scheduled LR (decayed if it is a matrix: no decay on norms, biases, gates),
-  `gate`   Infini-attention gates: their own LR and no decay (REFERENCES.md: a plain LR leaves them near 0.5),
+  `gate`   Infini-attention gates: their own LR and no decay (a plain LR leaves them near 0.5: Hugging Face,
+           "A failed experiment: Infini-Attention, and why we should keep trying?", 2024,
+           huggingface.co/blog/infini-attention),
   `frozen` no update and no optimizer state (LoRA fine-tuning freezes the base weights).
 """
 

@@ -13,16 +13,10 @@ import jax.numpy as jnp
 import optax
 
 from longjax.config import ModelConfig
+from longjax.ops import cross_entropy
 from longjax.train.optimizer import FROZEN
 
 TrainState = dict[str, Any]  # {"step": int32[], "params": tree, "opt_state": tree}
-
-
-def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(sum of masked token losses, number of tokens), float32."""
-  logits = logits.astype(jnp.float32)
-  token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  return jnp.sum(token_loss * mask), jnp.sum(mask)
 
 
 def model_inputs(model_config: ModelConfig, batch: dict) -> dict:

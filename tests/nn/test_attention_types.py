@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from repo_configs import load_config
 
-import tiny
 from longjax.config import from_config_dict
 from longjax.nn import Llama, init_params
 from longjax.train import train_and_evaluate
@@ -22,7 +22,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("attention", ["full", "s2", "sliding", "infini"])
 def test_each_attention_type_trains_on_the_default_corpus(tmp_path, data_dir, attention):
-  config = tiny.get_config(f"attention={attention},steps=16")
+  config = load_config(f"tiny.py:attention={attention},steps=16")
   config.data.data_dir = data_dir  # the default text_dir: the standard library's source tree
   config.train.log_every = 1
   config.train.seq_len = 64
@@ -36,7 +36,7 @@ def test_each_attention_type_trains_on_the_default_corpus(tmp_path, data_dir, at
 
 
 def _model(attention, **changes):
-  config = from_config_dict(tiny.get_config(f"attention={attention}")).model
+  config = from_config_dict(load_config(f"tiny.py:attention={attention}")).model
   return dataclasses.replace(config, attention=dataclasses.replace(config.attention, **changes))
 
 

@@ -20,7 +20,8 @@ import jax
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-import tiny
+from repo_configs import load_config
+
 from longjax.config import Config, from_config_dict
 from longjax.data import open_documents
 
@@ -54,7 +55,7 @@ class Runner:
             "train.checkpoint_every": 10, **(extra or {})}
 
   def config(self, extra: dict | None = None) -> Config:
-    config = tiny.get_config()
+    config = load_config("tiny.py")
     for key, value in self.overrides(extra).items():
       _set(config, key, value)
     return from_config_dict(config)
@@ -65,7 +66,7 @@ class Runner:
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
             # A size limit makes JAX lock the cache directory, which the processes share.
             "JAX_COMPILATION_CACHE_MAX_SIZE": str(2**31), "PYTHONUNBUFFERED": "1",
-            "PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "configs")])}
+            "PYTHONPATH": REPO}
 
   def train_command(self, workdir, extra: dict | None = None) -> list[str]:
     """`python -m longjax.train --config configs/tiny.py` with the shrunk overrides as flags."""
