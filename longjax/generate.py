@@ -1,7 +1,7 @@
 """Generate text from a trained run.
 
   python -m longjax.generate --workdir /tmp/tiny --prompt "def fibonacci(n):" --max_new_tokens 64
-  python -m longjax.generate --workdir /tmp/tiny --prompt "import os" --temperature 0.8 --top_k 40
+  python -m longjax.generate --workdir /tmp/tiny --prompt "import os" --temperature 0.8 --top_k 40 --top_p 0.95
 """
 
 from absl import flags
@@ -14,6 +14,8 @@ _PROMPT = flags.DEFINE_string("prompt", "", "Text to continue.")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Tokens to generate.", lower_bound=1)
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 is greedy.", lower_bound=0.0)
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens (0: all).", lower_bound=0)
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set of tokens whose probability reaches p.",
+                            lower_bound=0.0, upper_bound=1.0)
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
@@ -21,7 +23,7 @@ def main(argv):
   del argv
   run = load(_WORKDIR.value, _STEP.value)
   text = run.generate(_PROMPT.value, max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
-                      top_k=_TOP_K.value, seed=_SEED.value)
+                      top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value)
   print(_PROMPT.value + text)
 
 

@@ -1,51 +1,155 @@
-"""Autoregressive sampling with one compiled step for every length.
+"""Generation with a cache: chunked prefill, then a compiled decode loop.
 
-The prompt and the tokens to come live in a fixed buffer; each step runs the
-model over the buffer and reads the logits at the last filled position, passing
-the true length so dynamic positional methods see it. (Causal attention means
-the empty tail cannot change those logits.) The inference issue replaces this
-with a KV cache; the interface stays.
+  tokens = generate(Llama(config), params, [[1, 5, 9], [1, 7]], 32, temperature=0.8, top_p=0.95)
+
+Prompts of different lengths share one batch: each row is right-padded, its padding marked as
+such (segment id 0) so that nothing of it is cached, and each row continues from its own length.
+The prompt is read in chunks of `prefill_chunk` tokens, so a long prompt never materializes
+[T, T] scores (the cached kernel walks key blocks). The decode loop is one `lax.while_loop`
+under `jax.jit` with the cache donated; it stops early once every row has produced a stop token.
 """
 
+from __future__ import annotations
+
 import functools
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from longjax.nn import Llama
+from longjax.nn import Llama, init_cache
 
-
-@functools.partial(jax.jit, static_argnames=("model", "steps", "temperature", "top_k"))
-def _sample(model: Llama, params, buffer, length, rng, *, steps: int, temperature: float, top_k: int):
-  """Fill buffer[:, length:length+steps]; `length` is the shared prompt length (traced)."""
-
-  def body(i, carry):
-    buffer, rng = carry
-    cur = length + i
-    logits = model.apply({"params": params}, buffer, seq_len=cur)
-    next_logits = jax.lax.dynamic_index_in_dim(logits, cur - 1, axis=1, keepdims=False)
-    if temperature == 0.0:
-      token = jnp.argmax(next_logits, axis=-1)
-    else:
-      rng, key = jax.random.split(rng)
-      scaled = next_logits / temperature
-      if top_k:
-        kth = jax.lax.top_k(scaled, top_k)[0][:, -1:]
-        scaled = jnp.where(scaled < kth, -jnp.inf, scaled)
-      token = jax.random.categorical(key, scaled, axis=-1)
-    buffer = jax.lax.dynamic_update_index_in_dim(buffer, token.astype(buffer.dtype)[:, None], cur, axis=1)
-    return buffer, rng
-
-  buffer, _ = jax.lax.fori_loop(0, steps, body, (buffer, rng))
-  return buffer
+DEFAULT_PREFILL_CHUNK = 1024
+_PROMPT_ROUNDING = 16  # prompt buffers grow in these steps, so nearby lengths share one compiled prefill
 
 
-def generate(model: Llama, params, prompt_tokens, *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
-             seed: int = 0, pad_id: int = 0):
-  """prompt int32[B, P] (all rows length P) -> int32[B, max_new_tokens]; temperature 0 is greedy."""
-  prompt = jnp.asarray(prompt_tokens, jnp.int32)
-  batch, length = prompt.shape
-  buffer = jnp.full((batch, length + max_new_tokens), pad_id, jnp.int32).at[:, :length].set(prompt)
-  out = _sample(model, params, buffer, jnp.int32(length), jax.random.key(seed), steps=max_new_tokens,
-                temperature=float(temperature), top_k=int(top_k))
-  return out[:, length:]
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def pad_prompts(prompts, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens int32[B, P] right-padded, lengths int32[B]) from a list of token lists, an array [B, P] or one list."""
+  if isinstance(prompts, (np.ndarray, jax.Array)):
+    array = np.asarray(prompts, np.int32)
+    array = array[None] if array.ndim == 1 else array
+    return array, np.full((array.shape[0],), array.shape[1], np.int32)
+  prompts = list(prompts)
+  if prompts and np.ndim(prompts[0]) == 0:  # one prompt given as a flat list of ids
+    prompts = [prompts]
+  rows = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
+  if not rows or min(len(r) for r in rows) == 0:
+    raise ValueError("generate: every prompt needs at least one token")
+  lengths = np.asarray([len(r) for r in rows], np.int32)
+  tokens = np.full((len(rows), int(lengths.max())), pad_id, np.int32)
+  for i, row in enumerate(rows):
+    tokens[i, :len(row)] = row
+  return tokens, lengths
+
+
+def sample_logits(logits: jax.Array, rng: jax.Array, *, temperature: float = 0.0, top_k: int = 0,
+                  top_p: float = 1.0) -> jax.Array:
+  """int32[B] from logits float32[B, V]: greedy at temperature 0, else softmax(logits / temperature) restricted
+  to the top_k most likely tokens (0: all) and to the smallest set whose probability reaches top_p (nucleus)."""
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits.astype(jnp.float32) / temperature
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p < 1.0:
+    ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # probability of the tokens ranked above each one
+    kept = jnp.where(before < top_p, ordered, jnp.inf)  # the first token is always kept
+    threshold = jnp.min(kept, axis=-1, keepdims=True)
+    logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("cache",))
+def _prefill_chunk(model: Llama, params, cache, tokens, valid, last_logits):
+  """Read one chunk [B, C]; keep each row's logits at its last real token (rows with none keep theirs)."""
+  counts = jnp.sum(valid, axis=1, dtype=jnp.int32)
+  logits, cache = model.apply({"params": params}, tokens, segment_ids=valid.astype(jnp.int32), cache=cache,
+                              logits_at=jnp.maximum(counts - 1, 0))
+  return cache, jnp.where(counts[:, None] > 0, logits, last_logits)
+
+
+def prefill(model: Llama, params, cache, tokens, lengths, *, chunk: int = DEFAULT_PREFILL_CHUNK):
+  """Read prompts tokens int32[B, P] (row b's first lengths[b] tokens are real) into the cache, `chunk` tokens at a
+  time -> (logits float32[B, vocab] at each row's last prompt token, cache)."""
+  tokens, lengths = np.asarray(tokens, np.int32), np.asarray(lengths, np.int32)
+  width = _round_up(tokens.shape[1], _PROMPT_ROUNDING) if tokens.shape[1] <= chunk else chunk
+  padded = _round_up(tokens.shape[1], width)
+  tokens = np.pad(tokens, [(0, 0), (0, padded - tokens.shape[1])])
+  valid = np.arange(padded)[None, :] < lengths[:, None]
+  logits = jnp.zeros((tokens.shape[0], model.config.vocab_size), jnp.float32)
+  for start in range(0, padded, width):
+    part = valid[:, start:start + width]
+    if not part.any():
+      break
+    cache, logits = _prefill_chunk(model, params, cache, jnp.asarray(tokens[:, start:start + width]),
+                                   jnp.asarray(part), logits)
+  return logits, cache
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p"),
+                   donate_argnames=("cache",))
+def _decode(model: Llama, params, cache, logits, rng, stop_tokens, pad_id, *, max_new_tokens: int,
+            temperature: float, top_k: int, top_p: float):
+  """Sample token 0 from the prefill logits, then feed each token and sample the next; int32[B, max_new_tokens]."""
+  batch = logits.shape[0]
+  sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+
+  def emit(i, logits, rng, out, done):
+    rng, key = jax.random.split(rng)
+    token = jnp.where(done, pad_id, sample(logits, key))
+    out = jax.lax.dynamic_update_index_in_dim(out, token, i, axis=1)
+    return token, rng, out, done | jnp.isin(token, stop_tokens)
+
+  out = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
+  token, rng, out, done = emit(0, logits, rng, out, jnp.zeros((batch,), bool))
+
+  def cond(carry):
+    i, _, _, _, _, done = carry
+    return (i < max_new_tokens) & ~jnp.all(done)
+
+  def body(carry):
+    i, cache, token, rng, out, done = carry
+    logits, cache = model.apply({"params": params}, token[:, None], segment_ids=(~done)[:, None].astype(jnp.int32),
+                                cache=cache)
+    token, rng, out, done = emit(i, logits[:, 0], rng, out, done)
+    return i + 1, cache, token, rng, out, done
+
+  carry = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, token, rng, out, done))
+  return carry[4], carry[1]
+
+
+def generate(model: Llama, params, prompts, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, stop_tokens: Sequence[int] = (), seed: int = 0, pad_id: int = 0,
+             max_length: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+             cache_dtype=None, return_cache: bool = False):
+  """int32[B, max_new_tokens] continuing each prompt (a list of token lists of any lengths, or int[B, P]).
+
+  temperature 0 is greedy; after a row emits one of `stop_tokens` its remaining tokens are `pad_id`.
+  The cache holds `max_length` tokens (default: the longest prompt plus max_new_tokens); the sliding
+  and infini types keep constant memory whatever it is.
+  """
+  if max_new_tokens < 1:
+    raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+  tokens, lengths = pad_prompts(prompts, pad_id)
+  needed = int(lengths.max()) + max_new_tokens
+  max_length = needed if max_length is None else max_length
+  if max_length < needed:
+    raise ValueError(f"generate: max_length={max_length} is shorter than the longest prompt plus max_new_tokens "
+                     f"({needed})")
+  block = model.config.attention.kernel_block
+  cache = init_cache(model.config, tokens.shape[0], _round_up(max_length, block) if max_length > block else max_length,
+                     cache_dtype)
+  logits, cache = prefill(model, params, cache, tokens, lengths, chunk=prefill_chunk)
+  out, cache = _decode(model, params, cache, logits, jax.random.key(seed), jnp.asarray(list(stop_tokens) or [-1],
+                                                                                          jnp.int32),
+                       jnp.int32(pad_id), max_new_tokens=max_new_tokens, temperature=float(temperature),
+                       top_k=int(top_k), top_p=float(top_p))
+  return (out, cache) if return_cache else out

@@ -44,14 +44,22 @@ class LoadedModel:
     """float32 [B, T, vocab] for text(s) or token ids [T] / [B, T]."""
     return self.model.apply({"params": self.params}, self._tokens(inputs), positions)
 
-  def generate(self, prompt: str | Sequence[int] | np.ndarray, max_new_tokens: int = 32, temperature: float = 0.0,
-               top_k: int = 0, seed: int = 0):
-    """Text in -> text out (a string prompt), or token ids in -> int32 [B, max_new_tokens]."""
-    tokens = _generate(self.model, self.params, self._tokens(prompt), max_new_tokens=max_new_tokens,
-                       temperature=temperature, top_k=top_k, seed=seed, pad_id=self.tokenizer.pad_id)
-    if isinstance(prompt, str):
-      return self.tokenizer.decode(np.asarray(tokens[0]).tolist())
-    return tokens
+  def generate(self, prompt: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | np.ndarray,
+               max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
+               stop_at_eos: bool = True, **kwargs):
+    """Text in -> text out (a list of texts of any lengths -> a list of texts); token ids in (one list, a list of
+    lists of any lengths, or [B, P]) -> int32 [B, max_new_tokens]. Decoding stops at the tokenizer's eos unless
+    `stop_at_eos=False`; other keywords go to `longjax.inference.generate`."""
+    texts = [prompt] if isinstance(prompt, str) else list(prompt) if (
+        isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], str)) else None
+    prompts = [self.encode(text) for text in texts] if texts is not None else prompt
+    stop = (self.tokenizer.eos_id,) if stop_at_eos else ()
+    tokens = _generate(self.model, self.params, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
+                       top_p=top_p, seed=seed, stop_tokens=stop, pad_id=self.tokenizer.pad_id, **kwargs)
+    if texts is None:
+      return tokens
+    decoded = [self.tokenizer.decode(row) for row in np.asarray(tokens).tolist()]
+    return decoded[0] if isinstance(prompt, str) else decoded
 
 
 def load(workdir: str, step: int | None = None) -> LoadedModel:

@@ -61,10 +61,12 @@ BLOCKS: dict[str, type[nn.Module]] = {"llama": DecoderBlock}
 def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> dict:
   """{"layers": per-layer states}: stacked along a leading `layers` axis when layers are scanned, else a list."""
   dtype = jnp.dtype(config.dtype if dtype is None else dtype)
-  state = BLOCKS[config.block].init_state(config, batch_size, max_length, dtype)
+  init_state = BLOCKS[config.block].init_state
   if config.scan_layers:
+    state = init_state(config, batch_size, max_length, dtype)
     return {"layers": jax.tree.map(lambda x: jnp.broadcast_to(x, (config.num_layers,) + x.shape), state)}
-  return {"layers": [state] * config.num_layers}
+  # One state per layer, each its own buffers (a donated cache may not hold one buffer twice).
+  return {"layers": [init_state(config, batch_size, max_length, dtype) for _ in range(config.num_layers)]}
 
 
 def cache_lengths(cache: dict) -> jax.Array:
