@@ -19,6 +19,8 @@ CASES = {
     "bidirectional_window_segments": (2, 64, 64, 2, 1, 8, False, 10, 2, True, 16),
     "causal_segments_ragged": (2, 77, 77, 4, 4, 8, True, 9, 0, True, 24),
     "more_queries_than_keys": (2, 50, 40, 2, 1, 8, True, None, 0, False, 16),
+    # A decode step: one query whose own key opens a new key block (it sits on the causal block boundary).
+    "decode_one_past_a_block": (2, 1, 17, 2, 1, 8, True, None, 0, False, 16),
 }
 
 
@@ -93,9 +95,33 @@ def test_blockwise_visits_only_reachable_blocks():
   assert len(sliding) <= 32 * 4
 
 
-def blockwise_spec(**fields):
-  from longjax.ops.blockwise import _Spec  # the static geometry that block_pairs reads
-  return _Spec(**fields)
+def _reachable_pairs(mask: np.ndarray, block_q: int, block_k: int) -> np.ndarray:
+  """int32[P, 2]: the block pairs where a dense mask bool[T, S] has a True entry (key block 0 for a query
+  block that sees no key), query-block major like block_pairs."""
+  q_len, k_len = mask.shape
+  q_blocks, k_blocks = -(-q_len // block_q), -(-k_len // block_k)
+  padded = np.zeros((q_blocks * block_q, k_blocks * block_k), bool)
+  padded[:q_len, :k_len] = mask
+  reach = padded.reshape(q_blocks, block_q, k_blocks, block_k).any(axis=(1, 3))
+  reach[~reach.any(axis=1), 0] = True
+  return np.argwhere(reach)
+
+
+def test_block_pairs_are_exactly_the_blocks_the_mask_reaches():
+  # Unaligned lengths put query and key block edges anywhere, including exactly on the causal diagonal.
+  # The mask is jitted whole: one compilation per shape costs ~10x less than compiling each eager op.
+  dense_mask = jax.jit(ops.attention_mask, static_argnums=(0, 1), static_argnames=("causal", "window", "sinks"))
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    q_len, k_len = (int(n) for n in rng.integers(1, 64, 2))
+    window = None if rng.random() < 0.3 else int(rng.integers(1, 32))
+    rule = dict(causal=bool(rng.random() < 0.8), window=window, sinks=int(rng.integers(0, 6)) if window else 0)
+    mask = np.asarray(dense_mask(q_len, k_len, **rule))[0, 0]
+    for _ in range(4):
+      block_q, block_k = (int(n) for n in rng.integers(1, 20, 2))
+      spec = BlockSpec(**rule, q_len=q_len, k_len=k_len, block_q=min(block_q, q_len), block_k=min(block_k, k_len))
+      np.testing.assert_array_equal(block_pairs(spec), _reachable_pairs(mask, spec.block_q, spec.block_k),
+                                    err_msg=str(spec))
 
 
 def test_auto_rule_on_cpu():

@@ -1,13 +1,15 @@
-"""LoRA fine-tuning from a longjax workdir: only the low-rank factors, embeddings and norms move, and
-merging the factors into the kernels keeps the logits."""
+"""LoRA: a fresh LoRA model is its base model; fine-tuning from a longjax workdir moves only the low-rank
+factors, embeddings and norms, and merging the factors into the kernels keeps the logits."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+import tiny
 from longjax import checkpoint
-from longjax.nn import Llama
+from longjax.config import from_config_dict
+from longjax.nn import Llama, init_params
 from longjax.nn.lora import merge_lora
 from longjax.train.loop import train_and_evaluate
 
@@ -57,3 +59,24 @@ def test_lora_trains_only_factors_embeddings_and_norms_and_merges_exactly(runner
   logits = jax.jit(Llama(config.model).apply)({"params": params}, tokens)
   merged_logits = jax.jit(Llama(merged_model_config).apply)({"params": merged}, tokens)
   np.testing.assert_allclose(merged_logits, logits, atol=1e-5, rtol=0)
+
+
+def test_fresh_lora_model_gives_the_base_model_logits_exactly():
+  """B starts at zero (Hu et al. 2021), so before any step the LoRA model is the base model, bit for bit."""
+  config = tiny.get_config()
+  base = from_config_dict(config).model
+  config.model.lora.rank = 4
+  config.model.lora.targets = ("q", "k", "v", "o", "gate", "up", "down")
+  lora = from_config_dict(config).model
+  params = jax.jit(lambda rng: init_params(lora, rng))(jax.random.key(0))
+  flat = traverse_util.flatten_dict(params, sep="/")
+  base_params = traverse_util.unflatten_dict(
+      {path: value for path, value in flat.items() if not path.endswith(("lora_a", "lora_b"))}, sep="/")
+
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, base.vocab_size, (2, 24)), jnp.int32)
+  lora_logits = jax.jit(Llama(lora).apply)({"params": params}, tokens)
+  base_logits = jax.jit(Llama(base).apply)({"params": base_params}, tokens)
+  np.testing.assert_array_equal(lora_logits, base_logits)
+  lora_b = [path for path in flat if path.endswith("lora_b")]
+  assert len(lora_b) == 7 * lora.num_layers
+  assert all(not np.any(flat[path]) for path in lora_b), [path for path in lora_b if np.any(flat[path])]

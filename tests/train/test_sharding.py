@@ -2,7 +2,14 @@
 
 import json
 
+import jax
 import numpy as np
+from jax.sharding import PartitionSpec
+
+import tiny
+from longjax import sharding
+from longjax.config import from_config_dict
+from longjax.nn import abstract_params
 
 # Runs in a fresh process: the device count is fixed when JAX starts.
 SCRIPT = """
@@ -36,6 +43,9 @@ print(json.dumps({
 """
 
 Q = "['params']['layers_0']['attention']['q_proj']['kernel']"
+# Tiny: embed 64, 4 query heads and 2 key/value heads of 16; on fsdp=2 x tensor=2 each device holds one
+# key/value head, as it holds two query heads.
+ATTENTION_SHARDS = {"q": [32, 2, 16], "k": [32, 1, 16], "v": [32, 1, 16]}
 
 
 def _run(runner, tmp_path, name, devices, mesh):
@@ -54,14 +64,29 @@ def test_sharded_training_matches_one_device(runner, tmp_path):
   assert len(set(single["losses"])) == 3, single["losses"]
 
   specs, shapes = sharded["specs"], sharded["shard_shapes"]
-  assert specs[Q] == ["fsdp", "tensor", None] and shapes[Q] == [32, 2, 16], (specs[Q], shapes[Q])
+  for name, shard_shape in ATTENTION_SHARDS.items():
+    kernel = Q.replace("q_proj", f"{name}_proj")
+    assert specs[kernel] == ["fsdp", "tensor", None] and shapes[kernel] == shard_shape, (kernel, specs[kernel],
+                                                                                          shapes[kernel])
+    # Adam's moments are sharded like their parameters.
+    moments = [path for path in specs if path.startswith("['opt_state']") and f"['{name}_proj']['kernel']" in path
+               and "layers_0" in path]
+    assert len(moments) == 2 and all(specs[path] == specs[kernel] and shapes[path] == shard_shape
+                                     for path in moments), json.dumps({p: (specs[p], shapes[p]) for p in moments})
   assert specs["['params']['layers_0']['mlp']['down_proj']['kernel']"] == ["tensor", "fsdp"]
   # 259 byte tokens do not split in two: the vocabulary axis stays whole, the embedding axis is sharded.
   assert specs["['params']['embed_tokens']['embedding']"] == [None, "fsdp"]
   assert specs["['params']['lm_head']"] == ["fsdp", None]
-  # Adam's moments are sharded like their parameters.
-  moments = [path for path in specs if path.startswith("['opt_state']") and "['q_proj']['kernel']" in path
-             and "layers_0" in path]
-  assert len(moments) == 2 and all(specs[path] == specs[Q] for path in moments), json.dumps(
-      {p: specs[p] for p in moments})
   assert single["shard_shapes"][Q] == [64, 4, 16]
+
+
+def test_attention_projections_split_query_and_key_value_heads_over_tensor():
+  """The logical rules, without devices: key/value heads are cut over `tensor` like query heads (replicating
+  them would keep the numbers right and cost their memory on every device)."""
+  config = from_config_dict(tiny.get_config())
+  abstract, logical = abstract_params(config.model)
+  shardings = sharding.tree_shardings(sharding.make_mesh(config.mesh, jax.devices()[:1]), logical, abstract)
+  attention = shardings["layers_0"]["attention"]
+  for name in ("q", "k", "v"):
+    assert attention[f"{name}_proj"]["kernel"].spec == PartitionSpec("fsdp", "tensor", None), name
+  assert attention["o_proj"]["kernel"].spec == PartitionSpec("tensor", None, "fsdp")

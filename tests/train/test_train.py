@@ -1,4 +1,5 @@
-"""The training loop end to end: the loss falls, its outputs, exact resume, gradient accumulation."""
+"""The training loop end to end: the loss falls, its outputs, exact resume, gradient accumulation, the logged
+learning rate."""
 
 import glob
 import json
@@ -14,6 +15,7 @@ from conftest import TRAINED_STEPS, checkpoint_steps, read_metrics
 from longjax.train import data_state
 from longjax.train import metrics as metrics_lib
 from longjax.train.loop import Trainer, _global_batch, train_and_evaluate
+from longjax.train.optimizer import learning_rate_schedule
 
 METRIC_KEYS = {"step", "loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu"}
 
@@ -131,3 +133,22 @@ def test_gradient_accumulation_matches_one_big_batch(runner, tmp_path):
   assert min(moved) > 1e-4  # every parameter changed, so the comparison below is not trivially true
   for a, b in zip(jax.tree.leaves(params_2), jax.tree.leaves(params_1)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_logged_learning_rate_is_the_one_each_update_used(runner, trained_workdir, tmp_path):
+  """metrics.jsonl's `learning_rate` at step k is the schedule at update k: the peak at the end of warmup,
+  the end value at the last step."""
+  config = runner.config({"train.num_steps": TRAINED_STEPS})
+  schedule = learning_rate_schedule(config.train)
+  logged = [r["learning_rate"] for r in read_metrics(trained_workdir)]
+  np.testing.assert_allclose(logged, [float(schedule(step - 1)) for step in range(1, TRAINED_STEPS + 1)], rtol=1e-6)
+  warmup, peak = config.train.warmup_steps, config.train.learning_rate
+  np.testing.assert_allclose(logged[:warmup], peak * np.arange(1, warmup + 1) / warmup, rtol=1e-6)
+  np.testing.assert_allclose(logged[warmup:], peak, rtol=1e-6)  # constant after warmup
+
+  # A decaying schedule: 2 warmup updates, then linear decay reaching the end LR at the last update.
+  decaying = runner.config({"train.num_steps": 4, "train.warmup_steps": 2, "train.schedule": "linear",
+                            "train.end_learning_rate_ratio": 0.1, "train.learning_rate": 1e-2})
+  train_and_evaluate(decaying, str(tmp_path / "decaying"))
+  np.testing.assert_allclose([r["learning_rate"] for r in read_metrics(tmp_path / "decaying")],
+                             [5e-3, 1e-2, 5.5e-3, 1e-3], rtol=1e-6)
