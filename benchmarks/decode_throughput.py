@@ -138,13 +138,13 @@ class Longjax:
 class HuggingFace:
   """transformers' LLaMA with the same weights; static cache unless it fails, then dynamic."""
 
-  def __init__(self, config: ModelConfig, params, chunk: int, dtype: str):
+  def __init__(self, config: ModelConfig, params, chunk: int, dtype: str, threads: int):
     import torch
     import transformers
 
     self.torch, self.transformers, self.chunk = torch, transformers, chunk
     self.device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as path:
       hf_convert.save(config, params, path)
       self.model = transformers.LlamaForCausalLM.from_pretrained(
@@ -232,6 +232,9 @@ def main():
   parser.add_argument("--prefill_chunk", type=int, default=1024)
   parser.add_argument("--repeats", type=int, default=3, help="decode runs per point (the median is reported)")
   parser.add_argument("--skip_hf", action="store_true", help="longjax only")
+  parser.add_argument("--torch_threads", type=int, default=os.cpu_count(),
+                      help="torch.set_num_threads for Hugging Face on CPU (on a machine shared with other work, "
+                           "1 can be much faster than the core count)")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                     "decode_throughput.json" if on_cpu else
                                                     "decode_throughput_gpu.json"))
@@ -255,7 +258,7 @@ def main():
   if not args.skip_hf:
     full = dataclasses.replace(base, attention=TYPES["full"])
     full_params = params["full"] if "full" in params else init_params(full, jax.random.key(0))
-    hf = HuggingFace(full, full_params, args.prefill_chunk, args.dtype)
+    hf = HuggingFace(full, full_params, args.prefill_chunk, args.dtype, args.torch_threads)
     if not on_cpu and hf.device == "cpu":
       print("note: torch has no CUDA here, so Hugging Face runs on the CPU", flush=True)
     prompt = rng.integers(1, base.vocab_size, (1, CHECK_PROMPT_LEN), dtype=np.int32)
@@ -299,6 +302,7 @@ def main():
                "model": dataclasses.asdict(SHAPE) | {"attention": None},
                "types": {name: dataclasses.asdict(TYPES[name]) for name in names},
                "hf_cache": hf.cache_mode if hf else None, "hf_device": hf.device if hf else None,
+               "torch_threads": args.torch_threads if hf else None, "load_average": os.getloadavg(),
                "correctness": check, "rows": rows}, f, indent=1)
   print(table(rows))
   print(f"wrote {args.out}")

@@ -147,7 +147,8 @@ class Llama(nn.Module):
 def init_params(config: ModelConfig, rng: jax.Array, seq_len: int = 8):
   """Unboxed float parameters of `Llama(config)` (use `abstract_params` for shapes without allocating)."""
   tokens = jnp.zeros((1, seq_len), jnp.int32)
-  return nn.meta.unbox(Llama(config).init(rng, tokens)["params"])
+  # Compiled: op-by-op initialisation of even a tiny model costs seconds of dispatch.
+  return jax.jit(lambda key: nn.meta.unbox(Llama(config).init(key, tokens)["params"]))(rng)
 
 
 def abstract_params(config: ModelConfig, seq_len: int = 8):
