@@ -19,13 +19,13 @@ import logging
 import os
 from typing import Any
 
-import jax
 import ml_dtypes
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from longjax.config import ConfigError, ModelConfig, RopeConfig, model_config_from_dict
+from longjax.nn import scan_params, unscan_params
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -248,22 +248,6 @@ def _get(tree: dict, leaf: tuple[str, ...]):
   for key in leaf:
     tree = tree[key]
   return tree
-
-
-def scan_params(params: dict, num_layers: int) -> dict:
-  """Unscanned tree (layers_0, layers_1, ...) -> scanned tree (`layers` stacked on axis 0)."""
-  out = {k: v for k, v in params.items() if not k.startswith("layers_")}
-  layers = [params[f"layers_{i}"] for i in range(num_layers)]
-  out["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
-  return out
-
-
-def unscan_params(params: dict, num_layers: int) -> dict:
-  """Scanned tree -> unscanned tree."""
-  out = {k: v for k, v in params.items() if k != "layers"}
-  for i in range(num_layers):
-    out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
-  return out
 
 
 def load(path: str, *, dtype: str = "float32", scan_layers: bool = False) -> tuple[ModelConfig, dict]:
