@@ -21,6 +21,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -34,6 +35,8 @@ _ROPE_KEYS = tuple(f.name for f in dataclasses.fields(RopeConfig))
 # longjax rope keys that transformers' config does not know (written back only when set).
 _LONGJAX_ONLY_ROPE_KEYS = ("alpha",)
 _LONGJAX_ONLY_ROPE_TYPES = ("ntk", "dynamic_yarn")
+# Attention that transformers' LlamaForCausalLM computes the same at inference (S2 shifts groups only in training).
+_EXPORTABLE_ATTENTION = ("full", "s2")
 # Keys some checkpoints carry that transformers does not read (YaRN's original code wrote `finetuned`).
 _IGNORED_ROPE_KEYS = ("finetuned",)
 
@@ -124,6 +127,10 @@ def config_to_hf(model: ModelConfig, torch_dtype: str = "float32") -> dict:
       rope[key] = list(rope[key])
   if model.rope.rope_type == "dynamic":  # its L travels as max_position_embeddings (below)
     rope.pop("original_max_position_embeddings", None)
+  attention = model.attention
+  if attention.type not in _EXPORTABLE_ATTENTION or (attention.type == "s2" and attention.s2_at_eval):
+    raise ConversionError(f"model.attention.type={attention.type!r} (s2_at_eval={attention.s2_at_eval}) has no "
+                          "transformers equivalent; allowed for export: full, or s2 with s2_at_eval=False")
   if model.rope.rope_type in _LONGJAX_ONLY_ROPE_TYPES:
     raise ConversionError(f"model.rope.rope_type={model.rope.rope_type!r} has no transformers equivalent; "
                           f"allowed for export: any but {', '.join(_LONGJAX_ONLY_ROPE_TYPES)}")
@@ -289,6 +296,16 @@ def load(path: str, *, dtype: str = "float32", scan_layers: bool = False) -> tup
   return model, params
 
 
+def _check_exportable(params: dict, exported: set[tuple[str, ...]]) -> None:
+  """Refuse parameters that transformers' LlamaForCausalLM would silently lack (LoRA factors, gates)."""
+  extra = [leaf for leaf in traverse_util.flatten_dict(params) if leaf not in exported]
+  if not extra:
+    return
+  hint = " (merge LoRA first: longjax.nn.lora.merge_lora)" if extra[0][-1].startswith("lora_") else ""
+  raise ConversionError(f"params: {'/'.join(extra[0])} has no place in a transformers LlamaForCausalLM{hint}; "
+                        "allowed for export: the parameters of a plain LLaMA")
+
+
 def save(model: ModelConfig, params: dict, path: str, *, torch_dtype: str = "float32",
          max_shard_bytes: int = 5 * 2**30) -> None:
   """Write `path/config.json` and safetensors (sharded with an index past `max_shard_bytes`)."""
@@ -296,16 +313,19 @@ def save(model: ModelConfig, params: dict, path: str, *, torch_dtype: str = "flo
   if "layers" in params:
     params = unscan_params(params, model.num_layers)
   np_dtype = _TORCH_DTYPES[torch_dtype]
+  names = _name_map(model)
+  _check_exportable(params, set(names.values()))
   tensors: dict[str, np.ndarray] = {}
-  for name, leaf in _name_map(model).items():
+  for name, leaf in names.items():
     try:
       w = np.asarray(_get(params, leaf))
     except KeyError:
       raise ConversionError(f"params: {'/'.join(leaf)} is missing (for HF tensor {name!r})") from None
     tensors[name] = np.ascontiguousarray(_to_hf(leaf, w).astype(np_dtype))
+  hf_config = config_to_hf(model, torch_dtype)
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(config_to_hf(model, torch_dtype), f, indent=2, sort_keys=True)
+    json.dump(hf_config, f, indent=2, sort_keys=True)
   shards: list[dict[str, np.ndarray]] = [{}]
   size = 0
   for name, w in tensors.items():
