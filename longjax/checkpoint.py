@@ -5,6 +5,8 @@ A step directory `workdir/checkpoints/<step>/` holds four items:
   opt_state  the optax state,
   data       the training iterators' state (JSON, one per process), so a resumed run sees the same batches,
   config     the validated run config (JSON).
+A model imported from Hugging Face (python -m longjax.convert --hf_dir) is a workdir whose only
+step, 0, holds params and config: readers of parameters see no difference from a training run.
 Orbax writes each step to a temporary directory and renames it when complete,
 so a failed or interrupted save never replaces the last good checkpoint.
 """
@@ -85,6 +87,13 @@ class Checkpointer:
                               data=ocp.args.JsonSave(data_state), config=ocp.args.JsonSave(config.to_dict()))
     return self.manager.save(step, args=args, force=force)
 
+  def save_params(self, step: int, params, config: Config) -> None:
+    """Parameters and config only, no optimizer or data state: an imported model, which every reader
+    (`restore_params`: `longjax.load`, `train.init_from`) reads as it reads a training run's step."""
+    args = ocp.args.Composite(params=ocp.args.StandardSave(params), config=ocp.args.JsonSave(config.to_dict()))
+    self.manager.save(step, args=args, force=True)
+    self.manager.wait_until_finished()
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 
@@ -111,7 +120,10 @@ class Checkpointer:
     With `set_aside`, newer steps that failed are renamed so that training can save those steps again.
     """
     steps = [step] if step is not None else self.all_steps()[::-1]
-    if not steps or steps[0] not in self.all_steps():
+    if not steps:
+      raise CheckpointError(f"{self.directory}: no checkpoint; allowed: a workdir that python -m longjax.train "
+                            "or python -m longjax.convert --hf_dir wrote")
+    if steps[0] not in self.all_steps():
       raise CheckpointError(f"{self.directory}: no checkpoint at step {step}; present: {self.all_steps()}")
     last_error: Exception | None = None
     failed = []
@@ -157,6 +169,9 @@ class Checkpointer:
 
     def restore_one(candidate):
       self._check_shapes(candidate, abstract_params)
+      if not {"opt_state", "data"} & set(self.manager.item_metadata(candidate)):  # written by save_params
+        raise CheckpointError(f"{self.directory}/{candidate}: holds parameters only (an imported model), which do not "
+                              "resume; allowed: train.init_from with a new workdir")
       restored = self.manager.restore(candidate, args=ocp.args.Composite(
           params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract_opt_state),
           data=ocp.args.JsonRestore()))
@@ -187,7 +202,8 @@ def read_config(workdir: str) -> Config:
   """The validated config a run wrote to `workdir/config.json`."""
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
-    raise CheckpointError(f"{path}: file not found; allowed: a workdir written by python -m longjax.train")
+    raise CheckpointError(f"{path}: file not found; allowed: a workdir that python -m longjax.train or "
+                          "python -m longjax.convert --hf_dir wrote")
   with open(path) as f:
     given = json.load(f)
   for section, key in RETIRED_KEYS:

@@ -1,34 +1,41 @@
-"""Convert weights between Hugging Face and longjax.
+"""Convert between Hugging Face LLaMA directories and longjax workdirs.
 
-  python -m longjax.convert --hf_dir /path/to/Llama-2-7b-hf --out_dir /ckpt/llama2_7b   # HF -> Orbax
-  python -m longjax.convert --checkpoint /ckpt/llama2_7b --out_dir /path/to/hf_export --to_hf   # Orbax -> HF
+  # HF -> a longjax workdir (config.json + parameters at step 0), for train.init_from=DIR and longjax.load(DIR)
+  python -m longjax.convert --hf_dir /path/to/Llama-2-7b-hf --out_dir /ckpt/llama2_7b
+  # a training run (newest step, or --step) -> HF, with LoRA merged and scanned layers unscanned
+  python -m longjax.convert --workdir /runs/yarn16 --to_hf /export/yarn16_hf [--step 1000] [--dtype bfloat16]
+
+Neither direction writes into a directory that is not empty.
 """
 
 from absl import flags
 
 from longjax import cli
-from longjax.convert import hf, orbax_io
+from longjax.convert import hf, workdir
 
-_HF_DIR = flags.DEFINE_string("hf_dir", None, "A transformers LLaMA directory to read.")
-_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "An Orbax parameter checkpoint written by this command.")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Where to write the converted weights.", required=True)
-_TO_HF = flags.DEFINE_bool("to_hf", False, "Write a transformers directory instead of an Orbax checkpoint.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "dtype of the written weights.")
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "A transformers LLaMA directory to import.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "With --hf_dir: the longjax workdir to write (new or empty).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A longjax workdir (a training run, or an import) to export.")
+_STEP = flags.DEFINE_integer("step", None, "With --workdir: the checkpoint step to export (default: the newest).")
+_TO_HF = flags.DEFINE_string("to_hf", None, "With --workdir: the transformers directory to write (new or empty).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"],
+                           "With --to_hf: dtype of the written weights.")
 
 
 def main(argv):
   del argv
-  if (_HF_DIR.value is None) == (_CHECKPOINT.value is None):
-    raise hf.ConversionError("--hf_dir / --checkpoint: give exactly one source")
-  if _HF_DIR.value:
-    model, params = hf.load(_HF_DIR.value)
-  else:
-    model, params = orbax_io.load_params(_CHECKPOINT.value)
-  if _TO_HF.value:
-    hf.save(model, params, _OUT_DIR.value, torch_dtype=_DTYPE.value)
-  else:
-    orbax_io.save_params(model, params, _OUT_DIR.value)
-  print(f"wrote {_OUT_DIR.value}")
+  if (_HF_DIR.value is None) == (_WORKDIR.value is None):
+    raise hf.ConversionError("--hf_dir / --workdir: give exactly one source")
+  if _HF_DIR.value is not None:
+    if _OUT_DIR.value is None or _TO_HF.value is not None or _STEP.value is not None:
+      raise hf.ConversionError("--hf_dir needs --out_dir (a new longjax workdir), and takes neither --to_hf nor --step")
+    workdir.import_hf(_HF_DIR.value, _OUT_DIR.value)
+    print(f"wrote {_OUT_DIR.value}")
+    return
+  if _TO_HF.value is None or _OUT_DIR.value is not None:
+    raise hf.ConversionError("--workdir needs --to_hf (a new transformers directory), and takes no --out_dir")
+  step = workdir.export_hf(_WORKDIR.value, _TO_HF.value, step=_STEP.value, torch_dtype=_DTYPE.value)
+  print(f"wrote {_TO_HF.value} (step {step} of {_WORKDIR.value})")
 
 
 if __name__ == "__main__":

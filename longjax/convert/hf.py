@@ -19,13 +19,14 @@ import logging
 import os
 from typing import Any
 
-import jax
 import ml_dtypes
 import numpy as np
+from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from longjax.config import ConfigError, ModelConfig, RopeConfig, model_config_from_dict
+from longjax.nn import scan_params, unscan_params
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -34,6 +35,8 @@ _ROPE_KEYS = tuple(f.name for f in dataclasses.fields(RopeConfig))
 # longjax rope keys that transformers' config does not know (written back only when set).
 _LONGJAX_ONLY_ROPE_KEYS = ("alpha",)
 _LONGJAX_ONLY_ROPE_TYPES = ("ntk", "dynamic_yarn")
+# Attention that transformers' LlamaForCausalLM computes the same at inference (S2 shifts groups only in training).
+_EXPORTABLE_ATTENTION = ("full", "s2")
 # Keys some checkpoints carry that transformers does not read (YaRN's original code wrote `finetuned`).
 _IGNORED_ROPE_KEYS = ("finetuned",)
 
@@ -124,6 +127,10 @@ def config_to_hf(model: ModelConfig, torch_dtype: str = "float32") -> dict:
       rope[key] = list(rope[key])
   if model.rope.rope_type == "dynamic":  # its L travels as max_position_embeddings (below)
     rope.pop("original_max_position_embeddings", None)
+  attention = model.attention
+  if attention.type not in _EXPORTABLE_ATTENTION or (attention.type == "s2" and attention.s2_at_eval):
+    raise ConversionError(f"model.attention.type={attention.type!r} (s2_at_eval={attention.s2_at_eval}) has no "
+                          "transformers equivalent; allowed for export: full, or s2 with s2_at_eval=False")
   if model.rope.rope_type in _LONGJAX_ONLY_ROPE_TYPES:
     raise ConversionError(f"model.rope.rope_type={model.rope.rope_type!r} has no transformers equivalent; "
                           f"allowed for export: any but {', '.join(_LONGJAX_ONLY_ROPE_TYPES)}")
@@ -250,22 +257,6 @@ def _get(tree: dict, leaf: tuple[str, ...]):
   return tree
 
 
-def scan_params(params: dict, num_layers: int) -> dict:
-  """Unscanned tree (layers_0, layers_1, ...) -> scanned tree (`layers` stacked on axis 0)."""
-  out = {k: v for k, v in params.items() if not k.startswith("layers_")}
-  layers = [params[f"layers_{i}"] for i in range(num_layers)]
-  out["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *layers)
-  return out
-
-
-def unscan_params(params: dict, num_layers: int) -> dict:
-  """Scanned tree -> unscanned tree."""
-  out = {k: v for k, v in params.items() if k != "layers"}
-  for i in range(num_layers):
-    out[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], params["layers"])
-  return out
-
-
 def load(path: str, *, dtype: str = "float32", scan_layers: bool = False) -> tuple[ModelConfig, dict]:
   """(ModelConfig, params as numpy `dtype`) of a transformers LLaMA directory."""
   config_path = os.path.join(path, "config.json")
@@ -305,6 +296,16 @@ def load(path: str, *, dtype: str = "float32", scan_layers: bool = False) -> tup
   return model, params
 
 
+def _check_exportable(params: dict, exported: set[tuple[str, ...]]) -> None:
+  """Refuse parameters that transformers' LlamaForCausalLM would silently lack (LoRA factors, gates)."""
+  extra = [leaf for leaf in traverse_util.flatten_dict(params) if leaf not in exported]
+  if not extra:
+    return
+  hint = " (merge LoRA first: longjax.nn.lora.merge_lora)" if extra[0][-1].startswith("lora_") else ""
+  raise ConversionError(f"params: {'/'.join(extra[0])} has no place in a transformers LlamaForCausalLM{hint}; "
+                        "allowed for export: the parameters of a plain LLaMA")
+
+
 def save(model: ModelConfig, params: dict, path: str, *, torch_dtype: str = "float32",
          max_shard_bytes: int = 5 * 2**30) -> None:
   """Write `path/config.json` and safetensors (sharded with an index past `max_shard_bytes`)."""
@@ -312,16 +313,19 @@ def save(model: ModelConfig, params: dict, path: str, *, torch_dtype: str = "flo
   if "layers" in params:
     params = unscan_params(params, model.num_layers)
   np_dtype = _TORCH_DTYPES[torch_dtype]
+  names = _name_map(model)
+  _check_exportable(params, set(names.values()))
   tensors: dict[str, np.ndarray] = {}
-  for name, leaf in _name_map(model).items():
+  for name, leaf in names.items():
     try:
       w = np.asarray(_get(params, leaf))
     except KeyError:
       raise ConversionError(f"params: {'/'.join(leaf)} is missing (for HF tensor {name!r})") from None
     tensors[name] = np.ascontiguousarray(_to_hf(leaf, w).astype(np_dtype))
+  hf_config = config_to_hf(model, torch_dtype)
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, "config.json"), "w") as f:
-    json.dump(config_to_hf(model, torch_dtype), f, indent=2, sort_keys=True)
+    json.dump(hf_config, f, indent=2, sort_keys=True)
   shards: list[dict[str, np.ndarray]] = [{}]
   size = 0
   for name, w in tensors.items():

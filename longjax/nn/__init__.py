@@ -5,7 +5,8 @@ from longjax.nn.attention_types import ATTENTION_TYPES, AttentionInputs, Attenti
 from longjax.nn.layers import MLP, Dense, RMSNorm
 from longjax.nn.llama import (BLOCKS, REMAT_POLICIES, DecoderBlock, Llama, abstract_params, cache_lengths, init_cache,
                               init_params)
+from longjax.nn.stacking import scan_params, unscan_params
 
 __all__ = ["ATTENTION_TYPES", "Attention", "AttentionInputs", "AttentionType", "BLOCKS", "Dense", "DecoderBlock",
            "Llama", "MLP", "REMAT_POLICIES", "RMSNorm", "abstract_params", "cache_lengths", "init_cache",
-           "init_params"]
+           "init_params", "scan_params", "unscan_params"]

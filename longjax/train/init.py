@@ -15,6 +15,7 @@ from flax import traverse_util
 from longjax import checkpoint
 from longjax.config import ConfigError, ModelConfig
 from longjax.convert import hf
+from longjax.nn import scan_params, unscan_params
 
 # Fields that fix parameter shapes: taken from the source of `train.init_from`.
 SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
@@ -45,7 +46,7 @@ def load_source(init_from: str) -> tuple[ModelConfig, dict]:
     checkpointer.close()
   params = jax.tree.map(np.asarray, params)
   if "layers" in params:
-    params = hf.unscan_params(params, source_config.model.num_layers)
+    params = unscan_params(params, source_config.model.num_layers)
   return source_config.model, params
 
 
@@ -63,7 +64,7 @@ def merge_into(fresh: dict, source: dict, scan_layers: bool, num_layers: int, pl
   """
   place = place or (lambda value, like: np.asarray(value, like.dtype))
   if scan_layers:
-    source = hf.scan_params(source, num_layers)
+    source = scan_params(source, num_layers)
   flat_source = traverse_util.flatten_dict(source)
   flat = traverse_util.flatten_dict(fresh)
   for path, value in flat_source.items():

@@ -9,8 +9,7 @@ import pytest
 from repo_configs import load_config
 
 from longjax.config import ModelConfig, from_config_dict
-from longjax.convert.hf import scan_params
-from longjax.nn import REMAT_POLICIES, Llama, abstract_params, init_params
+from longjax.nn import REMAT_POLICIES, Llama, abstract_params, init_params, scan_params
 
 SMALL = ModelConfig(vocab_size=101, hidden_size=48, intermediate_size=96, num_layers=3, num_heads=4, num_kv_heads=2)
 
