@@ -1,4 +1,4 @@
-"""Decode throughput against context length: longjax's cache (full, sliding, infini) next to Hugging Face's static cache.
+"""Decode throughput against context length: longjax caches (full, sliding, infini) next to Hugging Face static cache.
 
   python benchmarks/decode_throughput.py                                  # T = 1K..32K, CPU, about 20 min on 2 cores
   python benchmarks/decode_throughput.py --lengths 1024,4096 --types full --new_tokens 16

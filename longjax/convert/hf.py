@@ -127,6 +127,9 @@ def config_to_hf(model: ModelConfig, torch_dtype: str = "float32") -> dict:
       rope[key] = list(rope[key])
   if model.rope.rope_type == "dynamic":  # its L travels as max_position_embeddings (below)
     rope.pop("original_max_position_embeddings", None)
+  if model.block != "llama":
+    raise ConversionError(f"model.block={model.block!r} has no transformers LlamaForCausalLM equivalent; "
+                          "allowed for export: llama")
   attention = model.attention
   if attention.type not in _EXPORTABLE_ATTENTION or (attention.type == "s2" and attention.s2_at_eval):
     raise ConversionError(f"model.attention.type={attention.type!r} (s2_at_eval={attention.s2_at_eval}) has no "
