@@ -144,9 +144,7 @@ def generate(model: Llama, params, prompts, max_new_tokens: int, *, temperature:
   if max_length < needed:
     raise ValueError(f"generate: max_length={max_length} is shorter than the longest prompt plus max_new_tokens "
                      f"({needed})")
-  block = model.config.attention.kernel_block
-  cache = init_cache(model.config, tokens.shape[0], _round_up(max_length, block) if max_length > block else max_length,
-                     cache_dtype)
+  cache = init_cache(model.config, tokens.shape[0], max_length, cache_dtype)
   logits, cache = prefill(model, params, cache, tokens, lengths, chunk=prefill_chunk)
   out, cache = _decode(model, params, cache, logits, jax.random.key(seed), jnp.asarray(list(stop_tokens) or [-1],
                                                                                           jnp.int32),

@@ -79,18 +79,20 @@ def _cached_full(cfg: AttentionConfig, rope: RopeConfig, x: AttentionInputs, sta
   freqs, q, k_rotated = _rotated(rope, x)
   valid = _valid(x)
   slots = state.length[:, None] + jnp.arange(x.q.shape[1], dtype=jnp.int32)
-  slots = jnp.where(valid, slots, state.key.shape[1])  # padding goes nowhere
-  key = ops.write_rows(state.key, slots, x.k if dynamic else k_rotated)
-  value = ops.write_rows(state.value, slots, x.v)
+  slots = jnp.where(valid, slots, state.key.shape[2])  # padding goes nowhere
+  key = ops.write_heads(state.key, slots, x.k if dynamic else k_rotated)
+  value = ops.write_heads(state.value, slots, x.v)
   key_positions = ops.write_rows(state.positions, slots, x.positions)
   length = state.length + jnp.sum(valid, axis=1, dtype=jnp.int32)
-  keys = positional.apply_rope(key, key_positions, freqs) if dynamic else key
-  out = ops.cached_attention(q, keys, value, q_offsets=state.length, kv_lengths=length, key_block=cfg.kernel_block)
+  turn = dict(key_positions=key_positions, freqs=freqs) if dynamic else {}
+  out = ops.cached_attention(q, key, value, q_offsets=state.length, kv_lengths=length, key_block=cfg.kernel_block,
+                             **turn)
   return out, ops.KVCache(key, value, key_positions, length)
 
 
 def _init_kv(cfg, batch, max_length, kv_heads, head_dim, dtype):
-  del cfg
+  if max_length > cfg.kernel_block:  # whole key blocks: the kernel then never pads (copies) the cache
+    max_length = -(-max_length // cfg.kernel_block) * cfg.kernel_block
   return ops.init_kv_cache(batch, max_length, kv_heads, head_dim, dtype=dtype)
 
 

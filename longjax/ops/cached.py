@@ -16,13 +16,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from longjax.positional import apply_rope
+
 DEFAULT_KEY_BLOCK = 512
 
 
 class KVCache(NamedTuple):
-  """Keys and values of every token so far, in write order: key [B, S, Hkv, D], value [B, S, Hkv, Dv],
-  positions int32[B, S] (each key's position, for caches that keep keys before RoPE), length int32[B]
-  (filled slots)."""
+  """Keys and values of every token so far, in write order, head-major (what the decode matmuls read without a
+  transpose): key [B, Hkv, S, D], value [B, Hkv, S, Dv]; positions int32[B, S] (each key's position, for caches
+  that keep keys before RoPE); length int32[B] (filled slots)."""
 
   key: jax.Array
   value: jax.Array
@@ -33,8 +35,8 @@ class KVCache(NamedTuple):
 def init_kv_cache(batch: int, max_length: int, kv_heads: int, head_dim: int, *, dtype,
                   value_dim: int | None = None) -> KVCache:
   value_dim = head_dim if value_dim is None else value_dim
-  return KVCache(jnp.zeros((batch, max_length, kv_heads, head_dim), dtype),
-                 jnp.zeros((batch, max_length, kv_heads, value_dim), dtype),
+  return KVCache(jnp.zeros((batch, kv_heads, max_length, head_dim), dtype),
+                 jnp.zeros((batch, kv_heads, max_length, value_dim), dtype),
                  jnp.zeros((batch, max_length), jnp.int32), jnp.zeros((batch,), jnp.int32))
 
 
@@ -42,6 +44,13 @@ def write_rows(buffer: jax.Array, slots: jax.Array, values: jax.Array) -> jax.Ar
   """buffer [B, S, ...] with values [B, T, ...] written at slots int32[B, T]; slots outside [0, S) are dropped."""
   rows = jnp.broadcast_to(jnp.arange(buffer.shape[0])[:, None], slots.shape)
   return buffer.at[rows, slots].set(values.astype(buffer.dtype), mode="drop")
+
+
+def write_heads(buffer: jax.Array, slots: jax.Array, values: jax.Array) -> jax.Array:
+  """buffer [B, Hkv, S, D] with values [B, T, Hkv, D] written at slots int32[B, T]; slots outside [0, S) dropped."""
+  rows = jnp.arange(buffer.shape[0])[:, None, None]
+  heads = jnp.arange(buffer.shape[1])[None, :, None]
+  return buffer.at[rows, heads, slots[:, None, :]].set(jnp.swapaxes(values, 1, 2).astype(buffer.dtype), mode="drop")
 
 
 def visible(q_slots, k_slots, kv_lengths, *, window: int | None = None, sinks: int = 0):
@@ -54,23 +63,23 @@ def visible(q_slots, k_slots, kv_lengths, *, window: int | None = None, sinks: i
 
 
 def cached_attention(q, k, v, *, q_offsets, kv_lengths, window: int | None = None, sinks: int = 0,
-                     key_block: int = DEFAULT_KEY_BLOCK):
-  """q [B, T, H, D], cache k [B, S, Hkv, D] and v [B, S, Hkv, Dv] -> [B, T, H, Dv] (q's dtype).
+                     key_block: int = DEFAULT_KEY_BLOCK, key_positions=None, freqs=None):
+  """q [B, T, H, D], head-major cache k [B, Hkv, S, D] and v [B, Hkv, S, Dv] -> [B, T, H, Dv] (q's dtype).
 
   q_offsets int32[B]: the slot of each row's first query; kv_lengths int32[B]: filled slots.
   Query head h reads key/value head h // (H // Hkv). A query that sees no key gives 0.
+  With `key_positions` int32[B, S] and `freqs`, keys are cached before RoPE and each block is
+  turned as it is read, so a dynamic method's re-rotation costs the filled part of the cache only.
   """
   batch, q_len, heads, head_dim = q.shape
-  k_len, kv_heads, value_dim = k.shape[1], k.shape[2], v.shape[-1]
+  kv_heads, k_len, value_dim = k.shape[1], k.shape[2], v.shape[-1]
   if heads % kv_heads:
     raise ValueError(f"cached_attention: query heads {heads} must be a multiple of key/value heads {kv_heads}")
   group = heads // kv_heads
-  block = min(key_block, k_len)
-  num_blocks = -(-k_len // block)
-  pad = num_blocks * block - k_len
-  if pad:
-    k = jnp.pad(k, [(0, 0), (0, pad), (0, 0), (0, 0)])
-    v = jnp.pad(v, [(0, 0), (0, pad), (0, 0), (0, 0)])
+  # Whole blocks: a buffer that is not a multiple of key_block is read in one block (padding it here would
+  # copy the whole cache at every step; `init_cache` sizes buffers in whole blocks).
+  block = key_block if k_len % key_block == 0 else k_len
+  num_blocks = k_len // block
   q_offsets = jnp.asarray(q_offsets, jnp.int32)
   kv_lengths = jnp.asarray(kv_lengths, jnp.int32)
   q_slots = q_offsets[:, None] + jnp.arange(q_len, dtype=jnp.int32)
@@ -80,9 +89,12 @@ def cached_attention(q, k, v, *, q_offsets, kv_lengths, window: int | None = Non
   def body(i, carry):
     out, row_max, row_sum = carry
     start = i * block
-    k_blk = jax.lax.dynamic_slice_in_dim(k, start, block, axis=1)
-    v_blk = jax.lax.dynamic_slice_in_dim(v, start, block, axis=1)
-    logits = jnp.einsum("BTKGD,BSKD->BKGTS", q_grouped, k_blk, preferred_element_type=jnp.float32) * scale
+    k_blk = jax.lax.dynamic_slice_in_dim(k, start, block, axis=2)
+    if freqs is not None:
+      positions = jax.lax.dynamic_slice_in_dim(key_positions, start, block, axis=1)
+      k_blk = jnp.swapaxes(apply_rope(jnp.swapaxes(k_blk, 1, 2), positions, freqs), 1, 2)
+    v_blk = jax.lax.dynamic_slice_in_dim(v, start, block, axis=2)
+    logits = jnp.einsum("BTKGD,BKSD->BKGTS", q_grouped, k_blk, preferred_element_type=jnp.float32) * scale
     mask = visible(q_slots, start + jnp.arange(block, dtype=jnp.int32), kv_lengths, window=window, sinks=sinks)
     logits = jnp.where(mask[:, None, None], logits, -jnp.inf)
     new_max = jnp.maximum(row_max, jnp.max(logits, axis=-1))
@@ -90,7 +102,7 @@ def cached_attention(q, k, v, *, q_offsets, kv_lengths, window: int | None = Non
     probs = jnp.exp(logits - safe_max[..., None])
     correction = jnp.exp(jnp.where(jnp.isfinite(row_max), row_max - safe_max, -jnp.inf))
     row_sum = row_sum * correction + jnp.sum(probs, axis=-1)
-    update = jnp.einsum("BKGTS,BSKE->BKGTE", probs.astype(v.dtype), v_blk, preferred_element_type=jnp.float32)
+    update = jnp.einsum("BKGTS,BKSE->BKGTE", probs.astype(v.dtype), v_blk, preferred_element_type=jnp.float32)
     return out * correction[..., None] + update, new_max, row_sum
 
   stats_shape = (batch, kv_heads, group, q_len)

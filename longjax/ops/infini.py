@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from longjax.ops.attention import attention
-from longjax.ops.cached import cached_attention, write_rows
+from longjax.ops.cached import cached_attention, write_heads
 from longjax.ops.reference import attention_mask, naive_attention
 from longjax.positional import Frequencies, apply_rope, frequencies_per_row
 
@@ -114,8 +114,9 @@ def infini_attention(q, k, v, gate, *, segment_len: int, update: str = "linear",
 class InfiniCache(NamedTuple):
   """Streaming state of one layer: the memory of every closed segment, and the open segment.
 
-  memory float32[B, Hkv, Dk, Dv], normalizer float32[B, Hkv, Dk]; key [B, L, Hkv, Dk] (before RoPE) and
-  value [B, L, Hkv, Dv] of the open segment's tokens in slots 0..length % L - 1; length int32[B] tokens seen.
+  memory float32[B, Hkv, Dk, Dv], normalizer float32[B, Hkv, Dk]; key [B, Hkv, L, Dk] (before RoPE) and
+  value [B, Hkv, L, Dv] of the open segment's tokens in slots 0..length % L - 1 (head-major, as `KVCache`);
+  length int32[B] tokens seen.
   """
 
   memory: jax.Array
@@ -129,34 +130,38 @@ def init_infini_cache(batch: int, kv_heads: int, key_dim: int, value_dim: int, *
                       dtype) -> InfiniCache:
   return InfiniCache(jnp.zeros((batch, kv_heads, key_dim, value_dim), jnp.float32),
                      jnp.zeros((batch, kv_heads, key_dim), jnp.float32),
-                     jnp.zeros((batch, segment_len, kv_heads, key_dim), dtype),
-                     jnp.zeros((batch, segment_len, kv_heads, value_dim), dtype), jnp.zeros((batch,), jnp.int32))
+                     jnp.zeros((batch, kv_heads, segment_len, key_dim), dtype),
+                     jnp.zeros((batch, kv_heads, segment_len, value_dim), dtype), jnp.zeros((batch,), jnp.int32))
 
 
 def _cache_step(state: InfiniCache, inputs, *, gate, update: str, rope):
   """One token per row, as `infini_attention` treats it inside its segment; the memory takes a segment when it closes."""
   q, k, v, valid = inputs  # q [B, H, Dk], k [B, Hkv, Dk], v [B, Hkv, Dv], valid bool[B]
   batch, heads, key_dim = q.shape
-  segment_len, kv_heads = state.key.shape[1], state.key.shape[2]
+  kv_heads, segment_len = state.key.shape[1], state.key.shape[2]
   group = heads // kv_heads
   n = state.length
   slot_in_segment = n % segment_len
   slot = jnp.where(valid, slot_in_segment, segment_len)[:, None]
-  key = write_rows(state.key, slot, k[:, None])
-  value = write_rows(state.value, slot, v[:, None])
+  key = write_heads(state.key, slot, k[:, None])
+  value = write_heads(state.value, slot, v[:, None])
   freqs = frequencies_per_row(rope, key_dim, n + 1)
   slots = jnp.broadcast_to(jnp.arange(segment_len), (batch, segment_len))
   q_rot = apply_rope(q[:, None], slot_in_segment[:, None], freqs)
-  local = cached_attention(q_rot, apply_rope(key, slots, freqs), value, q_offsets=slot_in_segment,
-                           kv_lengths=slot_in_segment + 1, key_block=segment_len)
+  local = cached_attention(q_rot, key, value, q_offsets=slot_in_segment, kv_lengths=slot_in_segment + 1,
+                           key_block=segment_len, key_positions=slots, freqs=freqs)
   memory = InfiniState(state.memory, state.normalizer)
   from_memory = _retrieve(_sigma(q).reshape(batch, 1, kv_heads, group, key_dim), memory)
   mem_weight = jax.nn.sigmoid(gate.astype(jnp.float32)).reshape(kv_heads, group, 1)
   out = mem_weight * from_memory + (1.0 - mem_weight) * local.astype(jnp.float32).reshape(from_memory.shape)
   closes = valid & (slot_in_segment == segment_len - 1)
-  written = _update(memory, _sigma(key), value.astype(jnp.float32), update)
-  memory = jax.tree.map(lambda new, old: jnp.where(closes.reshape((-1,) + (1,) * (old.ndim - 1)), new, old),
+
+  def close_segments(memory):  # only on the steps where some row's segment is full
+    written = _update(memory, _sigma(jnp.swapaxes(key, 1, 2)), jnp.swapaxes(value, 1, 2).astype(jnp.float32), update)
+    return jax.tree.map(lambda new, old: jnp.where(closes.reshape((-1,) + (1,) * (old.ndim - 1)), new, old),
                         written, memory)
+
+  memory = jax.lax.cond(jnp.any(closes), close_segments, lambda memory: memory, memory)
   state = InfiniCache(memory.memory, memory.normalizer, key, value, n + valid.astype(jnp.int32))
   return state, out.reshape(batch, heads, -1).astype(q.dtype)
 

@@ -20,12 +20,12 @@ import jax.numpy as jnp
 
 from longjax import positional
 from longjax.config import RopeConfig
-from longjax.ops.cached import cached_attention, write_rows
+from longjax.ops.cached import cached_attention, write_heads, write_rows
 
 
 class SinkCache(NamedTuple):
-  """key [B, C, Hkv, D] and value [B, C, Hkv, Dv] before RoPE; token int32[B, C] (the index of the token in each
-  slot, -1 when empty); length int32[B] (tokens seen). C = sinks + window."""
+  """key [B, Hkv, C, D] and value [B, Hkv, C, Dv] before RoPE (head-major, as `KVCache`); token int32[B, C] (the
+  index of the token in each slot, -1 when empty); length int32[B] (tokens seen). C = sinks + window."""
 
   key: jax.Array
   value: jax.Array
@@ -37,8 +37,8 @@ def init_sink_cache(batch: int, kv_heads: int, head_dim: int, *, window: int, si
                     value_dim: int | None = None) -> SinkCache:
   slots = window + sinks
   value_dim = head_dim if value_dim is None else value_dim
-  return SinkCache(jnp.zeros((batch, slots, kv_heads, head_dim), dtype),
-                   jnp.zeros((batch, slots, kv_heads, value_dim), dtype),
+  return SinkCache(jnp.zeros((batch, kv_heads, slots, head_dim), dtype),
+                   jnp.zeros((batch, kv_heads, slots, value_dim), dtype),
                    jnp.full((batch, slots), -1, jnp.int32), jnp.zeros((batch,), jnp.int32))
 
 
@@ -55,15 +55,15 @@ def _step(state: SinkCache, inputs, *, window: int, sinks: int, rope: RopeConfig
   n = state.length
   slot = jnp.where(n < sinks, n, sinks + (n - sinks) % window)
   slot = jnp.where(valid, slot, slots)[:, None]  # an invalid (padding) token writes nothing
-  key = write_rows(state.key, slot, k[:, None])
-  value = write_rows(state.value, slot, v[:, None])
+  key = write_heads(state.key, slot, k[:, None])
+  value = write_heads(state.value, slot, v[:, None])
   token = write_rows(state.token, slot, n[:, None])
   length = n + valid.astype(jnp.int32)
   positions = cache_positions(token, length, window=window, sinks=sinks)
   query_position = (length - 1) - jnp.maximum(length - window - sinks, 0)
   freqs = positional.frequencies_per_row(rope, q.shape[-1], jnp.minimum(length, slots))
   q_rot = positional.apply_rope(q[:, None], query_position[:, None], freqs)
-  k_rot = positional.apply_rope(key, jnp.maximum(positions, 0), freqs)
+  k_rot = jnp.swapaxes(positional.apply_rope(jnp.swapaxes(key, 1, 2), jnp.maximum(positions, 0), freqs), 1, 2)
   # Slots fill in order until the cache is full: filled slots are [0, min(length, C)).
   out = cached_attention(q_rot, k_rot, value, q_offsets=jnp.full_like(n, slots - 1),
                          kv_lengths=jnp.minimum(length, slots), key_block=slots)

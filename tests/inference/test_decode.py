@@ -145,6 +145,6 @@ def test_chunked_prefill_equals_one_shot(attention):
 def test_cache_shapes_scanned_and_not():
   model, _ = model_and_params(layers=3, scan=True)
   scanned = init_cache(model.config, 2, 40)
-  assert scanned["layers"].key.shape == (3, 2, 40, 2, 8)
+  assert scanned["layers"].key.shape == (3, 2, 2, 40, 8)  # [layers, B, Hkv, S, D]
   unscanned = init_cache(dataclasses.replace(model.config, scan_layers=False), 2, 40)
-  assert len(unscanned["layers"]) == 3 and unscanned["layers"][0].key.shape == (2, 40, 2, 8)
+  assert len(unscanned["layers"]) == 3 and unscanned["layers"][0].key.shape == (2, 2, 40, 8)

@@ -74,7 +74,7 @@ def test_sliding_model_streams_past_its_positions_at_constant_memory():
     logits, cache = apply(step, cache)
     step = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   assert {x.nbytes for x in jax.tree.leaves(cache)} == sizes
-  assert cache["layers"][0].key.shape[1] == 10
+  assert cache["layers"][0].key.shape[2] == 10
   assert np.isfinite(np.asarray(logits)).all()
   np.testing.assert_array_equal(np.asarray(cache["layers"][0].length), [50, 50])
 

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-import tiny
+from repo_configs import load_config
 from longjax import ops
 from longjax.config import from_config_dict
 from longjax.nn import Llama, init_params
@@ -31,7 +31,7 @@ def test_mask_rows_count_the_window_plus_the_sinks_before_it(length, window, sin
 def test_one_sliding_layer_sees_exactly_the_last_window_tokens_and_the_sinks(impl):
   """In a one-layer model the logits at t change when token t - W + 1 (or a sink) changes, never when
   token t - W or any earlier non-sink token does: perturb each token in turn and see which outputs move."""
-  config = tiny.get_config("attention=sliding")
+  config = load_config("tiny.py:attention=sliding")
   config.model.num_layers = 1
   config.model.attention.window = WINDOW
   config.model.attention.sinks = SINKS

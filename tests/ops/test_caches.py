@@ -15,6 +15,11 @@ def _rand(key, shape):
   return jax.random.normal(jax.random.key(key), shape, jnp.float32)
 
 
+def heads_first(*xs):
+  """[B, S, Hkv, D] -> the caches' head-major [B, Hkv, S, D]."""
+  return tuple(jnp.swapaxes(x, 1, 2) for x in xs)
+
+
 @pytest.mark.parametrize("window,sinks", [(None, 0), (5, 0), (5, 2)])
 @pytest.mark.parametrize("q_len,key_block", [(1, 4), (6, 4), (6, 64)])
 def test_cached_attention_matches_the_dense_mask(q_len, key_block, window, sinks):
@@ -24,8 +29,8 @@ def test_cached_attention_matches_the_dense_mask(q_len, key_block, window, sinks
                                                                                                      kv_heads, dim))
   offsets = np.asarray([0, 7, 19 - q_len])
   lengths = offsets + q_len
-  out = ops.cached_attention(q, k, v, q_offsets=offsets, kv_lengths=lengths, window=window, sinks=sinks,
-                             key_block=key_block)
+  out = ops.cached_attention(q, *heads_first(k, v), q_offsets=offsets, kv_lengths=lengths, window=window,
+                             sinks=sinks, key_block=key_block)
   for b in range(batch):
     n = lengths[b]  # row b alone: its filled keys, its queries the last q_len of them
     mask = ops.attention_mask(q_len, n, causal=True, window=window, sinks=sinks)
@@ -36,8 +41,9 @@ def test_cached_attention_matches_the_dense_mask(q_len, key_block, window, sinks
 def test_cached_attention_ignores_slots_past_the_filled_length():
   q, k, v = _rand(0, (2, 1, 4, 8)), _rand(1, (2, 16, 4, 8)), _rand(2, (2, 16, 4, 8))
   lengths = np.asarray([5, 9])
+  k, v = heads_first(k, v)
   out = ops.cached_attention(q, k, v, q_offsets=lengths - 1, kv_lengths=lengths, key_block=4)
-  garbage = jnp.where(jnp.arange(16)[None, :, None, None] >= lengths[:, None, None, None], 1e3, k)
+  garbage = jnp.where(jnp.arange(16)[None, None, :, None] >= lengths[:, None, None, None], 1e3, k)
   np.testing.assert_array_equal(out, ops.cached_attention(q, garbage, v, q_offsets=lengths - 1, kv_lengths=lengths,
                                                           key_block=4))
 
@@ -69,7 +75,7 @@ def test_sink_cache_is_attention_over_the_kept_tokens_at_their_reassigned_positi
     sl = slice(chunk[0], chunk[-1] + 1)
     out, state = ops.sink_cache_attention(q[:, sl], k[:, sl], v[:, sl], state, jnp.ones((1, len(chunk)), bool),
                                           window=window, sinks=sinks, rope=rope)
-    assert state.key.shape == (1, window + sinks, kv_heads, dim)  # memory does not grow
+    assert state.key.shape == (1, kv_heads, window + sinks, dim)  # memory does not grow
     outs.append(out)
   got = np.asarray(jnp.concatenate(outs, axis=1)[0], np.float64)
   for n in range(1, total + 1):

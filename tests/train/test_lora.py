@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-import tiny
+from repo_configs import load_config
 from longjax import checkpoint
 from longjax.config import from_config_dict
 from longjax.nn import Llama, init_params
@@ -63,7 +63,7 @@ def test_lora_trains_only_factors_embeddings_and_norms_and_merges_exactly(runner
 
 def test_fresh_lora_model_gives_the_base_model_logits_exactly():
   """B starts at zero (Hu et al. 2021), so before any step the LoRA model is the base model, bit for bit."""
-  config = tiny.get_config()
+  config = load_config("tiny.py")
   base = from_config_dict(config).model
   config.model.lora.rank = 4
   config.model.lora.targets = ("q", "k", "v", "o", "gate", "up", "down")

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 from jax.sharding import PartitionSpec
 
-import tiny
+from repo_configs import load_config
 from longjax import sharding
 from longjax.config import from_config_dict
 from longjax.nn import abstract_params
@@ -83,7 +83,7 @@ def test_sharded_training_matches_one_device(runner, tmp_path):
 def test_attention_projections_split_query_and_key_value_heads_over_tensor():
   """The logical rules, without devices: key/value heads are cut over `tensor` like query heads (replicating
   them would keep the numbers right and cost their memory on every device)."""
-  config = from_config_dict(tiny.get_config())
+  config = from_config_dict(load_config("tiny.py"))
   abstract, logical = abstract_params(config.model)
   shardings = sharding.tree_shardings(sharding.make_mesh(config.mesh, jax.devices()[:1]), logical, abstract)
   attention = shardings["layers_0"]["attention"]

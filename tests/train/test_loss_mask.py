@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import tiny
+from repo_configs import load_config
 from longjax.config import from_config_dict
 from longjax.nn import Llama, init_params
 from longjax.train.step import cross_entropy, loss_fn
@@ -25,7 +25,7 @@ def _masked_batch(vocab_size: int) -> dict:
 
 
 def test_loss_and_gradients_are_those_of_the_unmasked_tokens_alone():
-  config = tiny.get_config()
+  config = load_config("tiny.py")
   config.model.num_layers = 1
   model = Llama(from_config_dict(config).model)
   params = jax.jit(lambda rng: init_params(model.config, rng))(jax.random.key(0))
