@@ -125,3 +125,16 @@ def test_infini_streaming_equals_one_call(update):
     outs.append(out)
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), whole, atol=1e-5)
   np.testing.assert_array_equal(np.asarray(state.length), [total, total])
+
+
+def test_chunked_prefill_never_materializes_the_score_matrix():
+  """XLA's compiled memory for 512 queries against a 16K-slot cache: the [T, S] scores of 4 heads would be
+  128 MiB in float32; the kernel holds one [T, key_block] block per head."""
+  q = jax.ShapeDtypeStruct((1, 512, 4, 64), jnp.float32)
+  kv = jax.ShapeDtypeStruct((1, 4, 16384, 64), jnp.float32)
+  lengths = jax.ShapeDtypeStruct((1,), jnp.int32)
+  compiled = jax.jit(lambda q, k, v, off, n: ops.cached_attention(q, k, v, q_offsets=off, kv_lengths=n,
+                                                                  key_block=512)).lower(q, kv, kv, lengths,
+                                                                                        lengths).compile()
+  scores = 512 * 16384 * 4 * 4
+  assert compiled.memory_analysis().temp_size_in_bytes < scores / 8
