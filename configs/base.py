@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # ---- model: a LLaMA decoder (longjax/nn/) ----
   model = config.model = ml_collections.ConfigDict()
-  model.block = "llama"  # the decoder block (longjax.nn.BLOCKS): llama
+  model.block = "llama"  # the decoder block (longjax.nn.BLOCKS): llama | megalodon
   model.vocab_size = 259  # 256 bytes + pad/bos/eos for the byte tokenizer
   model.hidden_size = 256
   model.intermediate_size = 688  # SwiGLU width
@@ -70,6 +70,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   attention.segment_len = 256  # infini: tokens per segment
   attention.update = "linear"  # infini: linear | delta
   attention.cross_documents = True  # False: packed documents do not attend to each other
+
+  mega = model.megalodon = ml_collections.ConfigDict()  # block=megalodon only (longjax/nn/megalodon.py)
+  mega.z_dim = 256  # shared query/key projection width, split over model.num_heads
+  mega.value_dim = 512  # value and gate width
+  mega.ema_dim = 16  # N: complex EMA dimensions per channel
+  mega.chunk_size = 2048  # attention runs causally inside chunks; CEMA carries information across them
+  mega.norm_groups = 32  # timestep-norm channel groups
+  mega.swiglu = True  # FFN: SwiGLU (mega7.3B) or SiLU
+  mega.norm_eps = 1e-5
+  mega.cema_method = "fft"  # fft (causal FFT convolution) | scan (lax.associative_scan)
 
   lora = model.lora = ml_collections.ConfigDict()
   lora.rank = 0  # 0 disables LoRA

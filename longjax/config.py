@@ -23,7 +23,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "dynamic_yarn", "llama3", "longrope")
 # Each is a registry's keys (tests/nn/test_registries.py keeps them equal): longjax.nn.BLOCKS and
 # longjax.nn.ATTENTION_TYPES own the modules, their state and the checks below that are theirs.
-BLOCK_TYPES = ("llama",)
+BLOCK_TYPES = ("llama", "megalodon")
 ATTENTION_TYPES = ("full", "s2", "sliding", "infini")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "blockwise", "naive")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out")
@@ -181,6 +181,32 @@ class LoraConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MegalodonConfig:
+  """Sizes of the MEGALODON block (Ma et al. 2024; XuezheMax/megalodon `ModelConf`); heads are model.num_heads,
+  the FFN width model.intermediate_size, the width model.hidden_size."""
+
+  z_dim: int = 256
+  value_dim: int = 512
+  ema_dim: int = 16
+  chunk_size: int = 2048
+  norm_groups: int = 32
+  swiglu: bool = True
+  norm_eps: float = 1e-5
+  cema_method: str = "fft"
+
+  def validate(self, hidden_size: int, num_heads: int, key: str = "model.megalodon") -> None:
+    for name in ("z_dim", "value_dim", "ema_dim", "chunk_size", "norm_groups", "norm_eps"):
+      _positive(f"{key}.{name}", getattr(self, name))
+    _require(self.z_dim % num_heads == 0 and (self.z_dim // num_heads) % 2 == 0, f"{key}.z_dim", self.z_dim,
+             f"must split into model.num_heads={num_heads} heads of an even size (RoPE)")
+    _require(self.value_dim % num_heads == 0, f"{key}.value_dim", self.value_dim,
+             f"must be a multiple of model.num_heads={num_heads}")
+    _require(hidden_size % self.norm_groups == 0, f"{key}.norm_groups", self.norm_groups,
+             f"must divide model.hidden_size={hidden_size}")
+    _choice(f"{key}.cema_method", self.cema_method, ("fft", "scan"))
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
   block: str = "llama"
   vocab_size: int = 259
@@ -201,6 +227,7 @@ class ModelConfig:
   rope: RopeConfig = RopeConfig()
   attention: AttentionConfig = AttentionConfig()
   lora: LoraConfig = LoraConfig()
+  megalodon: MegalodonConfig = MegalodonConfig()
 
   @property
   def resolved_head_dim(self) -> int:
@@ -225,6 +252,10 @@ class ModelConfig:
     self.rope.validate(self.resolved_head_dim, f"{key}.rope")
     self.attention.validate(f"{key}.attention")
     self.lora.validate(f"{key}.lora")
+    if self.block == "megalodon":
+      self.megalodon.validate(self.hidden_size, self.num_heads, f"{key}.megalodon")
+      _require(self.attention.type == "full", f"{key}.attention.type", self.attention.type,
+               "model.block=megalodon brings its own chunked attention; allowed: full")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -353,7 +384,8 @@ class Config:
 
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig, "eval": EvalConfig}
-_MODEL_SECTIONS = {"rope": RopeConfig, "attention": AttentionConfig, "lora": LoraConfig}
+_MODEL_SECTIONS = {"rope": RopeConfig, "attention": AttentionConfig, "lora": LoraConfig,
+                   "megalodon": MegalodonConfig}
 _TUPLE_FIELDS = {"short_factor", "long_factor", "targets", "lengths"}
 
 

@@ -3,10 +3,12 @@
 from longjax.nn.attention import Attention
 from longjax.nn.attention_types import ATTENTION_TYPES, AttentionInputs, AttentionType
 from longjax.nn.layers import MLP, Dense, RMSNorm
-from longjax.nn.llama import (BLOCKS, REMAT_POLICIES, DecoderBlock, Llama, abstract_params, cache_lengths, init_cache,
-                              init_params)
+from longjax.nn.blocks import BLOCKS
+from longjax.nn.decoder import DecoderBlock
+from longjax.nn.llama import REMAT_POLICIES, Llama, abstract_params, cache_lengths, init_cache, init_params
+from longjax.nn.megalodon import MegalodonBlock
 from longjax.nn.stacking import scan_params, unscan_params
 
 __all__ = ["ATTENTION_TYPES", "Attention", "AttentionInputs", "AttentionType", "BLOCKS", "Dense", "DecoderBlock",
-           "Llama", "MLP", "REMAT_POLICIES", "RMSNorm", "abstract_params", "cache_lengths", "init_cache",
+           "Llama", "MLP", "MegalodonBlock", "REMAT_POLICIES", "RMSNorm", "abstract_params", "cache_lengths", "init_cache",
            "init_params", "scan_params", "unscan_params"]

@@ -5,9 +5,8 @@ import jax
 import jax.numpy as jnp
 
 from longjax.config import ModelConfig
-from longjax.nn.attention import Attention
-from longjax.nn.attention_types import ATTENTION_TYPES
-from longjax.nn.layers import MLP, RMSNorm, normal_init
+from longjax.nn.blocks import BLOCKS
+from longjax.nn.layers import normal_init
 
 # Names of jax.checkpoint policies selectable by `model.remat_policy`; `none` disables remat.
 REMAT_POLICIES = {
@@ -18,55 +17,18 @@ REMAT_POLICIES = {
 }
 
 
-class DecoderBlock(nn.Module):
-  """(x [B, T, E], positions, seq_len, segment_ids, state) -> (x, state): x + attn(norm(x)), then + mlp(norm(.)).
-
-  `state` is this layer's attention cache (None for a whole-sequence call).
-  """
-
-  config: ModelConfig
-  train: bool = False
-
-  @nn.compact
-  def __call__(self, x, positions, seq_len, segment_ids, state=None):
-    cfg = self.config
-    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
-    lora = cfg.lora
-    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
-    h = RMSNorm(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, name="input_norm")(x)
-    h, state = Attention(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.resolved_head_dim,
-                         hidden_size=cfg.hidden_size, rope=cfg.rope, attention=cfg.attention, lora=lora,
-                         init_std=cfg.initializer_range, train=self.train, dtype=dtype, param_dtype=param_dtype,
-                         name="attention")(h, positions, seq_len, segment_ids, state)
-    x = x + h
-    h = RMSNorm(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, name="post_attention_norm")(x)
-    h = MLP(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size, init_std=cfg.initializer_range,
-            lora_rank=lora.rank, lora_scale=lora.scale if lora.enabled else 1.0,
-            lora_targets=lora.targets if lora.enabled else (), dtype=dtype, param_dtype=param_dtype, name="mlp")(h)
-    return x + h, state
-
-  @staticmethod
-  def init_state(config: ModelConfig, batch: int, max_length: int, dtype):
-    """One layer's empty cache: the attention type's state (longjax.nn.attention_types)."""
-    return ATTENTION_TYPES[config.attention.type].init_state(config.attention, batch, max_length,
-                                                             config.num_kv_heads, config.resolved_head_dim, dtype)
-
-
-# `model.block` picks the decoder block. A block is a module called as
-# (x, positions, seq_len, segment_ids, state) -> (x, state) with a static
-# `init_state(config, batch, max_length, dtype)`; every layer state has `length` int32[B].
-BLOCKS: dict[str, type[nn.Module]] = {"llama": DecoderBlock}
-
-
 def init_cache(config: ModelConfig, batch_size: int, max_length: int, dtype=None) -> dict:
   """{"layers": per-layer states}: stacked along a leading `layers` axis when layers are scanned, else a list."""
   dtype = jnp.dtype(config.dtype if dtype is None else dtype)
-  init_state = BLOCKS[config.block].init_state
+  block = BLOCKS[config.block]
+  final = block.init_final_state(config, batch_size)
+  cache = {} if final is None else {"final_norm": final}
   if config.scan_layers:
-    state = init_state(config, batch_size, max_length, dtype)
-    return {"layers": jax.tree.map(lambda x: jnp.broadcast_to(x, (config.num_layers,) + x.shape), state)}
-  # One state per layer, each its own buffers (a donated cache may not hold one buffer twice).
-  return {"layers": [init_state(config, batch_size, max_length, dtype) for _ in range(config.num_layers)]}
+    state = block.init_state(config, batch_size, max_length, dtype)
+    cache["layers"] = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.num_layers,) + x.shape), state)
+  else:  # one state per layer, each its own buffers (a donated cache may not hold one buffer twice)
+    cache["layers"] = [block.init_state(config, batch_size, max_length, dtype) for _ in range(config.num_layers)]
+  return cache
 
 
 def cache_lengths(cache: dict) -> jax.Array:
@@ -108,11 +70,11 @@ class Llama(nn.Module):
         seq_len = jnp.maximum(jnp.max(jnp.where(valid, positions, -1), axis=1) + 1, filled)
     positions = jnp.asarray(positions, jnp.int32)
     seq_len = jnp.asarray(seq_len, jnp.int32)
+    block = BLOCKS[cfg.block]
     embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
-                     embedding_init=normal_init(cfg.initializer_range, ("vocab", "embed")), name="embed_tokens")
+                     embedding_init=block.embedding_init(cfg), name="embed_tokens")
     x = embed(tokens)
 
-    block = BLOCKS[cfg.block]
     if cfg.remat_policy != "none":
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)
     states = None if cache is None else cache["layers"]
@@ -129,9 +91,10 @@ class Llama(nn.Module):
         new_states.append(state)
       states = new_states
 
+    valid = None if segment_ids is None else segment_ids != 0
+    x, final_state = block.final_norm(cfg, x, valid, None if cache is None else cache.get("final_norm"))
     if logits_at is not None:
       x = jnp.take_along_axis(x, jnp.asarray(logits_at, jnp.int32)[:, None, None], axis=1)
-    x = RMSNorm(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, name="norm")(x)
     if cfg.tie_embeddings:
       logits = embed.attend(x)
     else:
@@ -141,7 +104,9 @@ class Llama(nn.Module):
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
     if logits_at is not None:
       logits = logits[:, 0]
-    return logits if cache is None else (logits, {"layers": states})
+    if cache is None:
+      return logits
+    return logits, {"layers": states, **({} if final_state is None else {"final_norm": final_state})}
 
 
 def init_params(config: ModelConfig, rng: jax.Array, seq_len: int = 8):

@@ -112,5 +112,9 @@ def flops_per_token(model_config: ModelConfig, num_params: int, seq_len: int) ->
   """
   matmul_params = num_params - (0 if model_config.tie_embeddings else model_config.vocab_size *
                                 model_config.hidden_size)
+  if model_config.block == "megalodon":  # attention inside chunks: q.k over z_dim, probs.v over value_dim
+    mega = model_config.megalodon
+    attention = 3.0 * (mega.z_dim + mega.value_dim) * min(seq_len, mega.chunk_size)  # CEMA's FFT not counted
+    return 6.0 * matmul_params + model_config.num_layers * attention
   attn_width = model_config.num_heads * model_config.resolved_head_dim
   return 6.0 * matmul_params + 6.0 * model_config.num_layers * attn_width * seq_len
