@@ -26,12 +26,10 @@ def _reference(x, weight, bias, num_groups, mask=None):
     for t in range(length):
       if not mask[b, t]:
         continue
-      for g in range(num_groups):
-        channels = slice(g * size, (g + 1) * size)
-        seen = x[b, :t + 1, channels][mask[b, :t + 1]]
-        mean[b, g], var[b, g] = seen.mean(), seen.var()
-        y[b, t, channels] = (x[b, t, channels] - mean[b, g]) / np.sqrt(var[b, g] + EPS)
-      y[b, t] = y[b, t] * (1.0 + weight) + bias
+      seen = x[b, :t + 1][mask[b, :t + 1]].reshape(-1, num_groups, size)  # [real steps, G, D/G]
+      mean[b], var[b] = seen.mean(axis=(0, 2)), seen.var(axis=(0, 2))
+      normed = (x[b, t].reshape(num_groups, size) - mean[b, :, None]) / np.sqrt(var[b, :, None] + EPS)
+      y[b, t] = normed.reshape(dim) * (1.0 + weight) + bias
       count[b] += 1
   return y, (count, mean, var)
 
