@@ -153,19 +153,19 @@ def _chunked_attention(q, k, v, chunk: int, impl: str):
   """Causal attention inside consecutive chunks (the last may be partial); q, k [B, T, H, d], v [B, T, H, e]."""
   batch, length = q.shape[:2]
   chunks = -(-length // chunk)
-  pad = chunks * chunk - length
-  width = min(chunk, length)
+  pad = chunks * chunk - length if chunks > 1 else 0
+  width = chunk if chunks > 1 else length
 
-  def split(x):
+  def split(x):  # chunks become batch rows; zero padding at the end is causally invisible to real queries
     x = jnp.pad(x, [(0, 0), (0, pad), (0, 0), (0, 0)]) if pad else x
-    return x.reshape(batch * chunks, width if chunks == 1 else chunk, *x.shape[2:])
+    return x.reshape(batch * chunks, width, *x.shape[2:])
 
+  qs, ks, vs = split(q), split(k), split(v)
   if q.shape[-1] == v.shape[-1]:
-    out = ops.attention(split(q), split(k), split(v), causal=True, impl=impl)
+    out = ops.attention(qs, ks, vs, causal=True, impl=impl)
   else:
-    qs, ks = split(q), split(k)
-    out = ops.naive_attention(qs, ks, split(v), ops.attention_mask(qs.shape[1], ks.shape[1], causal=True))
-  return out.reshape(batch, -1, *out.shape[2:])[:, :length]
+    out = ops.naive_attention(qs, ks, vs, ops.attention_mask(width, width, causal=True))
+  return out.reshape(batch, chunks * width, *out.shape[2:])[:, :length]
 
 
 class MegalodonBlock(nn.Module):
@@ -243,8 +243,8 @@ class MegalodonBlock(nn.Module):
     del max_length  # constant memory: one chunk of K/V whatever the length
     mega, heads = config.megalodon, config.num_heads
     return MegalodonState(
-        jnp.zeros((batch, config.hidden_size, mega.ema_dim), jnp.complex64), jnp.zeros((batch,), jnp.int32),
-        jnp.zeros((batch, mega.norm_groups), jnp.float32), jnp.zeros((batch, mega.norm_groups), jnp.float32),
+        jnp.zeros((batch, config.hidden_size, mega.ema_dim), jnp.complex64),
+        *ops.init_timestep_norm_state(batch, mega.norm_groups),
         jnp.zeros((batch, heads, mega.chunk_size, mega.z_dim // heads), dtype),
         jnp.zeros((batch, heads, mega.chunk_size, mega.value_dim // heads), dtype), jnp.zeros((batch,), jnp.int32))
 
@@ -261,9 +261,7 @@ class MegalodonBlock(nn.Module):
 
   @staticmethod
   def init_final_state(config: ModelConfig, batch: int):
-    groups = config.megalodon.norm_groups
-    return (jnp.zeros((batch,), jnp.int32), jnp.zeros((batch, groups), jnp.float32),
-            jnp.zeros((batch, groups), jnp.float32))
+    return ops.init_timestep_norm_state(batch, config.megalodon.norm_groups)
 
 
 def _stream_chunk_attention(q, k, v, state: MegalodonState, valid, freqs, chunk: int):

@@ -36,9 +36,10 @@ class TimestepNormState(NamedTuple):
 
 
 def init_timestep_norm_state(batch_size: int, num_groups: int) -> TimestepNormState:
-  """The empty state: count 0, mean 0, var 0."""
-  zeros = jnp.zeros((batch_size, num_groups), jnp.float32)
-  return TimestepNormState(jnp.zeros((batch_size,), jnp.int32), zeros, zeros)
+  """The empty state: count 0, mean 0, var 0 (separate buffers: a donated cache may not hold one twice)."""
+  shape = (batch_size, num_groups)
+  return TimestepNormState(jnp.zeros((batch_size,), jnp.int32), jnp.zeros(shape, jnp.float32),
+                           jnp.zeros(shape, jnp.float32))
 
 
 def timestep_norm(x, weight, bias, *, num_groups: int, eps: float = EPSILON, state=None, mask=None):
