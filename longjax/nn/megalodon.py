@@ -226,7 +226,7 @@ class MegalodonBlock(nn.Module):
       attn, (key, value, filled) = _stream_chunk_attention(q, k, v, state, valid, freqs, mega.chunk_size)
       new_state = MegalodonState(cema_h, *norm_state, key, value, filled)
     attn = attn.reshape(batch, length, mega.value_dim) * r
-    h = (self._dense((width,), ("embed",), ("embed",), "h1_proj", width)(mx) + self._bias("h1_bias", width, "embed") +
+    h = (self._dense((width,), ("embed",), (None,), "h1_proj", width)(mx) + self._bias("h1_bias", width, "embed") +
          self._dense((width,), ("mlp",), ("embed",), "h2_proj", mega.value_dim)(attn))
     h = h + residual
 
