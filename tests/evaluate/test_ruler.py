@@ -1,0 +1,158 @@
+"""RULER tasks: prompts hold RULER's template pieces and the answers, fill the context without passing it, score
+as string_match_all, and come out the same for the same seed."""
+
+import collections
+import re
+
+import numpy as np
+import pytest
+
+from longjax.data import ByteTokenizer
+from longjax.evaluate import ruler
+
+TOKENIZER = ByteTokenizer()  # one token a byte: a length is len(text.encode())
+CONTEXT = {"cwe": 3000, "vt": 2500}  # the smallest prompts of these two are longer than the rest's
+
+
+def sample(task, seed=0, **options):
+  context = CONTEXT.get(task, 1500)
+  return context, ruler.generate_sample(task, context_tokens=context, tokenizer=TOKENIZER,
+                                        rng=np.random.default_rng(seed), **options)
+
+
+@pytest.mark.parametrize("task", list(ruler.TASKS))
+def test_fills_the_context_without_passing_it(task):
+  context, s = sample(task)
+  assert s.length == len(s.input.encode()) <= context
+  unit = {"cwe": 40, "fwe": 40}.get(task, 2 * len(ruler.NOISE))  # one more haystack unit would not fit
+  assert s.length > context - unit
+
+
+@pytest.mark.parametrize("task", list(ruler.TASKS))
+def test_same_seed_same_sample_other_seed_other_sample(task):
+  assert sample(task, seed=3)[1] == sample(task, seed=3)[1]
+  assert sample(task, seed=3)[1].input != sample(task, seed=4)[1].input
+
+
+@pytest.mark.parametrize("task", ["niah_single_1", "niah_multikey_2", "niah_multikey_3", "niah_multivalue",
+                                  "niah_multiquery"])
+def test_niah_needles_and_template(task):
+  _, s = sample(task)
+  text = s.input
+  options = ruler.TASKS[task][1]
+  kind = options["type_needle_v"]
+  single = options["num_needle_v"] * options["num_needle_q"] == 1
+  noun = kind[:-1] if single else kind
+  opening = ("A special magic {} is hidden" if single else "Some special magic {} are hidden").format(noun)
+  assert text.startswith(opening + " within the following text. Make sure to memorize it.")
+  question = "What is the special magic" if single else "What are all the special magic"
+  assert question in text and text.endswith("mentioned in the provided text " + ("is" if single else "are"))
+  assert len(s.outputs) == options["num_needle_v"] * options["num_needle_q"]
+  needles = re.findall(rf"One of the special magic {kind} for (\S+) is: (\S+)\.", text)
+  values_by_key = collections.defaultdict(list)
+  for key, value in needles:
+    values_by_key[key].append(value)
+  query = text[text.rindex(f"special magic {noun} for ") + len(f"special magic {noun} for "):
+               text.rindex(" mentioned in the provided text")]
+  queried = re.split(r", and |, ", query)
+  assert len(queried) == options["num_needle_q"]
+  assert sorted(s.outputs) == sorted(v for key in queried for v in values_by_key[key])
+  pattern = {"numbers": r"\d{7}", "uuids": r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"}[kind]
+  assert all(re.fullmatch(pattern, v) for v in s.outputs)
+  lines = text.split("\n")[1:-1]
+  if options["type_haystack"] == "noise":
+    assert {line for line in lines if not line.startswith("One of")} == {ruler.NOISE}
+    assert len(needles) == options["num_needle_v"] * max(options["num_needle_k"], options["num_needle_q"])
+  else:  # distractor needles with other keys are the haystack
+    assert all(line.startswith("One of the special magic") for line in lines) and len(lines) > 5
+    assert sum(key in queried for key, _ in needles) == 1
+
+
+def test_vt_chain_and_fewshot_example():
+  _, s = sample("vt")
+  prompt = s.input
+  assert prompt.startswith("Memorize and track the chain(s) of variable assignment hidden in the following text.")
+  main = prompt[prompt.rindex("Memorize and track"):]
+  value = re.search(r"VAR ([A-Z]{5}) = (\d{5})\n", main)
+  assert main.endswith(f"5 variables are assigned the value {value[2]}, they are: ")
+  chain = [value[1]]
+  for _ in range(4):  # follow the hops: VAR NEXT = VAR PREVIOUS
+    chain.append(re.search(rf"VAR ([A-Z]{{5}}) = VAR {chain[-1]} \n", main)[1])
+  assert s.outputs == chain
+  # The worked example before it: three-letter variables, its answer given.
+  shot = prompt[:prompt.rindex("Memorize and track")]
+  shot_chain = re.findall(r"VAR ([A-Z]{3}) = ", shot)
+  assert len(shot_chain) == 5 and shot.endswith("they are:  " + " ".join(shot_chain) + "\n")
+
+
+def test_cwe_answers_are_the_most_common_words():
+  _, s = sample("cwe")
+  question = "Question: What are the 10 most common words in the above list?"
+  assert s.input.count(question) == 2  # one solved example, then the task
+  assert s.input.endswith(question + " Answer: The top 10 words that appear most often in the list are:")
+  task_list = s.input[s.input.rindex("Memorize the ones that appear most often.\n"):s.input.rindex(question)]
+  counts = collections.Counter(re.findall(r"\d+\. (\S+)", task_list))
+  # Below 4096 tokens RULER repeats the common words 6 times and the others once.
+  assert {counts[w] for w in s.outputs} == {6} and len(s.outputs) == 10
+  assert set(counts.values()) == {1, 6}
+  assert all(w in ruler.words() for w in counts)
+
+
+def test_cwe_long_context_uses_yaml_frequencies():
+  s = ruler.generate_sample("cwe", context_tokens=12000, tokenizer=TOKENIZER, rng=np.random.default_rng(0))
+  task_list = s.input[s.input.rindex("Memorize the ones"):]
+  counts = collections.Counter(re.findall(r"\d+\. (\S+)", task_list))
+  assert {counts[w] for w in s.outputs} == {30} and set(counts.values()) == {3, 30}
+
+
+def test_fwe_answers_are_the_second_to_fourth_most_frequent():
+  _, s = sample("fwe")
+  assert s.input.startswith("Read the following coded text and track the frequency of each coded word.")
+  assert s.input.endswith("the three most frequently appeared words are:")
+  coded = s.input[s.input.index("coded words. ") + len("coded words. "):s.input.index("\nQuestion:")].split()
+  ranked = [w for w, _ in collections.Counter(coded).most_common()]
+  assert ranked[0] == "..." and s.outputs == ranked[1:4]
+  counts = collections.Counter(coded)
+  assert counts[s.outputs[0]] > counts[s.outputs[1]] > counts[s.outputs[2]]
+
+
+def test_score_is_string_match_all():
+  assert ruler.score("niah_multivalue", "The numbers are 111 and 222.", ["111", "222", "333"]) == pytest.approx(2 / 3)
+  assert ruler.score("cwe", "APPLE, pear", ["apple", "Pear"]) == 1.0
+  assert ruler.score("vt", "", ["ABCDE"]) == 0.0
+
+
+def test_evaluate_ruler_with_fake_models(tmp_path):
+  tasks, lengths = list(ruler.TASKS), [2500, 3000]
+  prompts_seen = {}
+
+  def oracle(prompts, max_new_tokens):
+    prompts_seen.update({p: max_new_tokens for p in prompts})
+    return [" " + ", ".join(answers[p]) for p in prompts]
+
+  answers = {}
+  for task in tasks:
+    for length in lengths:
+      rng = np.random.default_rng([7, ruler.zlib.crc32(task.encode()), length])
+      for _ in range(2):
+        s = ruler.generate_sample(task, context_tokens=length - ruler.tokens_to_generate(task), tokenizer=TOKENIZER,
+                                  rng=rng)
+        answers[s.input] = s.outputs
+  results = ruler.evaluate_ruler(oracle, TOKENIZER, tasks, lengths, samples=2, seed=7)
+  assert results == {task: {length: 1.0 for length in lengths} for task in tasks}
+  assert set(prompts_seen) == set(answers)
+  assert {prompts_seen[p] for p in prompts_seen} == {128, 30, 120, 50}
+  silent = ruler.evaluate_ruler(lambda prompts, n: [""] * len(prompts), TOKENIZER, tasks, lengths, samples=2, seed=7,
+                                max_new_tokens=16)
+  assert silent == {task: {length: 0.0 for length in lengths} for task in tasks}
+  path = ruler.plot_ruler(results, str(tmp_path / "ruler.png"))
+  assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unknown_task_and_option_are_named():
+  with pytest.raises(ValueError, match="unknown task 'niah_single_2'"):
+    sample("niah_single_2")
+  with pytest.raises(ValueError, match="num_hop"):
+    sample("vt", num_hop=3)
+  with pytest.raises(ValueError, match="more than context_tokens=100"):
+    ruler.generate_sample("niah_single_1", context_tokens=100, tokenizer=TOKENIZER, rng=np.random.default_rng(0))
