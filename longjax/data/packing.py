@@ -214,7 +214,7 @@ class PackedBatches:
     if self._buffer is None or self._taken == len(self._buffer[3]):
       start = self._position
       if not self._fill_buffer(self._block):
-        self._buffer = None
+        self._buffer, self._taken = None, 0  # The stream has ended; the state holds no rows.
         return False
       self._buffer_start, self._block, self._taken = start, self._block + 1, 0
     row = self._buffer[3][self._taken]
