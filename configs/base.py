@@ -105,6 +105,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.add_bos = True
   data.add_eos = True
   data.shuffle = True  # shuffle documents each epoch (deterministic from config.seed)
+  # Packed rows pass through a buffer of this many rows, emitted in a seeded random order, so a batch mixes
+  # documents; 0 disables. Memory: 3 * shuffle_buffer * (seq_len + 1) int32 per process (lower it at 128K).
+  data.shuffle_buffer = 256
+  # Synthetic retrieval documents replace real training documents with this probability (landmark attention
+  # and Infini-attention fine-tune on passkey retrieval); 0 disables. The eval split stays real text.
+  data.retrieval_rate = 0.0
+  data.retrieval_task = "passkey"  # passkey (landmark-attention template) | kv_recall (key=value pairs, then queries)
+  data.retrieval_digits = 5  # passkey: digits of the key
+  data.retrieval_pairs = 8  # kv_recall: two-letter keys with two-digit values, an episode
+  data.retrieval_queries = 4  # kv_recall: keys asked back, an episode (episodes repeat to fill the document)
 
   # ---- training (longjax/train/) ----
   train = config.train = ml_collections.ConfigDict()

@@ -31,6 +31,7 @@ LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 INFINI_UPDATES = ("linear", "delta")
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 TOKENIZERS = ("byte", "sentencepiece", "hf")
+RETRIEVAL_TASKS = ("passkey", "kv_recall")
 TOKENIZER_FILES = {"sentencepiece": "the path of a .model file",
                    "hf": "the path of a tokenizer.json file or of the directory holding it"}
 
@@ -274,6 +275,12 @@ class DataConfig:
   add_bos: bool = True
   add_eos: bool = True
   shuffle: bool = True
+  shuffle_buffer: int = 256
+  retrieval_rate: float = 0.0
+  retrieval_task: str = "passkey"
+  retrieval_digits: int = 5
+  retrieval_pairs: int = 8
+  retrieval_queries: int = 4
 
   def validate(self, key: str = "data") -> None:
     _choice(f"{key}.source", self.source, ("textdir", "tfds"))
@@ -285,6 +292,18 @@ class DataConfig:
                f"tokenizer={self.tokenizer} needs {TOKENIZER_FILES[self.tokenizer]}")
     _require(0 <= self.validation_fraction < 1, f"{key}.validation_fraction", self.validation_fraction,
              "must be in [0, 1)")
+    _require(isinstance(self.shuffle_buffer, int) and self.shuffle_buffer >= 0, f"{key}.shuffle_buffer",
+             self.shuffle_buffer, "must be an integer >= 0 (0 disables the row shuffle)")
+    _require(isinstance(self.retrieval_rate, (int, float)) and 0 <= self.retrieval_rate <= 1,
+             f"{key}.retrieval_rate", self.retrieval_rate, "must be in [0, 1]")
+    _choice(f"{key}.retrieval_task", self.retrieval_task, RETRIEVAL_TASKS)
+    _require(isinstance(self.retrieval_digits, int) and 1 <= self.retrieval_digits <= 18, f"{key}.retrieval_digits",
+             self.retrieval_digits, "must be an integer in [1, 18]")
+    _require(isinstance(self.retrieval_pairs, int) and 1 <= self.retrieval_pairs <= 676, f"{key}.retrieval_pairs",
+             self.retrieval_pairs, "must be an integer in [1, 676] (keys are distinct two-letter names)")
+    _require(isinstance(self.retrieval_queries, int) and 1 <= self.retrieval_queries <= self.retrieval_pairs,
+             f"{key}.retrieval_queries", self.retrieval_queries,
+             f"must be an integer in [1, retrieval_pairs={self.retrieval_pairs}]")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,19 +11,35 @@ Sharding across processes is by document: epoch e orders all documents (a permut
 of that order. Shares are disjoint, deterministic and need no communication; each process packs its
 own documents, so a process's rows differ from any slice of the single-process stream.
 
-The state is the stream position of the next row's first token: (epoch, document, offset).
+Rows then pass through a shuffle buffer (`shuffle_buffer` rows, 0 disables) so that a batch mixes
+documents: the packer fills the buffer with its next rows, which are emitted in the order of a permutation
+seeded by (seed, process, buffer number), and the buffer is refilled when it is empty. Each process
+shuffles its own rows.
+
+With `retrieval_rate` > 0, each document is replaced, with that probability, by a synthetic retrieval
+document sized to a row (`retrieval(rng, n_chars)`, see synthetic.py); the draw and the document are
+seeded by (seed, epoch, document index), so they need no state.
+
+The state is the stream position of the packer's next row (epoch, document, offset) and, for the buffer,
+the position at which it was filled, its number and how many of its rows were emitted: a restore refills
+it from that position (the rows themselves, up to 256 x 128K tokens, are never saved).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
 
 from longjax.config import ConfigError, DataConfig
+from longjax.data import synthetic
 from longjax.data.sources import open_documents, split_key
 from longjax.data.tokenizer import Tokenizer, get_tokenizer
+
+# Tags that keep the seeded random streams apart (the epoch's document order is seeded by (seed, epoch)).
+_SHUFFLE_STREAM, _RETRIEVAL_STREAM = 1, 2
+_BUFFER_KEYS = ("buffer_epoch", "buffer_document", "buffer_offset", "buffer_block", "buffer_taken")
 
 
 class PackedBatches:
@@ -33,18 +49,22 @@ class PackedBatches:
   0 for padding; positions: int32 place of the input token in its document; loss_mask: float32, 1
   where the target is a real token. A target across a document boundary (eos -> next bos) keeps its
   loss, as in LLaMA's packing. `num_epochs` None reads forever; otherwise the last batch is padded
-  and iteration stops.
+  and iteration stops. `shuffle_buffer` rows are shuffled together (0: rows in stream order);
+  `retrieval(rng, n_chars) -> text` replaces a document with probability `retrieval_rate`.
   """
 
   def __init__(self, documents: Sequence[str], tokenizer: Tokenizer, *, seq_len: int, batch_size: int, seed: int,
                shuffle: bool = True, add_bos: bool = True, add_eos: bool = True, process_index: int = 0,
-               process_count: int = 1, num_epochs: int | None = None):
+               process_count: int = 1, num_epochs: int | None = None, shuffle_buffer: int = 0,
+               retrieval: Callable[[np.random.Generator, int], str] | None = None, retrieval_rate: float = 0.0):
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
     if len(documents) < process_count:
       raise ValueError(f"{len(documents)} documents cannot be shared by {process_count} processes")
     if seq_len < 1 or batch_size < 1:
       raise ValueError(f"seq_len={seq_len} and batch_size={batch_size} must be >= 1")
+    if shuffle_buffer < 0 or not 0 <= retrieval_rate <= 1:
+      raise ValueError(f"shuffle_buffer={shuffle_buffer} must be >= 0 and retrieval_rate={retrieval_rate} in [0, 1]")
     self.documents = documents
     self.tokenizer = tokenizer
     self.seq_len = seq_len
@@ -56,9 +76,19 @@ class PackedBatches:
     self.process_index = process_index
     self.process_count = process_count
     self.num_epochs = num_epochs
+    self.shuffle_buffer = shuffle_buffer
+    self.retrieval = retrieval if retrieval_rate > 0 else None
+    self.retrieval_rate = retrieval_rate
     self._position = (0, 0, 0)  # (epoch, document place in this process's share, token offset)
     self._share_cache: tuple[int, np.ndarray] | None = None
     self._token_cache: dict[tuple[int, int], np.ndarray] = {}
+    self._retrieval_chars: int | None = None
+    # The shuffle buffer: where the packer stood when it was filled, how many buffers were filled, how many
+    # rows of the current one were emitted, and its (tokens, segments, positions, order); None until needed.
+    self._buffer_start = (0, 0, 0)
+    self._block = 0
+    self._taken = 0
+    self._buffer: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
   def __iter__(self) -> PackedBatches:
     return self
@@ -66,8 +96,10 @@ class PackedBatches:
   def get_state(self) -> dict[str, int]:
     """A small JSON-serializable position; `set_state` on a like iterator resumes the exact stream."""
     epoch, document, offset = self._position
+    buffer = (*self._buffer_start, self._block, self._taken)
     return {"epoch": epoch, "document": document, "offset": offset, "num_documents": len(self.documents),
-            "process_index": self.process_index, "process_count": self.process_count}
+            "process_index": self.process_index, "process_count": self.process_count,
+            **dict(zip(_BUFFER_KEYS, buffer))}
 
   def set_state(self, state: dict[str, int]) -> None:
     """Resume at a position from `get_state` (seq_len and batch_size may differ; the stream is the same)."""
@@ -77,6 +109,12 @@ class PackedBatches:
       raise ConfigError(f"data iterator state (documents, process, processes)={theirs} does not match this run's "
                         f"{ours}: resume with the same dataset and process count")
     self._position = (int(state["epoch"]), int(state["document"]), int(state["offset"]))
+    # A state saved before the buffer existed has no buffer keys: its rows were all emitted.
+    epoch, document, offset, block, taken = (int(state.get(k, 0)) for k in _BUFFER_KEYS)
+    if taken and not self.shuffle_buffer:
+      raise ConfigError("data.shuffle_buffer=0 is invalid for this checkpoint: it was saved with rows left in its "
+                        "shuffle buffer; resume with the shuffle_buffer it was saved with")
+    self._buffer_start, self._block, self._taken, self._buffer = (epoch, document, offset), block, taken, None
 
   def _share(self, epoch: int) -> np.ndarray:
     """Indices of this process's documents in epoch `epoch`, in reading order."""
@@ -91,10 +129,24 @@ class PackedBatches:
     if key not in self._token_cache:
       if len(self._token_cache) > 2:  # A row rarely spans more than the current and the next document.
         self._token_cache.pop(next(iter(self._token_cache)))
-      text = self.documents[int(self._share(epoch)[document])]
+      index = int(self._share(epoch)[document])
+      rng = np.random.default_rng((self.seed, _RETRIEVAL_STREAM, epoch, index)) if self.retrieval else None
+      if rng is not None and rng.random() < self.retrieval_rate:
+        text = self.retrieval(rng, self._retrieval_length())
+      else:
+        text = self.documents[index]
       ids = self.tokenizer.encode(text, bos=self.add_bos, eos=self.add_eos)
       self._token_cache[key] = np.asarray(ids, np.int32)
     return self._token_cache[key]
+
+  def _retrieval_length(self) -> int:
+    """Characters of a synthetic document whose tokens (with bos/eos) fill about one row."""
+    if self._retrieval_chars is None:
+      sample = synthetic.PASSKEY_FILLER * 8
+      chars_per_token = len(sample) / max(len(self.tokenizer.encode(sample, bos=False, eos=False)), 1)
+      tokens = self.seq_len + 1 - int(self.add_bos) - int(self.add_eos)
+      self._retrieval_chars = max(int(tokens * chars_per_token), 1)
+    return self._retrieval_chars
 
   def _settle(self, position: tuple[int, int, int]) -> tuple[int, int, int] | None:
     """The first position at or after `position` that holds a token; None after the last epoch."""
@@ -134,13 +186,50 @@ class PackedBatches:
     self._position = next_start if next_start is not None else (self.num_epochs, 0, 0)
     return True
 
+  def _fill_buffer(self, number: int) -> int:
+    """Pack up to shuffle_buffer rows from the current position as buffer `number` (from 0); their count."""
+    shape = (self.shuffle_buffer, self.seq_len + 1)
+    tokens, segments, positions = (np.full(shape, self.tokenizer.pad_id, np.int32), np.zeros(shape, np.int32),
+                                   np.zeros(shape, np.int32))
+    rows = 0
+    while rows < self.shuffle_buffer and self._row(tokens[rows], segments[rows], positions[rows]):
+      rows += 1
+    order = np.random.default_rng((self.seed, _SHUFFLE_STREAM, self.process_index, number)).permutation(rows)
+    self._buffer = (tokens, segments, positions, order)
+    return rows
+
+  def _refill_after_restore(self) -> None:
+    """Rebuild the buffer a restored state was reading from; the packer must end where the state says."""
+    saved_position, self._position = self._position, self._buffer_start
+    self._fill_buffer(self._block - 1)
+    if self._position != saved_position:
+      raise ConfigError(f"data.shuffle_buffer={self.shuffle_buffer} is invalid for this checkpoint: refilling its "
+                        "shuffle buffer does not reach its saved position; resume with the data.shuffle_buffer and "
+                        "train.seq_len it was saved with")
+
+  def _buffered_row(self, tokens: np.ndarray, segments: np.ndarray, positions: np.ndarray) -> bool:
+    """Copy the buffer's next row in place (filling the buffer when it is empty); False if none is left."""
+    if self._buffer is None and self._taken:
+      self._refill_after_restore()
+    if self._buffer is None or self._taken == len(self._buffer[3]):
+      start = self._position
+      if not self._fill_buffer(self._block):
+        self._buffer, self._taken = None, 0  # The stream has ended; the state holds no rows.
+        return False
+      self._buffer_start, self._block, self._taken = start, self._block + 1, 0
+    row = self._buffer[3][self._taken]
+    tokens[:], segments[:], positions[:] = (array[row] for array in self._buffer[:3])
+    self._taken += 1
+    return True
+
   def __next__(self) -> dict[str, np.ndarray]:
     shape = (self.batch_size, self.seq_len + 1)
     tokens = np.full(shape, self.tokenizer.pad_id, np.int32)
     segments = np.zeros(shape, np.int32)
     positions = np.zeros(shape, np.int32)
+    next_row = self._buffered_row if self.shuffle_buffer else self._row
     rows = 0
-    while rows < self.batch_size and self._row(tokens[rows], segments[rows], positions[rows]):
+    while rows < self.batch_size and next_row(tokens[rows], segments[rows], positions[rows]):
       rows += 1
     if rows == 0:
       raise StopIteration
@@ -156,7 +245,10 @@ class PackedBatches:
 def make_batches(data: DataConfig, *, split: str, seq_len: int, global_batch_size: int, seed: int,
                  process_index: int | None = None, process_count: int | None = None,
                  num_epochs: int | None = None) -> PackedBatches:
-  """This process's PackedBatches of `split`: global_batch_size / process_count rows a batch."""
+  """This process's PackedBatches of `split`: global_batch_size / process_count rows a batch.
+
+  Retrieval documents (data.retrieval_rate) are mixed into data.train_split only; every split is shuffled.
+  """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if global_batch_size % process_count:
@@ -169,4 +261,6 @@ def make_batches(data: DataConfig, *, split: str, seq_len: int, global_batch_siz
                       f"than the {process_count} processes that share them")
   return PackedBatches(documents, tokenizer, seq_len=seq_len, batch_size=global_batch_size // process_count,
                        seed=seed, shuffle=data.shuffle, add_bos=data.add_bos, add_eos=data.add_eos,
-                       process_index=process_index, process_count=process_count, num_epochs=num_epochs)
+                       process_index=process_index, process_count=process_count, num_epochs=num_epochs,
+                       shuffle_buffer=data.shuffle_buffer, retrieval=synthetic.retrieval_generator(data),
+                       retrieval_rate=data.retrieval_rate if split == data.train_split else 0.0)

@@ -2,21 +2,21 @@
 
 Each process reads its own share of the documents, so each has its own position
 in the stream. Saving gathers all positions (only process 0 writes the JSON);
-restoring takes this process's own.
+restoring takes this process's own. A state is a flat dict of integers whose keys are the same in
+every process (the packer's position and its shuffle buffer's, see longjax/data/packing.py).
 """
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-_KEYS = ("epoch", "document", "offset", "num_documents", "process_index", "process_count")
-
 
 def gather(state: dict[str, int]) -> dict:
   """{"processes": [state of process 0, state of process 1, ...]} (a collective: every process calls it)."""
-  local = np.asarray([int(state[k]) for k in _KEYS], np.int64)
-  rows = np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), len(_KEYS))
-  return {"processes": [dict(zip(_KEYS, map(int, row))) for row in rows]}
+  keys = sorted(state)
+  local = np.asarray([int(state[k]) for k in keys], np.int64)
+  rows = np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), len(keys))
+  return {"processes": [dict(zip(keys, map(int, row))) for row in rows]}
 
 
 def own(saved: dict) -> dict[str, int]:

@@ -106,7 +106,7 @@ def test_exact_resume(shuffle):
   iterator = packed(shuffle=shuffle, seed=3, process_index=1, process_count=2)
   take(iterator, 3)
   state = json.loads(json.dumps(iterator.get_state()))
-  assert len(json.dumps(state)) < 200
+  assert len(json.dumps(state)) < 400
   expected = take(iterator, 3)
   restored = packed(shuffle=shuffle, seed=3, process_index=1, process_count=2)
   restored.set_state(state)
@@ -145,7 +145,7 @@ def test_process_shards_are_disjoint_and_cover_the_documents():
 
 
 def test_make_batches_over_a_text_dir(corpus_config):
-  config = dataclasses.replace(corpus_config, shuffle=False)
+  config = dataclasses.replace(corpus_config, shuffle=False, shuffle_buffer=0)
   first = make_batches(config, split="train", seq_len=32, global_batch_size=4, seed=0, process_index=0,
                        process_count=2)
   second = make_batches(config, split="train", seq_len=32, global_batch_size=4, seed=0, process_index=1,
