@@ -1,5 +1,5 @@
-"""Evaluation that shows whether a context extension works: perplexity against length (more to come:
-passkey retrieval, needle-in-a-haystack, KV-cache memory)."""
+"""Evaluation that shows whether a context extension works: perplexity against length, loss by position,
+passkey retrieval, needle-in-a-haystack and KV-cache memory; `tasks.TASKS` runs each on a trained run."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ import numpy as np
 
 from longjax.config import Config, DataConfig
 from longjax.data import get_tokenizer, open_documents
+from longjax.evaluate.kv_cache import CacheSize, kv_cache_bytes, kv_cache_size, kv_cache_table
+from longjax.evaluate.loss_by_position import PositionLoss, loss_by_position
+from longjax.evaluate.needle import evaluate_needle, needle_prompt
+from longjax.evaluate.passkey import RetrievalGrid, evaluate_passkey, passkey_prompt
 from longjax.evaluate.perplexity import LengthResult, perplexity_at_length, perplexity_vs_length, windows
-from longjax.evaluate.plots import plot_losses, plot_perplexity_vs_length
+from longjax.evaluate.plots import (plot_kv_cache, plot_loss_by_position, plot_losses, plot_perplexity_vs_length,
+                                   plot_retrieval_heatmap)
 
 
 def eval_documents(data: DataConfig, max_documents: int, min_tokens: int = 0,
@@ -34,11 +39,19 @@ def evaluate_perplexity(config: Config, params, documents: list[np.ndarray]) -> 
   return perplexity_vs_length(Llama(config.model), params, documents, config.eval.lengths, config.eval.stride)
 
 
-def write_results(results: dict[str, list[LengthResult]], path: str) -> None:
+def write_json(results, path: str) -> None:
+  """JSON-able results to `path`, creating its directory."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
-    json.dump({name: [dataclasses.asdict(r) for r in rs] for name, rs in results.items()}, f, indent=2)
+    json.dump(results, f, indent=2)
 
 
-__all__ = ["LengthResult", "eval_documents", "evaluate_perplexity", "perplexity_at_length", "perplexity_vs_length",
-           "plot_losses", "plot_perplexity_vs_length", "windows", "write_results"]
+def write_results(results: dict[str, list[LengthResult]], path: str) -> None:
+  write_json({name: [dataclasses.asdict(r) for r in rs] for name, rs in results.items()}, path)
+
+
+__all__ = ["CacheSize", "LengthResult", "PositionLoss", "RetrievalGrid", "eval_documents", "evaluate_needle",
+           "evaluate_passkey", "evaluate_perplexity", "kv_cache_bytes", "kv_cache_size", "kv_cache_table",
+           "loss_by_position", "needle_prompt", "passkey_prompt", "perplexity_at_length", "perplexity_vs_length",
+           "plot_kv_cache", "plot_loss_by_position", "plot_losses", "plot_perplexity_vs_length",
+           "plot_retrieval_heatmap", "windows", "write_json", "write_results"]

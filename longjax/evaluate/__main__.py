@@ -1,11 +1,15 @@
-"""Perplexity against length of a trained run, optionally with another positional method.
+"""Evaluate a trained run: perplexity against length (the default), passkey, needle, loss by position, KV cache.
 
   python -m longjax.evaluate --workdir /tmp/tiny
   python -m longjax.evaluate --workdir /tmp/tiny --config configs/tiny.py:rope=yarn --name yarn_x4
+  python -m longjax.evaluate --workdir /tmp/tiny --task passkey --lengths 128,256,512 --depths 0,0.5,1 --digits 2
+  python -m longjax.evaluate --workdir /tmp/tiny --task loss_by_position --config configs/tiny.py:rope=yarn
+  python -m longjax.evaluate --workdir /tmp/tiny --task kv_cache --lengths 4096,16384 --dtype bfloat16
 
-With --config, the run's weights are evaluated with that config's `model.rope`,
-`model.attention` and `eval` sections (training-free extension); shapes stay the run's.
-Writes WORKDIR/eval/perplexity_<name>.json and .png.
+With --config, the run's weights are evaluated with that config's `model.rope`, `model.attention` and
+`eval` sections (training-free extension); shapes stay the run's. loss_by_position draws one curve for
+the run's own method and one for the override. Writes WORKDIR/eval/<task>_<name>.json and .png
+(name: --name, default the evaluated rope_type) and prints a table.
 """
 
 import dataclasses
@@ -13,33 +17,70 @@ import os
 
 from absl import flags
 
-from longjax import cli, load
-from longjax.config import from_config_dict
-from longjax.evaluate import eval_documents, evaluate_perplexity, plot_perplexity_vs_length, write_results
+from longjax import checkpoint, cli, load
+from longjax.config import ConfigError, from_config_dict
+from longjax.data import get_tokenizer
+from longjax.evaluate import write_json
+from longjax.evaluate.tasks import TASKS, EvalRun, TaskOptions
 
 _CONFIG = cli.define_config_flag("config", "Optional config whose rope/attention/eval sections apply.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step; the newest by default.")
+_TASK = flags.DEFINE_enum("task", "perplexity", list(TASKS), "What to evaluate.")
 _NAME = flags.DEFINE_string("name", None, "Name of this evaluation (default: the rope_type).")
+_LENGTHS = flags.DEFINE_list("lengths", None, "Lengths in tokens (default: eval.lengths for perplexity and "
+                             "loss_by_position, the trained length x 1, 2, 4, 8 otherwise).")
+_DEPTHS = flags.DEFINE_list("depths", ["0", "0.25", "0.5", "0.75", "1"], "passkey/needle depths in [0, 1].")
+_TRIALS = flags.DEFINE_integer("trials", 5, "passkey/needle prompts per (length, depth) cell.")
+_DIGITS = flags.DEFINE_integer("digits", None, "passkey/needle key digits (default: keys uniform in 1..50000).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the keys.")
+_BINS = flags.DEFINE_integer("bins", 16, "loss_by_position: position bins.")
+_BATCH = flags.DEFINE_integer("batch_size", 1, "kv_cache: sequences.")
+_DTYPE = flags.DEFINE_string("dtype", "float16", "kv_cache: the K/V storage dtype.")
+
+
+def _options() -> TaskOptions:
+  try:
+    lengths = tuple(int(n) for n in _LENGTHS.value) if _LENGTHS.value else None
+    depths = tuple(float(d) for d in _DEPTHS.value)
+  except ValueError as e:
+    raise ConfigError(f"--lengths/--depths: {e}; give comma-separated numbers") from None
+  if lengths and min(lengths) < 1:
+    raise ConfigError(f"--lengths={_LENGTHS.value} is invalid: lengths must be positive")
+  if not all(0.0 <= d <= 1.0 for d in depths):
+    raise ConfigError(f"--depths={_DEPTHS.value} is invalid: depths must be in [0, 1]")
+  if _DIGITS.value is not None and _DIGITS.value < 1:
+    raise ConfigError(f"--digits={_DIGITS.value} is invalid: must be >= 1")
+  return TaskOptions(lengths, depths, _TRIALS.value, _DIGITS.value, _SEED.value, _BINS.value, _BATCH.value,
+                     _DTYPE.value)
 
 
 def main(argv):
   del argv
-  run = load(_WORKDIR.value, _STEP.value)
-  config = run.config
+  options = _options()
+  task = TASKS[_TASK.value]
+  if task.needs_params:
+    loaded = load(_WORKDIR.value, _STEP.value)
+    trained, params, tokenizer = loaded.config, loaded.params, loaded.tokenizer
+  else:
+    trained = checkpoint.read_config(_WORKDIR.value)
+    params, tokenizer = None, get_tokenizer(trained.data)
+  methods = {trained.model.rope.rope_type: trained}
   if _CONFIG.value is not None:
     override = from_config_dict(_CONFIG.value)
-    model = dataclasses.replace(config.model, rope=override.model.rope, attention=override.model.attention)
-    config = dataclasses.replace(config, model=model, eval=override.eval)
-  name = _NAME.value or config.model.rope.rope_type
-  documents = eval_documents(config.data, config.eval.max_documents, min_tokens=min(config.eval.lengths) + 1,
-                             max_tokens=config.eval.max_document_tokens)
-  results = {name: evaluate_perplexity(config, run.params, documents)}
-  out = os.path.join(_WORKDIR.value, "eval", f"perplexity_{name}")
-  write_results(results, out + ".json")
-  plot_perplexity_vs_length(results, out + ".png", trained_length=run.config.train.seq_len)
-  for r in results[name]:
-    print(f"{name} length {r.length}: perplexity {r.perplexity:.4f} over {r.tokens} tokens of {r.documents} documents")
+    model = dataclasses.replace(trained.model, rope=override.model.rope, attention=override.model.attention)
+    evaluated = dataclasses.replace(trained, model=model, eval=override.eval)
+    name = _NAME.value or evaluated.model.rope.rope_type
+    methods = {f"{key} (trained)" if key == name else key: config for key, config in methods.items()}
+    methods[name] = evaluated
+  elif _NAME.value:
+    methods = {_NAME.value: trained}
+  run = EvalRun(trained, methods, params, tokenizer)
+  report = task.run(run, options)
+  out = os.path.join(_WORKDIR.value, "eval", f"{_TASK.value}_{run.name}")
+  write_json(report.results, out + ".json")
+  report.plot(out + ".png")
+  print(report.table)
 
 
 if __name__ == "__main__":

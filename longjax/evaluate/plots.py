@@ -49,3 +49,61 @@ def plot_losses(curves: dict[str, list[tuple[int, float]]], path: str, title: st
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
+
+
+def plot_retrieval_heatmap(grid, path: str) -> str:
+  """grid: a RetrievalGrid; accuracy by length (rows) and depth (columns), the trained length marked."""
+  fig, ax = plt.subplots(figsize=(1.2 + 0.7 * len(grid.depths), 1.2 + 0.45 * len(grid.lengths)))
+  image = ax.imshow(grid.accuracy, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
+  for i, row in enumerate(grid.accuracy):
+    for j, value in enumerate(row):
+      ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+  ax.set_xticks(range(len(grid.depths)), [f"{d:.0%}" for d in grid.depths], fontsize=8)
+  labels = [f"{n}{' (trained)' if n == grid.trained_length else ''}" for n in grid.lengths]
+  ax.set_yticks(range(len(grid.lengths)), labels, fontsize=8)
+  ax.set_xlabel("depth of the hidden line")
+  ax.set_ylabel("prompt length (tokens)")
+  ax.set_title(f"{grid.task}: accuracy, {grid.trials} per cell", fontsize=10)
+  fig.colorbar(image, ax=ax)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot_loss_by_position(curves: dict[str, object], path: str, *, trained_length: int | None = None) -> str:
+  """curves: name -> PositionLoss; mean loss of each position bin at the bin's middle."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for name, curve in curves.items():
+    middles = [(a + b - 1) / 2 for a, b in zip(curve.starts, curve.ends)]
+    ax.plot(middles, curve.loss, marker=".", label=f"{name} ({curve.documents} documents)")
+  if trained_length:
+    ax.axvline(trained_length, color="gray", linestyle="--", linewidth=1, label=f"trained length {trained_length}")
+  ax.set_xlabel("position in the window (tokens of context)")
+  ax.set_ylabel("mean token loss (nats)")
+  ax.set_title("Loss by position")
+  ax.grid(True, alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot_kv_cache(sizes: list, path: str, *, title: str = "KV-cache memory") -> str:
+  """sizes: [CacheSize]; total and per-device bytes against length, log-log."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  lengths = [s.length for s in sizes]
+  ax.plot(lengths, [s.total_bytes / 2**30 for s in sizes], marker="o", label="total")
+  ax.plot(lengths, [s.device_bytes / 2**30 for s in sizes], marker="x", linestyle="--", label="per device")
+  ax.set_xscale("log", base=2)
+  ax.set_yscale("log")
+  ax.set_xlabel("tokens")
+  ax.set_ylabel("GiB")
+  ax.set_title(f"{title} (batch {sizes[0].batch_size}, {sizes[0].dtype})" if sizes else title)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path

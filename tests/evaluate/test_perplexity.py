@@ -41,3 +41,26 @@ def test_loss_equals_a_direct_computation_when_one_window_covers_the_document():
   logp = jax.nn.log_softmax(logits[0])
   expected = -np.mean(np.asarray(logp)[np.arange(32), document[1:]])
   np.testing.assert_allclose(result.loss, expected, rtol=1e-5)
+
+
+def test_a_uniform_model_has_the_vocabulary_size_as_perplexity():
+  params = jax.tree.map(np.zeros_like, init_params(CONFIG, jax.random.key(0)))
+  documents = [np.random.default_rng(2).integers(0, CONFIG.vocab_size, n).astype(np.int32) for n in (40, 70)]
+  result = perplexity_at_length(Llama(CONFIG), params, documents, 16, 8)
+  np.testing.assert_allclose(result.perplexity, CONFIG.vocab_size, rtol=1e-6)
+  assert result.tokens == 39 + 69
+
+
+def test_loss_with_a_stride_equals_a_hand_computation():
+  """40 tokens, windows of 16 + 1 moved by 8: begins 0, 8, 16 and 23 (aligned to the end); new targets
+  1-16, 17-24, 25-32 and 33-39, each scored with the context its window gives it."""
+  params = init_params(CONFIG, jax.random.key(3))
+  document = np.random.default_rng(4).integers(0, CONFIG.vocab_size, 40).astype(np.int32)
+  nll = []
+  for begin, first, last in [(0, 1, 16), (8, 17, 24), (16, 25, 32), (23, 33, 39)]:
+    window = document[begin:begin + 17]
+    logp = np.asarray(jax.nn.log_softmax(Llama(CONFIG).apply({"params": params}, window[None, :-1])[0]))
+    nll += [-logp[t - begin - 1, document[t]] for t in range(first, last + 1)]
+  result = perplexity_at_length(Llama(CONFIG), params, [document], 16, 8)
+  assert result.tokens == len(nll) == 39
+  np.testing.assert_allclose(result.loss, np.mean(nll), rtol=1e-5)

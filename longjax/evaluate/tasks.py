@@ -1,0 +1,162 @@
+"""The evaluation tasks by name: each adapts a loaded run to one library function and says how to report it.
+
+`python -m longjax.evaluate --task NAME` looks tasks up in TASKS; a task returns a `Report` (JSON-able
+results, a figure writer and a printed table). To add one (RULER: `longjax.evaluate.ruler`), write a
+`def _name(run: EvalRun, options: TaskOptions) -> Report` here and register it in TASKS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+
+from longjax.config import Config
+from longjax.data import open_documents
+from longjax.evaluate import eval_documents, kv_cache, needle, passkey, plots
+from longjax.evaluate.loss_by_position import loss_by_position
+from longjax.evaluate.perplexity import perplexity_vs_length
+from longjax.inference.loaded import LoadedModel
+from longjax.nn import Llama
+from longjax.sharding import mesh_shape
+
+EXTENSION_FACTORS = (1, 2, 4, 8)  # default retrieval lengths: the trained length times these
+DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOptions:
+  """What the main's flags set; None means the task's default."""
+
+  lengths: tuple[int, ...] | None = None  # tokens
+  depths: tuple[float, ...] = DEPTHS  # passkey, needle
+  trials: int = 5  # prompts per (length, depth) cell
+  digits: int | None = None  # key / needle digits; None: 1..50000 (the passkey protocol)
+  seed: int = 0
+  num_bins: int = 16  # loss_by_position
+  batch_size: int = 1  # kv_cache
+  dtype: str = "float16"  # kv_cache: K/V storage
+
+
+@dataclasses.dataclass
+class EvalRun:
+  """A trained run under the positional methods to evaluate: name -> config (the run's own first; with
+  --config, the override last). `params`, `tokenizer` are None for tasks that need no weights."""
+
+  trained: Config
+  methods: dict[str, Config]
+  params: Any = None
+  tokenizer: Any = None
+
+  @property
+  def name(self) -> str:
+    return list(self.methods)[-1]
+
+  @property
+  def config(self) -> Config:
+    return self.methods[self.name]
+
+  @property
+  def trained_length(self) -> int:
+    return self.trained.train.seq_len
+
+  def extension_lengths(self, options: TaskOptions) -> tuple[int, ...]:
+    return options.lengths or tuple(self.trained_length * f for f in EXTENSION_FACTORS)
+
+  def encode(self, text: str, bos: bool | None = None) -> list[int]:
+    return self.tokenizer.encode(text, bos=self.config.data.add_bos if bos is None else bos)
+
+  def generate(self, prompts, max_new_tokens: int):
+    """Greedy, with the KV cache, under the evaluated config: texts -> texts, token lists -> int32[B, N]."""
+    model = LoadedModel(self.config, self.params, Llama(self.config.model), self.tokenizer, 0)
+    return model.generate(prompts, max_new_tokens, stop_at_eos=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+  results: Any  # JSON-able
+  plot: Callable[[str], str]  # path -> path
+  table: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  run: Callable[[EvalRun, TaskOptions], Report]
+  needs_params: bool = True
+
+
+def _perplexity(run: EvalRun, options: TaskOptions) -> Report:
+  config = run.config
+  lengths = options.lengths or config.eval.lengths
+  documents = eval_documents(config.data, config.eval.max_documents, min_tokens=min(lengths) + 1,
+                             max_tokens=max(config.eval.max_document_tokens, max(lengths) + 1))
+  results = {run.name: perplexity_vs_length(Llama(config.model), run.params, documents, lengths, config.eval.stride)}
+  table = "\n".join(f"{run.name} length {r.length}: perplexity {r.perplexity:.4f} over {r.tokens} tokens of "
+                    f"{r.documents} documents" for r in results[run.name])
+  return Report({name: [dataclasses.asdict(r) for r in rs] for name, rs in results.items()},
+                lambda path: plots.plot_perplexity_vs_length(results, path, trained_length=run.trained_length), table)
+
+
+def _retrieval_report(grid: passkey.RetrievalGrid) -> Report:
+  results = {**dataclasses.asdict(grid), "mean_accuracy": grid.mean_accuracy}
+  return Report(results, lambda path: plots.plot_retrieval_heatmap(grid, path), grid.table())
+
+
+def _passkey(run: EvalRun, options: TaskOptions) -> Report:
+  grid = passkey.evaluate_passkey(run.generate, lambda text: len(run.encode(text)), run.extension_lengths(options),
+                                  options.depths, keys_per_cell=options.trials, digits=options.digits,
+                                  seed=options.seed, trained_length=run.trained_length)
+  return _retrieval_report(grid)
+
+
+def _needle(run: EvalRun, options: TaskOptions) -> Report:
+  data = run.config.data
+  source = open_documents(data, data.eval_split)
+  documents = [source[i] for i in range(min(len(source), run.config.eval.max_documents))]
+  grid = needle.evaluate_needle(run.generate, run.encode, lambda text: run.encode(text, bos=False), documents,
+                                run.extension_lengths(options), options.depths, trials=options.trials,
+                                digits=options.digits, seed=options.seed, trained_length=run.trained_length)
+  return _retrieval_report(grid)
+
+
+def _loss_by_position(run: EvalRun, options: TaskOptions) -> Report:
+  length = max(options.lengths or run.config.eval.lengths)
+  documents = eval_documents(run.config.data, run.config.eval.max_documents, min_tokens=length + 1,
+                             max_tokens=length + 1)
+  curves = {name: loss_by_position(Llama(config.model), run.params, documents, length, options.num_bins)
+            for name, config in run.methods.items()}
+  first = next(iter(curves.values()))
+  header = [f"loss by position (nats), windows of {length} tokens, {first.documents} documents",
+            f"{'positions':>14} " + " ".join(f"{name:>12}" for name in curves)]
+  rows = [f"{f'{a}-{b - 1}':>14} " + " ".join(f"{c.loss[i]:>12.4f}" for c in curves.values())
+          for i, (a, b) in enumerate(zip(first.starts, first.ends))]
+  table = "\n".join(header + rows)
+  return Report({name: dataclasses.asdict(c) for name, c in curves.items()},
+                lambda path: plots.plot_loss_by_position(curves, path, trained_length=run.trained_length), table)
+
+
+def _kv_cache(run: EvalRun, options: TaskOptions) -> Report:
+  data, fsdp, tensor, _ = mesh_shape(run.config.mesh, jax.device_count())
+  model = run.config.model
+  sizes = kv_cache.kv_cache_table(model, run.extension_lengths(options), options.batch_size, options.dtype,
+                                  data=data, fsdp=fsdp, tensor=tensor)
+  fmt = kv_cache.format_bytes
+  per_token = kv_cache.kv_cache_size(model, 1, 1, options.dtype).total_bytes
+  header = (f"kv cache ({model.block}, attention {model.attention.type}, {model.num_layers} layers, "
+            f"{model.num_kv_heads} kv heads x {model.resolved_head_dim}, {options.dtype}, batch {options.batch_size}, "
+            f"mesh data={data} fsdp={fsdp} tensor={tensor}): {fmt(per_token)} for one token")
+  rows = [f"{s.length:>9} tokens: {s.cached_tokens:>9} cached, {fmt(s.layer_bytes):>11} a layer, "
+          f"{fmt(s.total_bytes):>11} total, {fmt(s.device_bytes):>11} a device" for s in sizes]
+  results = {"mesh": {"data": data, "fsdp": fsdp, "tensor": tensor}, "sizes": [dataclasses.asdict(s) for s in sizes]}
+  return Report(results, lambda path: plots.plot_kv_cache(sizes, path), "\n".join([header, *rows]))
+
+
+TASKS: dict[str, Task] = {
+    "perplexity": Task(_perplexity),
+    "passkey": Task(_passkey),
+    "needle": Task(_needle),
+    "loss_by_position": Task(_loss_by_position),
+    "kv_cache": Task(_kv_cache, needs_params=False),
+    # "ruler": Task(_ruler), once longjax/evaluate/ruler.py is merged
+}
