@@ -1,7 +1,7 @@
 """The evaluation tasks by name: each adapts a loaded run to one library function and says how to report it.
 
 `python -m longjax.evaluate --task NAME` looks tasks up in TASKS; a task returns a `Report` (JSON-able
-results, a figure writer and a printed table). To add one (RULER: `longjax.evaluate.ruler`), write a
+results, a figure writer and a printed table). To add one, write a
 `def _name(run: EvalRun, options: TaskOptions) -> Report` here and register it in TASKS.
 """
 
@@ -14,7 +14,7 @@ import jax
 
 from longjax.config import Config
 from longjax.data import open_documents
-from longjax.evaluate import eval_documents, kv_cache, needle, passkey, plots
+from longjax.evaluate import eval_documents, kv_cache, needle, passkey, plots, ruler
 from longjax.evaluate.loss_by_position import loss_by_position
 from longjax.evaluate.perplexity import perplexity_vs_length
 from longjax.inference.loaded import LoadedModel
@@ -152,11 +152,41 @@ def _kv_cache(run: EvalRun, options: TaskOptions) -> Report:
   return Report(results, lambda path: plots.plot_kv_cache(sizes, path), "\n".join([header, *rows]))
 
 
+def _ruler(run: EvalRun, options: TaskOptions) -> Report:
+  """Every download-free RULER task at each length; a cell whose shortest prompt does not fit is left empty."""
+  results: dict[str, dict[int, float]] = {}
+  skipped = []
+  for task in ruler.TASKS:
+    results[task] = {}
+    for length in run.extension_lengths(options):
+      try:
+        results[task].update(ruler.evaluate_ruler(run.generate, _Tokens(run), [task], [length],
+                                                  samples=options.trials, seed=options.seed)[task])
+      except ValueError as e:  # the template alone is longer than this length
+        skipped.append(f"{task} at {length}: {e}")
+  lengths = sorted({n for by_length in results.values() for n in by_length})
+  rows = [f"{'task':>16} " + " ".join(f"{n:>7}" for n in lengths)]
+  rows += [f"{task:>16} " + " ".join(f"{100 * by_length[n]:>6.0f}%" if n in by_length else f"{'-':>7}"
+                                     for n in lengths) for task, by_length in results.items()]
+  json_results = {"scores": {t: {str(n): v for n, v in r.items()} for t, r in results.items()}, "skipped": skipped}
+  return Report(json_results, lambda path: ruler.plot_ruler(results, path), "\n".join(rows + skipped))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tokens:
+  """The run's tokenizer as RULER counts prompts: encode(text) -> ids, with the run's bos."""
+
+  run: EvalRun
+
+  def encode(self, text: str) -> list[int]:
+    return self.run.encode(text)
+
+
 TASKS: dict[str, Task] = {
     "perplexity": Task(_perplexity),
     "passkey": Task(_passkey),
     "needle": Task(_needle),
     "loss_by_position": Task(_loss_by_position),
     "kv_cache": Task(_kv_cache, needs_params=False),
-    # "ruler": Task(_ruler), once longjax/evaluate/ruler.py is merged
+    "ruler": Task(_ruler),
 }
