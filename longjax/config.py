@@ -29,6 +29,8 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "blockwise", "naive")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 INFINI_UPDATES = ("linear", "delta")
+# longjax.evaluate.tasks.TASKS (a test keeps them equal); the ones train.eval_every can run in training.
+EVAL_TASKS = ("perplexity", "passkey", "needle", "loss_by_position", "kv_cache", "ruler")
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 TOKENIZERS = ("byte", "sentencepiece", "hf")
 RETRIEVAL_TASKS = ("passkey", "kv_recall")
@@ -364,10 +366,18 @@ class EvalConfig:
   stride: int = 256
   max_documents: int = 16
   max_document_tokens: int = 8192
+  tasks: tuple[str, ...] = ()
+  task_lengths: tuple[int, ...] = ()
+  task_trials: int = 2
 
   def validate(self, key: str = "eval") -> None:
     for length in self.lengths:
       _positive(f"{key}.lengths", length)
+    for task in self.tasks:
+      _choice(f"{key}.tasks", task, EVAL_TASKS)
+    for length in self.task_lengths:
+      _positive(f"{key}.task_lengths", length)
+    _positive(f"{key}.task_trials", self.task_trials)
     _positive(f"{key}.stride", self.stride)
     _positive(f"{key}.max_documents", self.max_documents)
     _require(self.max_document_tokens > max(self.lengths, default=0), f"{key}.max_document_tokens",
@@ -405,7 +415,7 @@ class Config:
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig, "eval": EvalConfig}
 _MODEL_SECTIONS = {"rope": RopeConfig, "attention": AttentionConfig, "lora": LoraConfig,
                    "megalodon": MegalodonConfig}
-_TUPLE_FIELDS = {"short_factor", "long_factor", "targets", "lengths"}
+_TUPLE_FIELDS = {"short_factor", "long_factor", "targets", "lengths", "tasks", "task_lengths"}
 
 
 def _plain(value: Any) -> Any:

@@ -78,6 +78,7 @@ class Report:
   results: Any  # JSON-able
   plot: Callable[[str], str]  # path -> path
   table: str
+  scalars: dict[str, float] = dataclasses.field(default_factory=dict)  # what training logs (metrics.jsonl)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,13 +95,17 @@ def _perplexity(run: EvalRun, options: TaskOptions) -> Report:
   results = {run.name: perplexity_vs_length(Llama(config.model), run.params, documents, lengths, config.eval.stride)}
   table = "\n".join(f"{run.name} length {r.length}: perplexity {r.perplexity:.4f} over {r.tokens} tokens of "
                     f"{r.documents} documents" for r in results[run.name])
+  scalars = {f"perplexity_{r.length}": r.perplexity for r in results[run.name] if r.tokens}
   return Report({name: [dataclasses.asdict(r) for r in rs] for name, rs in results.items()},
-                lambda path: plots.plot_perplexity_vs_length(results, path, trained_length=run.trained_length), table)
+                lambda path: plots.plot_perplexity_vs_length(results, path, trained_length=run.trained_length), table,
+                scalars)
 
 
 def _retrieval_report(grid: passkey.RetrievalGrid) -> Report:
   results = {**dataclasses.asdict(grid), "mean_accuracy": grid.mean_accuracy}
-  return Report(results, lambda path: plots.plot_retrieval_heatmap(grid, path), grid.table())
+  scalars = {f"{grid.task}_accuracy": grid.mean_accuracy,
+             **{f"{grid.task}_accuracy_{n}": float(sum(row) / len(row)) for n, row in zip(grid.lengths, grid.accuracy)}}
+  return Report(results, lambda path: plots.plot_retrieval_heatmap(grid, path), grid.table(), scalars)
 
 
 def _passkey(run: EvalRun, options: TaskOptions) -> Report:
@@ -132,8 +137,11 @@ def _loss_by_position(run: EvalRun, options: TaskOptions) -> Report:
   rows = [f"{f'{a}-{b - 1}':>14} " + " ".join(f"{c.loss[i]:>12.4f}" for c in curves.values())
           for i, (a, b) in enumerate(zip(first.starts, first.ends))]
   table = "\n".join(header + rows)
+  own = curves[next(iter(curves))]  # the run's own method: loss of the first and the last position bin
+  scalars = {"loss_first_bin": float(own.loss[0]), "loss_last_bin": float(own.loss[-1])}
   return Report({name: dataclasses.asdict(c) for name, c in curves.items()},
-                lambda path: plots.plot_loss_by_position(curves, path, trained_length=run.trained_length), table)
+                lambda path: plots.plot_loss_by_position(curves, path, trained_length=run.trained_length), table,
+                scalars)
 
 
 def _kv_cache(run: EvalRun, options: TaskOptions) -> Report:
@@ -169,7 +177,11 @@ def _ruler(run: EvalRun, options: TaskOptions) -> Report:
   rows += [f"{task:>16} " + " ".join(f"{100 * by_length[n]:>6.0f}%" if n in by_length else f"{'-':>7}"
                                      for n in lengths) for task, by_length in results.items()]
   json_results = {"scores": {t: {str(n): v for n, v in r.items()} for t, r in results.items()}, "skipped": skipped}
-  return Report(json_results, lambda path: ruler.plot_ruler(results, path), "\n".join(rows + skipped))
+  scalars = {}
+  for n in lengths:
+    cells = [by_length[n] for by_length in results.values() if n in by_length]
+    scalars[f"ruler_{n}"] = sum(cells) / len(cells)
+  return Report(json_results, lambda path: ruler.plot_ruler(results, path), "\n".join(rows + skipped), scalars)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,3 +202,13 @@ TASKS: dict[str, Task] = {
     "kv_cache": Task(_kv_cache, needs_params=False),
     "ruler": Task(_ruler),
 }
+
+
+def evaluate_during_training(config: Config, params, tokenizer) -> dict[str, float]:
+  """The scalars of `config.eval.tasks` for the parameters being trained (train.eval_every), as `eval/...` metrics."""
+  run = EvalRun(config, {config.model.rope.rope_type: config}, params, tokenizer)
+  options = TaskOptions(lengths=config.eval.task_lengths or None, trials=config.eval.task_trials, seed=config.seed)
+  metrics = {}
+  for name in config.eval.tasks:
+    metrics.update({f"eval/{key}": value for key, value in TASKS[name].run(run, options).scalars.items()})
+  return metrics

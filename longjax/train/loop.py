@@ -25,7 +25,7 @@ import optax
 
 from longjax import checkpoint, sharding
 from longjax.config import Config, ConfigError
-from longjax.data import make_batches
+from longjax.data import get_tokenizer, make_batches
 from longjax.nn import Llama, abstract_params
 from longjax.train import data_state as data_state_lib
 from longjax.train import init as init_lib
@@ -147,7 +147,12 @@ class Trainer:
       out = jax.device_get(self.eval_step(params, _global_batch(next(batches), self.batch_sharding)))
       loss_sum, tokens = loss_sum + float(out["loss_sum"]), tokens + float(out["tokens"])
     loss = loss_sum / max(tokens, 1.0)
-    return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+    metrics = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+    if cfg.eval.tasks:  # passkey, needle, RULER, ... on the parameters being trained (every process runs them)
+      from longjax.evaluate.tasks import evaluate_during_training  # the evaluation floor; deferred like the mains
+
+      metrics.update(evaluate_during_training(cfg, params, get_tokenizer(cfg.data)))
+    return metrics
 
 
 def train_and_evaluate(config: Config, workdir: str) -> dict:
