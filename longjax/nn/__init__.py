@@ -10,5 +10,6 @@ from longjax.nn.megalodon import MegalodonBlock
 from longjax.nn.stacking import scan_params, unscan_params
 
 __all__ = ["ATTENTION_TYPES", "Attention", "AttentionInputs", "AttentionType", "BLOCKS", "Dense", "DecoderBlock",
-           "Llama", "MLP", "MegalodonBlock", "REMAT_POLICIES", "RMSNorm", "abstract_params", "cache_lengths", "init_cache",
+           "Llama", "MLP", "MegalodonBlock", "REMAT_POLICIES", "RMSNorm", "abstract_params", "cache_lengths",
+           "init_cache",
            "init_params", "scan_params", "unscan_params"]

@@ -129,7 +129,8 @@ def cema_coefficients(alpha, delta, theta, gamma):
   """p float32[D, N], q complex64[D, N], gamma complex64[D, N] (scaled by sqrt(1/N)) from the parameters."""
   n = alpha.shape[-1]
   alpha, delta = jax.nn.sigmoid(alpha.astype(jnp.float32)), jax.nn.sigmoid(delta.astype(jnp.float32))
-  phase = jnp.arange(1, n + 1, dtype=jnp.float32) * (2 * math.pi / n) * jax.nn.sigmoid(theta.astype(jnp.float32))[:, None]
+  angle = (2 * math.pi / n) * jax.nn.sigmoid(theta.astype(jnp.float32))[:, None]  # one per channel
+  phase = jnp.arange(1, n + 1, dtype=jnp.float32) * angle
   q = (1.0 - alpha * delta) * jnp.exp(1j * phase.astype(jnp.complex64))
   gamma_c = (gamma[..., 0] + 1j * gamma[..., 1]).astype(jnp.complex64) * math.sqrt(1.0 / n)
   return alpha, q.astype(jnp.complex64), gamma_c

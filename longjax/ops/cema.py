@@ -13,7 +13,6 @@ T = 4096, |q| = 0.999 and 7e-4 at T = 32768, |q| = 0.9999, where scan is 2e-5. E
 complex64 whatever the input dtypes; y is float32 and the state h complex64.
 """
 
-import functools
 import math
 
 import jax

@@ -135,7 +135,7 @@ def init_infini_cache(batch: int, kv_heads: int, key_dim: int, value_dim: int, *
 
 
 def _cache_step(state: InfiniCache, inputs, *, gate, update: str, rope):
-  """One token per row, as `infini_attention` treats it inside its segment; the memory takes a segment when it closes."""
+  """One token per row, as `infini_attention` treats it in its segment; the memory takes a segment when it closes."""
   q, k, v, valid = inputs  # q [B, H, Dk], k [B, Hkv, Dk], v [B, Hkv, Dv], valid bool[B]
   batch, heads, key_dim = q.shape
   kv_heads, segment_len = state.key.shape[1], state.key.shape[2]

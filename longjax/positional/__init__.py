@@ -39,4 +39,5 @@ def frequencies_per_row(rope: RopeConfig, head_dim: int, seq_len: jax.Array) -> 
   return jax.vmap(lambda n: frequencies(rope, head_dim, n))(jnp.asarray(seq_len, jnp.int32))
 
 
-__all__ = ["DYNAMIC_METHODS", "Frequencies", "METHODS", "frequencies_per_row", "is_dynamic", "apply_rope", "default_inv_freq", "frequencies", "rope_cos_sin", "rotate_half"]
+__all__ = ["DYNAMIC_METHODS", "Frequencies", "METHODS", "apply_rope", "default_inv_freq", "frequencies",
+           "frequencies_per_row", "is_dynamic", "rope_cos_sin", "rotate_half"]

@@ -128,8 +128,11 @@ def test_greedy_generate_is_the_argmax_of_full_forward_passes(rope_type):
   assert out.tolist() == buffer[0, PROMPT:].tolist()
 
 
-@pytest.mark.parametrize("attention", [AttentionConfig(), AttentionConfig(type="sliding", window=6, sinks=2),
-                                       AttentionConfig(type="infini", segment_len=5)], ids=["full", "sliding", "infini"])
+STREAMING = [AttentionConfig(), AttentionConfig(type="sliding", window=6, sinks=2),
+             AttentionConfig(type="infini", segment_len=5)]
+
+
+@pytest.mark.parametrize("attention", STREAMING, ids=["full", "sliding", "infini"])
 def test_chunked_prefill_equals_one_shot(attention):
   model, params = model_and_params(ROPES["yarn"], attention=attention)
   tokens = np.asarray(tokens_for(length=23, seed=7))

@@ -1,4 +1,4 @@
-"""Generation: sampling rules, stop tokens, streaming types at constant memory, and the model-level streaming oracles."""
+"""Generation: sampling rules, stop tokens, streaming types at constant memory, model-level streaming oracles."""
 
 import jax
 import jax.numpy as jnp
