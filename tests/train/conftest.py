@@ -54,8 +54,9 @@ class Runner:
             "train.global_batch_size": 4, "train.log_every": 1, "train.schedule": "constant",
             "train.checkpoint_every": 10, **(extra or {})}
 
-  def config(self, extra: dict | None = None) -> Config:
-    config = load_config("tiny.py")
+  def config(self, extra: dict | None = None, spec: str = "tiny.py") -> Config:
+    """`spec` (a config file of configs/ with its arguments, tiny.py by default) with the overrides above."""
+    config = load_config(spec)
     for key, value in self.overrides(extra).items():
       _set(config, key, value)
     return from_config_dict(config)

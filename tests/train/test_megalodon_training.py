@@ -9,17 +9,15 @@ from test_sharding import SCRIPT
 import longjax
 from longjax.train.loop import train_and_evaluate
 
-# configs/tiny.py's data and training, the MEGALODON block: 64-token rows cross three chunk boundaries.
-MEGALODON = {"model.block": "megalodon", "model.num_heads": 2, "model.num_kv_heads": 2, "model.intermediate_size": 96,
-             "model.megalodon.z_dim": 32, "model.megalodon.value_dim": 64, "model.megalodon.ema_dim": 8,
-             "model.megalodon.chunk_size": 16, "model.megalodon.norm_groups": 8}
+# configs/megalodon_tiny.py with chunks of 16: the shared 64-token rows cross three chunk boundaries.
+SPEC = "megalodon_tiny.py:chunk=16"
 
 
 def test_megalodon_trains_resumes_exactly_and_loads(runner, tmp_path):
   straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-  train_and_evaluate(runner.config({**MEGALODON, "train.num_steps": 8}), straight)
-  train_and_evaluate(runner.config({**MEGALODON, "train.num_steps": 4}), resumed)
-  train_and_evaluate(runner.config({**MEGALODON, "train.num_steps": 8}), resumed)
+  train_and_evaluate(runner.config({"train.num_steps": 8}, SPEC), straight)
+  train_and_evaluate(runner.config({"train.num_steps": 4}, SPEC), resumed)
+  train_and_evaluate(runner.config({"train.num_steps": 8}, SPEC), resumed)
   losses = [r["loss"] for r in read_metrics(straight)]
   assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.5, losses  # from ~5.5 nats (uniform over bytes)
   assert [r["loss"] for r in read_metrics(resumed)] == losses
@@ -39,7 +37,7 @@ def test_megalodon_trains_resumes_exactly_and_loads(runner, tmp_path):
 
 def test_megalodon_on_eight_devices_matches_one(runner, tmp_path):
   def run(name, devices, mesh):
-    config = runner.config({**MEGALODON, **{f"mesh.{axis}": size for axis, size in mesh.items()}})
+    config = runner.config({f"mesh.{axis}": size for axis, size in mesh.items()}, SPEC)
     flags = f"--xla_force_host_platform_device_count={devices}" if devices > 1 else ""
     return runner.python(SCRIPT, config.to_json(), str(tmp_path / name), env={"XLA_FLAGS": flags})
 
