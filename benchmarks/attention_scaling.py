@@ -15,17 +15,15 @@ Writes benchmarks/results/attention_scaling.json and prints each quantity's grow
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.compiled import compiled_stats  # noqa: E402
 from longjax import ops  # noqa: E402  (run as a script from anywhere)
 
 BATCH, HEADS, KV_HEADS, HEAD_DIM = 1, 4, 4, 64
@@ -43,46 +41,20 @@ TYPES = {
 }
 
 
-def matmul_flops(jaxpr) -> int:
-  """2 * m * n * k summed over dot_generals; scan bodies count `length` times, cond its costliest branch."""
-  total = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-      lhs_shape = eqn.invars[0].aval.shape
-      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs_shape[d] for d in lhs_contract)
-      continue
-    subs = []
-    for value in eqn.params.values():
-      for item in value if isinstance(value, tuple) else (value,):
-        if isinstance(item, (core.Jaxpr, core.ClosedJaxpr)):
-          subs.append(matmul_flops(getattr(item, "jaxpr", item)))
-    if eqn.primitive.name == "cond":
-      total += max(subs)
-    else:
-      total += sum(subs) * eqn.params.get("length", 1)
-  return total
-
-
 def measure(name: str, length: int, dtype) -> dict:
   attend = TYPES[name]
   grad = jax.grad(lambda q, k, v, gate: jnp.sum(attend(q, k, v, gate).astype(jnp.float32)), argnums=(0, 1, 2))
   q = jax.ShapeDtypeStruct((BATCH, length, HEADS, HEAD_DIM), dtype)
   kv = jax.ShapeDtypeStruct((BATCH, length, KV_HEADS, HEAD_DIM), dtype)
   gate = jax.ShapeDtypeStruct((HEADS,), jnp.float32)
-  start = time.perf_counter()
-  compiled = jax.jit(grad).lower(q, kv, kv, gate).compile()
-  compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  stats = compiled_stats(grad, q, kv, kv, gate)
   return {
-      "type": name, "length": length, "compile_s": round(compile_s, 2),
-      "temp_bytes": memory.temp_size_in_bytes, "argument_bytes": memory.argument_size_in_bytes,
-      "output_bytes": memory.output_size_in_bytes,
-      "memory_bytes": memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes,
-      "flops": cost.get("flops"),
-      "matmul_flops": matmul_flops(jax.make_jaxpr(grad)(q, kv, kv, gate).jaxpr),
+      "type": name, "length": length, "compile_s": stats["compile_s"],
+      "temp_bytes": stats["temp_bytes"], "argument_bytes": stats["argument_bytes"],
+      "output_bytes": stats["output_bytes"],
+      "memory_bytes": stats["temp_bytes"] + stats["argument_bytes"] + stats["output_bytes"],
+      "flops": stats["xla_flops"],
+      "matmul_flops": stats["jaxpr_flops"],
   }
 
 

@@ -28,13 +28,12 @@ import math
 import os
 import platform
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.compiled import compiled_stats  # noqa: E402
 from longjax import inference, nn, ops  # noqa: E402  (run as a script from anywhere)
 from longjax.config import AttentionConfig, MegalodonConfig, ModelConfig  # noqa: E402
 
@@ -54,36 +53,6 @@ def model_config(name: str, max_length: int, chunk: int) -> ModelConfig:
     config = ModelConfig(**BASE, attention=AttentionConfig(impl=impl), max_position_embeddings=max_length)
   config.validate()
   return config
-
-
-def jaxpr_flops(jaxpr) -> int:
-  """2 m n k per dot_general, 2.5 N log2 N per real FFT of length N (complex: 5 N log2 N), times batch;
-  scan bodies count `length` times, cond its costliest branch."""
-  total = 0
-  for eqn in jaxpr.eqns:
-    name = eqn.primitive.name
-    if name == "dot_general":
-      (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-      lhs_shape = eqn.invars[0].aval.shape
-      total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs_shape[d] for d in lhs_contract)
-      continue
-    if name == "fft":
-      lengths = eqn.params["fft_lengths"]
-      n = math.prod(lengths)
-      batch = math.prod(eqn.invars[0].aval.shape[:-len(lengths)])
-      real = "R" in eqn.params["fft_type"].name  # RFFT / IRFFT: half the work of a complex transform
-      total += int((2.5 if real else 5.0) * n * math.log2(n) * batch)
-      continue
-    subs = []
-    for value in eqn.params.values():
-      for item in value if isinstance(value, tuple) else (value,):
-        if isinstance(item, (core.Jaxpr, core.ClosedJaxpr)):
-          subs.append(jaxpr_flops(getattr(item, "jaxpr", item)))
-    if name == "cond":
-      total += max(subs)
-    else:
-      total += sum(subs) * eqn.params.get("length", 1)
-  return total
 
 
 def train_loss(config: ModelConfig):
@@ -109,18 +78,8 @@ def measure(name: str, length: int, chunk: int) -> dict:
   # T + 1 tokens: the loss predicts T next tokens, so the model runs at exactly T.
   tokens = jax.ShapeDtypeStruct((BATCH, length + 1), jnp.int32)
   step = jax.value_and_grad(train_loss(config))
-  start = time.perf_counter()
-  compiled = jax.jit(step).lower(params, tokens).compile()
-  compile_s = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return {
-      "model": name, "length": length, "compile_s": round(compile_s, 2),
-      "temp_bytes": memory.temp_size_in_bytes, "argument_bytes": memory.argument_size_in_bytes,
-      "output_bytes": memory.output_size_in_bytes,
-      "xla_flops": cost.get("flops"),
-      "jaxpr_flops": jaxpr_flops(jax.make_jaxpr(step)(params, tokens).jaxpr),
+      "model": name, "length": length, **compiled_stats(step, params, tokens),
       "decode_cache_bytes": cache_bytes(config, length),
   }
 
