@@ -1,16 +1,22 @@
-"""`make demo`: pre-train a small LLaMA on the standard library's source, extend its context, evaluate, report.
+"""`make demo`: pre-train a small LLaMA with passkeys mixed in, extend its context, evaluate retrieval, report.
 
-  python -m longjax.demo --workdir demo_out [--pretrain_steps 600] [--finetune_steps 100]
+  python -m longjax.demo --workdir demo_out [--pretrain_steps 1200] [--finetune_steps 100] [--passkey_trials 4]
 
-1. Pre-train at 128 tokens with plain RoPE (configs/demo.py).
-2. Training-free extension: the same weights read at 64..1024 tokens with each positional method.
-3. Fine-tune at 512 tokens with YaRN, Position Interpolation and plain RoPE (the control).
-4. Write demo_out/report.md with tables and PNG plots.
+1. Pre-train at 256 tokens with plain RoPE on the standard library's source, 95% of its documents replaced by
+   2-digit passkey documents (configs/demo.py).
+2. Training-free extension: the same weights at 1x, 2x, 4x and 8x the trained length under each positional
+   method: passkey accuracy (lengths x depths), loss by position in 8x windows, perplexity against length.
+3. Fine-tune at 4x with YaRN, Position Interpolation and plain RoPE (the control); evaluate again.
+4. Write demo_out/report.md (tables, heatmaps, curves) and demo_out/results.json; every conclusion sentence
+   of the report is computed from results.json (`conclusions`).
 Every stage is an ordinary longjax run in its own workdir (rerunning resumes or skips it).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -18,17 +24,37 @@ from absl import flags
 
 from longjax import cli, load
 from longjax.config import Config, RopeConfig, from_config_dict, load_file
-from longjax.evaluate import eval_documents, evaluate_perplexity, plot_losses, plot_perplexity_vs_length, write_results
+from longjax.evaluate import (eval_documents, evaluate_passkey, evaluate_perplexity, loss_by_position, plots,
+                              write_json)
+from longjax.evaluate.tasks import EvalRun
+from longjax.nn import Llama
 from longjax.train import train_and_evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Where the runs, results and report go.")
-_PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", 600, "Pre-training steps at 128 tokens.")
-_FINETUNE_STEPS = flags.DEFINE_integer("finetune_steps", 100, "Fine-tuning steps at 512 tokens per method.")
+_PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", 1200, "Pre-training steps at 256 tokens.")
+_FINETUNE_STEPS = flags.DEFINE_integer("finetune_steps", 100, "Fine-tuning steps at 4x the length per method.")
+_PASSKEY_TRIALS = flags.DEFINE_integer("passkey_trials", 4, "Passkeys per (length, depth) cell.")
+_DEPTHS = flags.DEFINE_list("depths", ["0", "0.5", "1"], "Passkey depths in [0, 1].")
+_FACTORS = flags.DEFINE_list("factors", ["1", "2", "4", "8"], "Evaluation lengths as multiples of the trained one.")
+_PERPLEXITY = flags.DEFINE_bool("perplexity", True, "Also measure perplexity against length (slowest evaluation).")
 
 FINETUNE_METHODS = ("yarn", "linear", "default")
-
+BASELINE = "RoPE (no scaling)"
+CONTROL = "RoPE fine-tuned (control)"
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+  """What the flags set; the test shrinks these."""
+
+  pretrain_steps: int = 1200
+  finetune_steps: int = 100
+  passkey_trials: int = 4
+  depths: tuple[float, ...] = (0.0, 0.5, 1.0)
+  factors: tuple[int, ...] = (1, 2, 4, 8)
+  perplexity: bool = True
 
 
 def _demo_config(arg: str) -> Config:
@@ -38,7 +64,7 @@ def _demo_config(arg: str) -> Config:
 def _training_free_ropes(pretrain_length: int, factor: float) -> dict[str, RopeConfig]:
   common = dict(original_max_position_embeddings=pretrain_length)
   return {
-      "RoPE (no scaling)": RopeConfig(),
+      BASELINE: RopeConfig(),
       f"PI x{factor:g}": RopeConfig(rope_type="linear", factor=factor),
       f"NTK-aware alpha {factor:g}": RopeConfig(rope_type="ntk", alpha=factor),
       "Dynamic NTK": RopeConfig(rope_type="dynamic", factor=2.0, **common),
@@ -49,86 +75,235 @@ def _training_free_ropes(pretrain_length: int, factor: float) -> dict[str, RopeC
 
 def _losses(workdir: str) -> list[tuple[int, float]]:
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [(r["step"], r["loss"]) for r in map(json.loads, f)]
+    return [(r["step"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
 
 
-def _table(results: dict, lengths) -> list[str]:
-  lines = ["| method | " + " | ".join(str(n) for n in lengths) + " |", "|---" * (len(lengths) + 1) + "|"]
-  for name, rs in results.items():
-    cells = [f"{r.perplexity:.3f}" if r.tokens else "n/a" for r in rs]
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+def _evaluate(config: Config, trained: Config, params, tokenizer, documents, settings: DemoSettings) -> dict:
+  """Passkey grid, loss by position at the longest length and (optionally) perplexity of one method, JSON-able."""
+  trained_length = trained.train.seq_len
+  lengths = [trained_length * f for f in settings.factors]
+  run = EvalRun(trained, {"method": config}, params, tokenizer)
+  grid = evaluate_passkey(run.generate, lambda text: len(run.encode(text)), lengths, settings.depths,
+                          keys_per_cell=settings.passkey_trials, digits=config.data.retrieval_digits,
+                          trained_length=trained_length)
+  curve = loss_by_position(Llama(config.model), params, documents, max(lengths))
+  result = {"passkey": {**dataclasses.asdict(grid), "by_length": [sum(row) / len(row) for row in grid.accuracy]},
+            "loss_by_position": dataclasses.asdict(curve)}
+  if settings.perplexity:
+    result["perplexity"] = [dataclasses.asdict(r) for r in evaluate_perplexity(config, params, documents)]
+  return result
+
+
+def _percent(value: float) -> str:
+  return f"{100 * value:.0f}%"
+
+
+def _chance_tail(hits: int, trials: int, chance: float) -> float:
+  """P(at least `hits` of `trials` guesses right) when each is right with probability `chance` (binomial)."""
+  return sum(math.comb(trials, k) * chance ** k * (1 - chance) ** (trials - k) for k in range(hits, trials + 1))
+
+
+def _best(results: dict, index: int) -> tuple[list[str], float]:
+  """The methods with the highest passkey accuracy at lengths[index], and that accuracy."""
+  top = max(r["passkey"]["by_length"][index] for r in results.values())
+  return [name for name, r in results.items() if r["passkey"]["by_length"][index] == top], top
+
+
+def conclusions(results: dict) -> list[str]:
+  """The report's conclusion sentences, each computed from results.json's numbers (never written in advance)."""
+  free, tuned = results["training_free"], results["finetuned"]
+  factors, trained_length = results["factors"], results["trained_length"]
+  digits, chance = results["digits"], 1 / (9 * 10 ** (results["digits"] - 1))
+  longest = len(factors) - 1
+  at_1x = free[BASELINE]["passkey"]["by_length"][0]
+  sentences = []
+  if max(r["passkey"]["by_length"][0] for r in free.values()) == 0:
+    sentences.append(f"Retrieval was not learned even at 1x: no method retrieved any {digits}-digit passkey at "
+                     f"the trained length ({trained_length} tokens; chance {_percent(chance)}), so the passkey "
+                     "columns below say nothing about context extension; loss by position still does.")
+  else:
+    sentences.append(f"At the trained length ({trained_length} tokens) the pre-trained model retrieved "
+                     f"{_percent(at_1x)} of {digits}-digit passkeys (chance {_percent(chance)}).")
+  for label, group, reference in (("without fine-tuning", free, BASELINE),
+                                  (f"after fine-tuning at {results['finetune_factor']}x", tuned, CONTROL)):
+    names, top = _best(group, longest)
+    ref = group[reference]["passkey"]["by_length"][longest]
+    length = trained_length * factors[longest]
+    if top == 0:
+      sentences.append(f"At {factors[longest]}x ({length} tokens) {label}, no method retrieved any passkey (0%).")
+    else:
+      trials = len(results["depths"]) * results["passkey_trials"]
+      hits = round(top * trials)
+      by_chance = _chance_tail(hits, trials, chance)
+      verdict = (f"{hits} of {trials} keys, which guessing alone reaches with probability {by_chance:.2f}"
+                 if by_chance >= 0.01 else f"{hits} of {trials} keys, above guessing (p = {by_chance:.1g})")
+      sentences.append(f"At {factors[longest]}x ({length} tokens) {label}, {' and '.join(names)} kept the highest "
+                       f"passkey accuracy: {_percent(top)} ({verdict}) vs {_percent(ref)} for {reference}.")
+    last = {name: r["loss_by_position"]["loss"][-1] for name, r in group.items()}
+    lowest, runner_up = sorted(last, key=last.get)[:2]
+    against = (f"vs {last[reference]:.2f} for {reference}" if lowest != reference else
+               f"the next being {runner_up} with {last[runner_up]:.2f} nats")
+    sentences.append(f"In the last position bin of {length}-token windows {label}, {lowest} had the lowest loss, "
+                     f"{last[lowest]:.2f} nats, {against}.")
+  return sentences
+
+
+def _passkey_table(group: dict, factors, trained_length: int) -> list[str]:
+  lines = ["| method | " + " | ".join(f"{f}x ({trained_length * f})" for f in factors) + " |",
+           "|---" * (len(factors) + 1) + "|"]
+  lines += [f"| {name} | " + " | ".join(_percent(a) for a in r["passkey"]["by_length"]) + " |"
+            for name, r in group.items()]
   return lines
 
 
-def main(argv):
-  del argv
-  out = os.path.abspath(_WORKDIR.value)
+def _loss_table(group: dict) -> list[str]:
+  first = next(iter(group.values()))["loss_by_position"]
+  bins = list(range(0, len(first["loss"]), max(len(first["loss"]) // 4, 1))) + [len(first["loss"]) - 1]
+  bins = sorted(set(bins))
+  lines = ["| method | " + " | ".join(f"{first['starts'][i]}-{first['ends'][i] - 1}" for i in bins) + " |",
+           "|---" * (len(bins) + 1) + "|"]
+  lines += [f"| {name} | " + " | ".join(f"{r['loss_by_position']['loss'][i]:.2f}" for i in bins) + " |"
+            for name, r in group.items()]
+  return lines
+
+
+def _perplexity_table(group: dict) -> list[str]:
+  first = next(iter(group.values()))["perplexity"]
+  lines = ["| method | " + " | ".join(str(r["length"]) for r in first) + " |", "|---" * (len(first) + 1) + "|"]
+  lines += [f"| {name} | " + " | ".join(f"{p['perplexity']:.3f}" if p["tokens"] else "n/a" for p in r["perplexity"])
+            + " |" for name, r in group.items()]
+  return lines
+
+
+def _plot(results: dict, out: str) -> None:
+  from longjax.evaluate import LengthResult, PositionLoss, RetrievalGrid
+
+  trained_length = results["trained_length"]
+  for group in ("training_free", "finetuned"):
+    for i, (name, r) in enumerate(results[group].items()):
+      grid = {k: v for k, v in r["passkey"].items() if k != "by_length"}
+      plots.plot_retrieval_heatmap(dataclasses.replace(RetrievalGrid(**grid), task=f"passkey, {name}"),
+                                   os.path.join(out, f"passkey_{group}_{i}.png"))
+    curves = {name: PositionLoss(**r["loss_by_position"]) for name, r in results[group].items()}
+    plots.plot_loss_by_position(curves, os.path.join(out, f"loss_by_position_{group}.png"),
+                                trained_length=trained_length)
+    if all("perplexity" in r for r in results[group].values()):
+      plots.plot_perplexity_vs_length({name: [LengthResult(**p) for p in r["perplexity"]]
+                                       for name, r in results[group].items()},
+                                      os.path.join(out, f"ppl_{group}.png"), trained_length=trained_length)
+
+
+def write_report(results: dict, out: str) -> str:
+  """report.md (tables, figures, computed conclusions) from results.json's contents."""
+  _plot(results, out)
+  factors, trained_length = results["factors"], results["trained_length"]
+  report = ["# longjax demo report", "", results["setup"], "", "## Conclusions", "",
+            *[f"- {s}" for s in results["conclusions"]], ""]
+  for group, title in (("training_free", "Training-free extension"),
+                       ("finetuned", f"Fine-tuned at {results['finetune_factor']}x "
+                                     f"({trained_length * results['finetune_factor']} tokens, "
+                                     f"{results['finetune_steps']} steps each)")):
+    members = results[group]
+    report += [f"## {title}", "", f"### Passkey accuracy ({results['passkey_trials']} keys x "
+               f"{len(results['depths'])} depths per length)", "",
+               *_passkey_table(members, factors, trained_length), ""]
+    report += [f"![]({f'passkey_{group}_{i}.png'})" for i in range(len(members))] + [""]
+    report += [f"### Loss by position (nats), windows of {trained_length * factors[-1]} tokens", "",
+               *_loss_table(members), "", f"![](loss_by_position_{group}.png)", ""]
+    if all("perplexity" in r for r in members.values()):
+      report += ["### Perplexity against length", "", *_perplexity_table(members), "", f"![](ppl_{group}.png)", ""]
+  report += ["## Training loss", "", "![](loss.png)", "",
+             "Runs: `base/`, `finetune_*/` (each with config.json, metrics.jsonl, tensorboard/, checkpoints/); "
+             "open one with `longjax.load(path)`. All numbers: `results.json`."]
+  path = os.path.join(out, "report.md")
+  with open(path, "w") as f:
+    f.write("\n".join(report) + "\n")
+  return path
+
+
+def run_demo(out: str, settings: DemoSettings = DemoSettings()) -> dict:
+  """The four stages in `out`; returns results.json's contents."""
   os.makedirs(out, exist_ok=True)
   started = time.time()
-  base_config = _demo_config(f"stage=base,steps={_PRETRAIN_STEPS.value}")
-  finetune_configs = {method: _demo_config(f"stage={method},steps={_FINETUNE_STEPS.value}")
+  base_config = _demo_config(f"stage=base,steps={settings.pretrain_steps}")
+  finetune_configs = {method: _demo_config(f"stage={method},steps={settings.finetune_steps}")
                       for method in FINETUNE_METHODS}
   pretrain_length = base_config.train.seq_len
-  finetune_length = finetune_configs[FINETUNE_METHODS[0]].train.seq_len
-  extension = finetune_length // pretrain_length
+  extension = finetune_configs[FINETUNE_METHODS[0]].train.seq_len // pretrain_length
+  longest = pretrain_length * max(settings.factors)
   base_dir = os.path.join(out, "base")
-  print(f"[1/4] pre-training at {base_config.train.seq_len} tokens in {base_dir}", flush=True)
+  print(f"[1/4] pre-training at {pretrain_length} tokens ({settings.pretrain_steps} steps, "
+        f"{base_config.data.retrieval_rate:.0%} of documents passkeys) in {base_dir}", flush=True)
   train_and_evaluate(base_config, base_dir)
-
-  print("[2/4] training-free extension: perplexity against length for each positional method", flush=True)
   base_run = load(base_dir)
-  lengths = base_config.eval.lengths
-  documents = eval_documents(base_config.data, base_config.eval.max_documents, min_tokens=max(lengths) + 1,
-                             max_tokens=base_config.eval.max_document_tokens)
+  documents = eval_documents(base_config.data, base_config.eval.max_documents, min_tokens=longest + 1,
+                             max_tokens=max(base_config.eval.max_document_tokens, longest + 1))
+
+  def report_line(name, r, t0):
+    return (f"  {name}: passkey " + ", ".join(f"{n}: {_percent(a)}" for n, a in zip(r["passkey"]["lengths"],
+                                                                                     r["passkey"]["by_length"]))
+            + f"; last-bin loss {r['loss_by_position']['loss'][-1]:.2f} ({time.time() - t0:.0f} s)")
+
+  print(f"[2/4] training-free extension at {', '.join(f'{f}x' for f in settings.factors)}", flush=True)
   training_free = {}
-  for name, rope in _training_free_ropes(pretrain_length, float(extension * 2)).items():
+  for name, rope in _training_free_ropes(pretrain_length, float(max(settings.factors))).items():
+    t0 = time.time()
     config = dataclasses.replace(base_config, model=dataclasses.replace(base_config.model, rope=rope))
-    training_free[name] = evaluate_perplexity(config, base_run.params, documents)
-    print(f"  {name}: " + ", ".join(f"{r.length}: {r.perplexity:.3f}" for r in training_free[name]), flush=True)
+    training_free[name] = _evaluate(config, base_config, base_run.params, base_run.tokenizer, documents, settings)
+    print(report_line(name, training_free[name], t0), flush=True)
 
   print(f"[3/4] fine-tuning at {extension}x the length: {', '.join(FINETUNE_METHODS)}", flush=True)
   finetuned, losses = {}, {f"pre-training ({pretrain_length} tokens)": _losses(base_dir)}
   for method in FINETUNE_METHODS:
+    t0 = time.time()
     config = finetune_configs[method]
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, init_from=base_dir))
     run_dir = os.path.join(out, f"finetune_{method}")
     train_and_evaluate(config, run_dir)
     run = load(run_dir)
     label = {"yarn": f"YaRN x{extension} fine-tuned", "linear": f"PI x{extension} fine-tuned",
-             "default": "RoPE fine-tuned (control)"}[method]
-    finetuned[label] = evaluate_perplexity(run.config, run.params, documents)
+             "default": CONTROL}[method]
+    finetuned[label] = _evaluate(run.config, base_config, run.params, run.tokenizer, documents, settings)
     losses[label] = [(base_config.train.num_steps + s, loss) for s, loss in _losses(run_dir)]
-    print(f"  {label}: " + ", ".join(f"{r.length}: {r.perplexity:.3f}" for r in finetuned[label]), flush=True)
+    print(report_line(label, finetuned[label], t0), flush=True)
 
   print("[4/4] writing the report", flush=True)
-  write_results({**training_free, **finetuned}, os.path.join(out, "perplexity.json"))
-  plot_perplexity_vs_length(training_free, os.path.join(out, "ppl_training_free.png"),
-                            trained_length=base_config.train.seq_len,
-                            title=f"Training-free extension of a model pre-trained at {pretrain_length} tokens")
-  before = {f"RoPE, pre-trained at {pretrain_length}": training_free["RoPE (no scaling)"]}
-  plot_perplexity_vs_length({**before, **finetuned},
-                            os.path.join(out, "ppl_finetuned.png"), trained_length=base_config.train.seq_len,
-                            title=f"After fine-tuning at {finetune_length} tokens")
-  plot_losses(losses, os.path.join(out, "loss.png"))
-  report = [
-      "# longjax demo report", "",
-      f"A {base_run.config.model.num_layers}-layer LLaMA (hidden {base_run.config.model.hidden_size}, "
-      f"{base_run.config.model.num_heads} heads / {base_run.config.model.num_kv_heads} KV heads, byte-level tokens) "
-      f"pre-trained for {base_config.train.num_steps} steps at {base_config.train.seq_len} tokens on the Python "
-      "standard library's source (a TFDS dataset built from the local tree), then extended. Perplexity is "
-      f"token-weighted over the {len(documents)} longest validation documents (cut to "
-      f"{base_config.eval.max_document_tokens} tokens), sliding windows with stride "
-      f"{base_config.eval.stride}. Total time {time.time() - started:.0f} s.", "",
-      "## Training-free extension", "", *_table(training_free, lengths), "", "![](ppl_training_free.png)", "",
-      f"## Fine-tuned at {finetune_length} tokens "
-      f"({_FINETUNE_STEPS.value} steps each)", "", *_table(finetuned, lengths), "", "![](ppl_finetuned.png)", "",
-      "## Training loss", "", "![](loss.png)", "",
-      "Runs: `base/`, `finetune_*/` (each with config.json, metrics.jsonl, tensorboard/, checkpoints/); "
-      "open one with `longjax.load(path)`.",
-  ]
-  with open(os.path.join(out, "report.md"), "w") as f:
-    f.write("\n".join(report) + "\n")
-  print(f"report: {os.path.join(out, 'report.md')}")
+  model = base_config.model
+  results = {
+      "trained_length": pretrain_length, "factors": list(settings.factors), "depths": list(settings.depths),
+      "passkey_trials": settings.passkey_trials, "digits": base_config.data.retrieval_digits,
+      "finetune_factor": extension, "pretrain_steps": settings.pretrain_steps,
+      "finetune_steps": settings.finetune_steps, "training_free": training_free, "finetuned": finetuned,
+  }
+  results["conclusions"] = conclusions(results)
+  results["seconds"] = time.time() - started
+  results["setup"] = (
+      f"A {model.num_layers}-layer LLaMA (hidden {model.hidden_size}, {model.num_heads} heads / "
+      f"{model.num_kv_heads} KV heads, byte-level tokens) pre-trained for {settings.pretrain_steps} steps at "
+      f"{pretrain_length} tokens on the Python standard library's source, {base_config.data.retrieval_rate:.0%} of "
+      f"the documents replaced by passkey documents with {base_config.data.retrieval_digits}-digit keys, then "
+      f"extended. Passkey: the landmark-attention prompt, greedy answer, {settings.passkey_trials} keys at each of "
+      f"the depths {', '.join(f'{d:g}' for d in settings.depths)}. Loss by position: the "
+      f"{len(documents)} longest validation documents, first {longest} tokens. Total time "
+      f"{results['seconds']:.0f} s before the report.")
+  write_json(results, os.path.join(out, "results.json"))
+  plots.plot_losses(losses, os.path.join(out, "loss.png"))
+  path = write_report(results, out)
+  print("\n".join(["", "Passkey accuracy, training-free:", *_passkey_table(training_free, settings.factors,
+                                                                            pretrain_length),
+                   "", f"Passkey accuracy, fine-tuned at {extension}x:",
+                   *_passkey_table(finetuned, settings.factors, pretrain_length), "", "Conclusions:",
+                   *results["conclusions"], "", f"report: {path} ({time.time() - started:.0f} s in all)"]),
+        flush=True)
+  return results
+
+
+def main(argv):
+  del argv
+  run_demo(os.path.abspath(_WORKDIR.value),
+           DemoSettings(_PRETRAIN_STEPS.value, _FINETUNE_STEPS.value, _PASSKEY_TRIALS.value,
+                        tuple(float(d) for d in _DEPTHS.value), tuple(int(f) for f in _FACTORS.value),
+                        _PERPLEXITY.value))
 
 
 if __name__ == "__main__":
