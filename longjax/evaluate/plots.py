@@ -28,10 +28,7 @@ def plot_perplexity_vs_length(curves: dict[str, list], path: str, *, trained_len
   ax.set_title(title)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def plot_losses(curves: dict[str, list[tuple[int, float]]], path: str, title: str = "Training loss") -> str:
@@ -45,10 +42,7 @@ def plot_losses(curves: dict[str, list[tuple[int, float]]], path: str, title: st
   ax.set_title(title)
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def plot_retrieval_heatmap(grid, path: str) -> str:
@@ -65,10 +59,7 @@ def plot_retrieval_heatmap(grid, path: str) -> str:
   ax.set_ylabel("prompt length (tokens)")
   ax.set_title(f"{grid.task}: accuracy, {grid.trials} per cell", fontsize=10)
   fig.colorbar(image, ax=ax)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def plot_loss_by_position(curves: dict[str, object], path: str, *, trained_length: int | None = None) -> str:
@@ -84,10 +75,7 @@ def plot_loss_by_position(curves: dict[str, object], path: str, *, trained_lengt
   ax.set_title("Loss by position")
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def plot_kv_cache(sizes: list, path: str, *, title: str = "KV-cache memory") -> str:
@@ -103,6 +91,11 @@ def plot_kv_cache(sizes: list, path: str, *, title: str = "KV-cache memory") -> 
   ax.set_title(f"{title} (batch {sizes[0].batch_size}, {sizes[0].dtype})" if sizes else title)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend(fontsize=8)
+  return _save(fig, path)
+
+
+def _save(fig, path: str) -> str:
+  """Lay out, write the PNG at 120 dpi, free the figure; returns the path."""
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
