@@ -31,11 +31,35 @@ def _zero_unseen_rows(out, mask):
   return out * jnp.any(mask, axis=-1)[:, 0, :, None, None].astype(out.dtype)
 
 
+# Causal queries are cut into chunks that each meet only the keys up to their last position, so about half
+# the [T, S] logits are never computed; chunks are unrolled (static shapes), at most XLA_MAX_CHUNKS of them.
+XLA_QUERY_CHUNK = 128
+XLA_MAX_CHUNKS = 8
+
+
 def xla(q, k, v, *, causal, window, sinks, segment_ids):
-  """jax.nn.dot_product_attention's XLA path: materialized logits, GQA without repeating K/V."""
-  mask = attention_mask(q.shape[1], k.shape[1], causal=causal, window=window, sinks=sinks, segment_ids=segment_ids)
-  out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="xla")
-  return _zero_unseen_rows(out, mask)
+  """Materialized float32 softmax in head-major layout [B, Hkv, G, T, S] (no transposes of the logits), GQA
+  without repeating K/V; causal queries in chunks that skip the keys after them."""
+  batch, q_len, heads, head_dim = q.shape
+  k_len, kv_heads = k.shape[1], k.shape[2]
+  group = heads // kv_heads
+  mask = attention_mask(q_len, k_len, causal=causal, window=window, sinks=sinks, segment_ids=segment_ids)
+  q_heads = (q * (1.0 / np.sqrt(head_dim))).astype(q.dtype).reshape(batch, q_len, kv_heads, group, head_dim)
+  q_heads = q_heads.transpose(0, 2, 3, 1, 4)  # [B, Hkv, G, T, D]
+  k_heads, v_heads = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, S, D]
+  chunk = max(XLA_QUERY_CHUNK, -(-q_len // XLA_MAX_CHUNKS)) if causal else q_len
+  outs = []
+  for start in range(0, q_len, chunk):
+    stop = min(start + chunk, q_len)
+    keys = max(1, min(k_len, k_len - q_len + stop)) if causal else k_len  # query stop-1 sits at key S-T+stop-1
+    logits = jnp.einsum("BKGTD,BKSD->BKGTS", q_heads[:, :, :, start:stop], k_heads[:, :, :keys],
+                        preferred_element_type=jnp.float32)
+    # A finite fill: a row that sees no key averages the values and is zeroed below, with no NaN in its gradient.
+    logits = jnp.where(mask[:, :, None, start:stop, :keys], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    outs.append(jnp.einsum("BKGTS,BKSD->BKGTD", probs, v_heads[:, :, :keys]))
+  out = jnp.concatenate(outs, axis=3).transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim)
+  return out * jnp.any(mask, axis=-1)[:, 0, :, None, None].astype(out.dtype)
 
 
 def cudnn_native(q, k, *, causal, window, sinks, segment_ids) -> bool:
