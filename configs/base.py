@@ -57,6 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.param_dtype = "float32"  # parameters stay float32
   model.scan_layers = False  # nn.scan over layers: one compiled block, fast compile for deep models
   model.remat_policy = "none"  # none | full | dots | dots_with_no_batch_dims | save_attention_out
+  # > 0: train/eval loss fused with the LM head, this many positions of float32 logits [B, chunk, vocab] at a
+  # time (its backward recomputes them), instead of [B, T, vocab] at once; 0: the plain loss. Long contexts.
+  model.loss_chunk = 0
   model.rope = rope_config()
 
   attention = model.attention = ml_collections.ConfigDict()

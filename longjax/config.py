@@ -227,6 +227,7 @@ class ModelConfig:
   param_dtype: str = "float32"
   scan_layers: bool = False
   remat_policy: str = "none"
+  loss_chunk: int = 0
   rope: RopeConfig = RopeConfig()
   attention: AttentionConfig = AttentionConfig()
   lora: LoraConfig = LoraConfig()
@@ -252,6 +253,8 @@ class ModelConfig:
     _choice(f"{key}.dtype", self.dtype, DTYPES)
     _choice(f"{key}.param_dtype", self.param_dtype, DTYPES)
     _choice(f"{key}.remat_policy", self.remat_policy, REMAT_POLICIES)
+    _require(isinstance(self.loss_chunk, int) and self.loss_chunk >= 0, f"{key}.loss_chunk", self.loss_chunk,
+             "must be an int >= 0 (0: the plain loss over all logits)")
     self.rope.validate(self.resolved_head_dim, f"{key}.rope")
     self.attention.validate(f"{key}.attention")
     self.lora.validate(f"{key}.lora")

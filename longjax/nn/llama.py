@@ -46,13 +46,15 @@ class Llama(nn.Module):
   pass it when the buffer is padded beyond the true length. In a cached call `segment_ids` mark
   real tokens (non-zero) and padding (0), which is neither cached nor counted; `logits_at` int32[B]
   asks for the logits of one position per row only (float32 [B, vocab]), as prefill needs.
+  `hidden_only` returns the final-norm output [B, T, E] in the compute dtype instead of the logits, for a
+  loss fused with the LM head (`lm_head_kernel`, `longjax.ops.chunked_cross_entropy`).
   """
 
   config: ModelConfig
 
   @nn.compact
   def __call__(self, tokens, positions=None, segment_ids=None, *, seq_len=None, train: bool = False, cache=None,
-               logits_at=None):
+               logits_at=None, hidden_only: bool = False):
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     length = tokens.shape[1]
@@ -95,6 +97,10 @@ class Llama(nn.Module):
     x, final_state = block.final_norm(cfg, x, valid, None if cache is None else cache.get("final_norm"))
     if logits_at is not None:
       x = jnp.take_along_axis(x, jnp.asarray(logits_at, jnp.int32)[:, None, None], axis=1)
+    if hidden_only:
+      if cache is not None:
+        raise ValueError("Llama: hidden_only is for whole-sequence calls (no cache)")
+      return x
     if cfg.tie_embeddings:
       logits = embed.attend(x)
     else:
@@ -107,6 +113,13 @@ class Llama(nn.Module):
     if cache is None:
       return logits
     return logits, {"layers": states, **({} if final_state is None else {"final_norm": final_state})}
+
+
+def lm_head_kernel(config: ModelConfig, params) -> jax.Array:
+  """The LM head as a [hidden, vocab] matrix: `lm_head`, or the transposed token embedding when tied."""
+  if config.tie_embeddings:
+    return params["embed_tokens"]["embedding"].T
+  return params["lm_head"]
 
 
 def init_params(config: ModelConfig, rng: jax.Array, seq_len: int = 8):

@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import optax
 
 from longjax.config import ModelConfig
-from longjax.ops import cross_entropy
+from longjax.nn import lm_head_kernel
+from longjax.ops import chunked_cross_entropy, cross_entropy
 from longjax.train.optimizer import FROZEN
 
 TrainState = dict[str, Any]  # {"step": int32[], "params": tree, "opt_state": tree}
@@ -31,8 +32,17 @@ def model_inputs(model_config: ModelConfig, batch: dict) -> dict:
 
 
 def loss_fn(params, model: nn.Module, batch: dict, train: bool):
-  logits = model.apply({"params": params}, batch["inputs"], train=train, **model_inputs(model.config, batch))
-  total, count = cross_entropy(logits, batch["targets"], batch["loss_mask"])
+  """(mean token loss, (loss sum, token count)); with `model.loss_chunk` the LM head is fused into a chunked
+  loss, so that [B, T, vocab] logits never exist at once."""
+  config = model.config
+  apply = lambda **kwargs: model.apply({"params": params}, batch["inputs"], train=train,  # noqa: E731
+                                       **model_inputs(config, batch), **kwargs)
+  if config.loss_chunk:
+    hidden = apply(hidden_only=True)
+    total, count = chunked_cross_entropy(hidden, lm_head_kernel(config, params), batch["targets"],
+                                         batch["loss_mask"], chunk=config.loss_chunk)
+  else:
+    total, count = cross_entropy(apply(), batch["targets"], batch["loss_mask"])
   return total / jnp.maximum(count, 1.0), (total, count)
 
 
