@@ -40,12 +40,12 @@ def chunked_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.Arr
     x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
     return jnp.moveaxis(x.reshape((batch, rows, num_chunks) + x.shape[2:]), 2, 0)
 
-  kernel = kernel.astype(hidden.dtype)
-
   @jax.checkpoint
   def chunk_loss(total, chunk_inputs):
     chunk_hidden, chunk_targets, chunk_mask = chunk_inputs
-    logits = jnp.einsum("BTE,EV->BTV", chunk_hidden, kernel).astype(jnp.float32)
+    # Cast inside the body: the kernel's gradient then adds up over chunks in the kernel's dtype (float32),
+    # not in a bfloat16 compute dtype.
+    logits = jnp.einsum("BTE,EV->BTV", chunk_hidden, kernel.astype(chunk_hidden.dtype)).astype(jnp.float32)
     token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, chunk_targets)
     return total + jnp.sum(token_loss * chunk_mask), None
 

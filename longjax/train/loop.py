@@ -12,7 +12,9 @@ import dataclasses
 import logging
 import math
 import os
+import queue
 import signal
+import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,59 @@ class _Preemption:
 def _global_batch(batch: dict, batch_sharding) -> dict:
   """This process's rows -> one global array per key, sharded over the batch mesh axes."""
   return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+
+
+class Prefetch:
+  """Iterates `batches` on a background thread, `depth` batches ahead, each passed through `place` (host ->
+  device), so that reading, packing and transfer overlap the running step instead of following it.
+
+  `get_state()` is the wrapped iterator's state after the last batch handed out (not after the ones read
+  ahead), so a checkpoint resumes exactly at the next batch the loop would have seen. An error or the end
+  of the stream on the thread is raised by `next`, in order. Set the wrapped iterator's state before
+  wrapping it; `close()` stops the thread.
+  """
+
+  def __init__(self, batches, place=lambda batch: batch, depth: int = 2):
+    self._batches, self._place = batches, place
+    self._state = batches.get_state()
+    self._queue: queue.Queue = queue.Queue(maxsize=depth)
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._fill, name="longjax-prefetch", daemon=True)
+    self._thread.start()
+
+  def _fill(self):
+    while not self._stop.is_set():
+      try:
+        batch = next(self._batches)
+        item = (self._place(batch), self._batches.get_state(), None)
+      except BaseException as error:  # noqa: BLE001 - StopIteration and data errors go to the consumer
+        item = (None, None, error)
+      while not self._stop.is_set():
+        try:
+          self._queue.put(item, timeout=0.1)
+          break
+        except queue.Full:
+          continue
+      if item[2] is not None:
+        return
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batch, state, error = self._queue.get()
+    if error is not None:
+      self._queue.put((None, None, error))  # the stream stays ended (or failed) for later calls
+      raise error
+    self._state = state
+    return batch
+
+  def get_state(self) -> dict:
+    return self._state
+
+  def close(self) -> None:
+    self._stop.set()
+    self._thread.join()
 
 
 def _abstract(tree, shardings):
@@ -166,7 +221,7 @@ def train_and_evaluate(config: Config, workdir: str) -> dict:
 
 def _train(trainer: Trainer) -> dict:
   config, train = trainer.config, trainer.config.train
-  batches = trainer.train_batches()
+  reader = trainer.train_batches()
   schedule = learning_rate_schedule(train)
   flops = flops_per_token(config.model, trainer.num_params, train.seq_len)
   peak = peak_flops(jax.devices()[0].device_kind)
@@ -177,7 +232,7 @@ def _train(trainer: Trainer) -> dict:
     else:
       step, params, opt_state, data_state = trainer.checkpointer.restore(trainer.abstract_params, trainer.abstract_opt)
       saved_step = step
-      batches.set_state(data_state_lib.own(data_state))
+      reader.set_state(data_state_lib.own(data_state))
       log.info("resumed from %s at step %d", trainer.checkpointer.directory, step)
     # Only now: a rerun whose model does not fit the workdir's checkpoints must not overwrite its config.json.
     _write_config(config, trainer.workdir)
@@ -187,10 +242,11 @@ def _train(trainer: Trainer) -> dict:
     last: dict = {}
     first_step, window_start, window_tokens = step, time.perf_counter(), 0.0
     window_loss_sum = window_loss_tokens = 0.0  # the logged loss is the token-weighted mean since the last log
+    batches = Prefetch(reader, lambda batch: _global_batch(batch, trainer.batch_sharding))
     try:
       with _Preemption() as preemption:
         while step < train.num_steps:
-          state, metrics = trainer.train_step(state, _global_batch(next(batches), trainer.batch_sharding))
+          state, metrics = trainer.train_step(state, next(batches))
           step += 1
           metrics = jax.device_get(metrics)
           loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
@@ -226,5 +282,6 @@ def _train(trainer: Trainer) -> dict:
             log.warning("preempted: saved step %d in %s", step, trainer.checkpointer.directory)
             break
     finally:
+      batches.close()
       writer.close()
   return {"step": step, **last}
