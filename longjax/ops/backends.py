@@ -33,8 +33,23 @@ def _zero_unseen_rows(out, mask):
 
 # Causal queries are cut into chunks that each meet only the keys up to their last position, so about half
 # the [T, S] logits are never computed; chunks are unrolled (static shapes), at most XLA_MAX_CHUNKS of them.
-XLA_QUERY_CHUNK = 128
-XLA_MAX_CHUNKS = 8
+# 64 measured best on CPU at T = 256 and 512 (single-thread CPU time of forward + backward: 128 costs
+# 10-15% more, 32 the same as 64); a hand-written softmax backward measured slower than autodiff's.
+XLA_QUERY_CHUNK = 64
+XLA_MAX_CHUNKS = 16
+
+
+def _query_chunks(q_len: int, k_len: int, causal: bool) -> list[tuple[int, int, int]]:
+  """(start, stop, keys) per query chunk: queries [start, stop) see at most the first `keys` keys."""
+  if not causal:
+    return [(0, q_len, k_len)]
+  chunk = max(XLA_QUERY_CHUNK, -(-q_len // XLA_MAX_CHUNKS))
+  chunks = []
+  for start in range(0, q_len, chunk):
+    stop = min(start + chunk, q_len)
+    # query stop - 1 sits at key position S - T + stop - 1; a chunk before every key keeps one (masked) key
+    chunks.append((start, stop, max(1, min(k_len, k_len - q_len + stop))))
+  return chunks
 
 
 def xla(q, k, v, *, causal, window, sinks, segment_ids):
@@ -47,11 +62,8 @@ def xla(q, k, v, *, causal, window, sinks, segment_ids):
   q_heads = (q * (1.0 / np.sqrt(head_dim))).astype(q.dtype).reshape(batch, q_len, kv_heads, group, head_dim)
   q_heads = q_heads.transpose(0, 2, 3, 1, 4)  # [B, Hkv, G, T, D]
   k_heads, v_heads = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, S, D]
-  chunk = max(XLA_QUERY_CHUNK, -(-q_len // XLA_MAX_CHUNKS)) if causal else q_len
   outs = []
-  for start in range(0, q_len, chunk):
-    stop = min(start + chunk, q_len)
-    keys = max(1, min(k_len, k_len - q_len + stop)) if causal else k_len  # query stop-1 sits at key S-T+stop-1
+  for start, stop, keys in _query_chunks(q_len, k_len, causal):
     logits = jnp.einsum("BKGTD,BKSD->BKGTS", q_heads[:, :, :, start:stop], k_heads[:, :, :keys],
                         preferred_element_type=jnp.float32)
     # A finite fill: a row that sees no key averages the values and is zeroed below, with no NaN in its gradient.
