@@ -37,6 +37,8 @@ def _zero_unseen_rows(out, mask):
 # 10-15% more, 32 the same as 64); a hand-written softmax backward measured slower than autodiff's.
 XLA_QUERY_CHUNK = 64
 XLA_MAX_CHUNKS = 16
+# Above this many bytes of float32 probabilities per batch row (a few times a core's L2), rows go one at a time.
+XLA_ROW_BYTES = 2 << 20
 
 
 def _query_chunks(q_len: int, k_len: int, causal: bool) -> list[tuple[int, int, int]]:
@@ -52,9 +54,27 @@ def _query_chunks(q_len: int, k_len: int, causal: bool) -> list[tuple[int, int, 
   return chunks
 
 
+def _chunked_softmax(q, k, v, mask, chunks):
+  """q [B, Hkv, G, T, D] (pre-scaled), k/v [B, Hkv, S, D], mask bool[B|1, 1, T, S] -> [B, Hkv, G, T, D]."""
+  outs = []
+  for start, stop, keys in chunks:
+    logits = jnp.einsum("BKGTD,BKSD->BKGTS", q[:, :, :, start:stop], k[:, :, :keys],
+                        preferred_element_type=jnp.float32)
+    # A finite fill: a row that sees no key averages the values and is zeroed by the caller, with no NaN in its
+    # gradient.
+    logits = jnp.where(mask[:, :, None, start:stop, :keys], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    outs.append(jnp.einsum("BKGTS,BKSD->BKGTD", probs, v[:, :, :keys]))
+  return jnp.concatenate(outs, axis=3)
+
+
 def xla(q, k, v, *, causal, window, sinks, segment_ids):
   """Materialized float32 softmax in head-major layout [B, Hkv, G, T, S] (no transposes of the logits), GQA
-  without repeating K/V; causal queries in chunks that skip the keys after them."""
+  without repeating K/V; causal queries in chunks that skip the keys after them.
+
+  When one batch row's probabilities pass XLA_ROW_BYTES, rows run one at a time (lax.map) under remat: the
+  backward pass recomputes a row's probabilities while they are in cache instead of reading back all rows'.
+  """
   batch, q_len, heads, head_dim = q.shape
   k_len, kv_heads = k.shape[1], k.shape[2]
   group = heads // kv_heads
@@ -62,15 +82,15 @@ def xla(q, k, v, *, causal, window, sinks, segment_ids):
   q_heads = (q * (1.0 / np.sqrt(head_dim))).astype(q.dtype).reshape(batch, q_len, kv_heads, group, head_dim)
   q_heads = q_heads.transpose(0, 2, 3, 1, 4)  # [B, Hkv, G, T, D]
   k_heads, v_heads = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, S, D]
-  outs = []
-  for start, stop, keys in _query_chunks(q_len, k_len, causal):
-    logits = jnp.einsum("BKGTD,BKSD->BKGTS", q_heads[:, :, :, start:stop], k_heads[:, :, :keys],
-                        preferred_element_type=jnp.float32)
-    # A finite fill: a row that sees no key averages the values and is zeroed below, with no NaN in its gradient.
-    logits = jnp.where(mask[:, :, None, start:stop, :keys], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    outs.append(jnp.einsum("BKGTS,BKSD->BKGTD", probs, v_heads[:, :, :keys]))
-  out = jnp.concatenate(outs, axis=3).transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim)
+  chunks = _query_chunks(q_len, k_len, causal)
+  row_bytes = 4 * heads * sum((stop - start) * keys for start, stop, keys in chunks)
+  if batch > 1 and row_bytes > XLA_ROW_BYTES:
+    row_mask = mask if mask.shape[0] == batch else jnp.broadcast_to(mask, (batch,) + mask.shape[1:])
+    one_row = jax.checkpoint(lambda row: _chunked_softmax(*(x[None] for x in row), chunks)[0])
+    out = jax.lax.map(one_row, (q_heads, k_heads, v_heads, row_mask))
+  else:
+    out = _chunked_softmax(q_heads, k_heads, v_heads, mask, chunks)
+  out = out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim)
   return out * jnp.any(mask, axis=-1)[:, 0, :, None, None].astype(out.dtype)
 
 

@@ -75,6 +75,17 @@ def test_matches_reference(impl, case):
     np.testing.assert_allclose(grad, expected_grad, atol=1e-5, err_msg=f"d{name}")
 
 
+@pytest.mark.parametrize("case", ["causal_segments_ragged", "gqa_kv_cache_ragged_blocks", "more_queries_than_keys"])
+def test_xla_one_row_at_a_time_matches_reference(case, monkeypatch):
+  """The xla impl's path for large rows (lax.map over batch rows under remat), forced on small cases."""
+  monkeypatch.setattr(backends, "XLA_ROW_BYTES", 0)
+  inputs, rule, _, (expected, expected_grads) = _case(case)
+  out, grads = _value_and_grads(functools.partial(ops.attention, **rule, impl="xla"), *inputs)
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+  for name, grad, expected_grad in zip("qkv", grads, expected_grads):
+    np.testing.assert_allclose(grad, expected_grad, atol=1e-5, err_msg=f"d{name}")
+
+
 def test_rows_without_keys_are_zero_not_nan():
   # With more queries than keys, the first causal queries precede every key.
   q, k, v, _, projection = _inputs(1, 48, 16, 2, 1, 8, False)
