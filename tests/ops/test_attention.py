@@ -144,6 +144,22 @@ def test_auto_rule_on_cpu():
   assert ops.choose_impl(long, long) == "blockwise"
 
 
+def test_auto_rule_on_gpu_and_tpu(monkeypatch):
+  """impl='auto' picks cuDNN flash on a GPU when it applies the mask itself, splash on a TPU on whole tiles."""
+  bf16 = jax.ShapeDtypeStruct((1, 2048, 8, 64), jnp.bfloat16)
+  f32 = jax.ShapeDtypeStruct((1, 2048, 8, 64), jnp.float32)
+  ragged = jax.ShapeDtypeStruct((1, 1000, 8, 64), jnp.bfloat16)
+  segments = jnp.ones((1, 2048), jnp.int32)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert ops.choose_impl(bf16, bf16) == "cudnn"
+  assert ops.choose_impl(bf16, bf16, window=256) == "cudnn"
+  assert ops.choose_impl(f32, f32) == "xla"  # cuDNN takes half precision only
+  assert ops.choose_impl(bf16, bf16, segment_ids=segments) == "xla"
+  monkeypatch.setattr(jax, "default_backend", lambda: "tpu")
+  assert ops.choose_impl(bf16, bf16, segment_ids=segments) == "pallas"
+  assert ops.choose_impl(ragged, ragged) == "xla"
+
+
 def test_unknown_impl_and_bad_heads_raise():
   q, k, v, _, _ = _inputs(1, 8, 8, 3, 2, 4, False)
   with pytest.raises(ValueError, match="multiple of key/value heads"):
