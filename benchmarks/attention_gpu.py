@@ -92,7 +92,8 @@ def timing(length, batch, heads, kv_heads, head_dim, iters) -> dict:
 
 
 def table(report: dict, length: int) -> str:
-  lines = ["| T | impl | forward ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s |", "| --- | --- | --- | --- | --- | --- |"]
+  lines = ["| T | impl | forward ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s |",
+           "| --- | --- | --- | --- | --- | --- |"]
   for impl, row in report.items():
     cells = ["error: " + row["error"][:60], "", "", ""] if "error" in row else [
         row["forward_ms"], row["forward_backward_ms"], row["forward_tflops"], row["forward_backward_tflops"]]

@@ -58,7 +58,8 @@ def main():
   plain = next((r["temp_bytes"] for r in rows if r["loss_chunk"] == 0), None)
   lines = [f"batch {args.batch} x {args.length} tokens, hidden {args.hidden}, vocab {args.vocab}, {args.dtype}; "
            f"float32 logits of the whole batch: {logits_bytes / 2**30:.2f} GiB", "",
-           "| loss_chunk | vocab tiles (T / chunk) | temp GiB | vs plain | compile s |", "| --- | --- | --- | --- | --- |"]
+           "| loss_chunk | vocab tiles (T / chunk) | temp GiB | vs plain | compile s |",
+           "| --- | --- | --- | --- | --- |"]
   for row in rows:
     tiles = -(-args.length // row["loss_chunk"]) if row["loss_chunk"] else 1
     ratio = f"{plain / row['temp_bytes']:.1f}x less" if plain and row["loss_chunk"] else "-"

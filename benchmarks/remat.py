@@ -51,7 +51,8 @@ def main():
             flush=True)
   lines = [f"{args.shape}: {batch} x {seq_len} tokens, {config.num_layers} layers, d{config.hidden_size}, "
            f"{jax.devices()[0].device_kind}", "",
-           "| remat_policy | scan_layers | temp MiB | vs none | step s | vs none |", "| --- | --- | --- | --- | --- | --- |"]
+           "| remat_policy | scan_layers | temp MiB | vs none | step s | vs none |",
+           "| --- | --- | --- | --- | --- | --- |"]
   for row in rows:
     base = next(r for r in rows if r["policy"] == "none" and r["scan_layers"] == row["scan_layers"])
     lines.append(f"| {row['policy']} | {row['scan_layers']} | {row['temp_bytes'] / 2**20:.1f} | "

@@ -182,9 +182,10 @@ def main():
       config = dataclasses.replace(config, attention=dataclasses.replace(config.attention, impl=args.impl))
     if jax.default_backend() == "cpu":
       config = dataclasses.replace(config, dtype="float32")  # transformers on CPU runs float32 too
-    row = {"shape": name, "impl": config.attention.impl, "batch": batch, "seq_len": seq_len, "layers": config.num_layers,
-           "hidden": config.hidden_size, **bench_shape(config, batch, seq_len, steps=args.steps, warmup=args.warmup,
-                                                       rounds=args.rounds, hf=not args.no_hf)}
+    result = bench_shape(config, batch, seq_len, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+                         hf=not args.no_hf)
+    row = {"shape": name, "impl": config.attention.impl, "batch": batch, "seq_len": seq_len,
+           "layers": config.num_layers, "hidden": config.hidden_size, **result}
     rows.append(row)
     print(f"{name}: longjax {row['longjax']['tokens_per_s']:,.0f} tok/s", flush=True)
   print(table(rows))

@@ -12,7 +12,7 @@ from longjax.ops.sink_cache import SinkCache, init_sink_cache, sink_cache_attent
 from longjax.ops.timestep_norm import TimestepNormState, init_timestep_norm_state, timestep_norm
 
 __all__ = ["IMPLS", "InfiniCache", "InfiniState", "KVCache", "SinkCache", "attention", "attention_mask",
-           "blockwise_attention", "cached_attention", "cema", "choose_impl", "chunked_cross_entropy", "cross_entropy", "infini_attention",
-           "infini_cache_attention", "init_infini_cache", "init_kv_cache", "init_sink_cache", "naive_attention",
-           "s2_attention", "sink_cache_attention", "TimestepNormState", "init_timestep_norm_state",
+           "blockwise_attention", "cached_attention", "cema", "choose_impl", "chunked_cross_entropy", "cross_entropy",
+           "infini_attention", "infini_cache_attention", "init_infini_cache", "init_kv_cache", "init_sink_cache",
+           "naive_attention", "s2_attention", "sink_cache_attention", "TimestepNormState", "init_timestep_norm_state",
            "timestep_norm", "write_heads", "write_rows"]
