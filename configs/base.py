@@ -159,5 +159,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   evaluation.task_lengths = ()  # their lengths in tokens; () is the trained length x 1, 2, 4, 8
   evaluation.task_trials = 2  # prompts per (length, depth) cell of passkey / needle, samples per RULER task
 
+  # ---- multi-process runs (longjax/cli.py: initialize_distributed) ----
+  # Each key left at its default is taken from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
+  # (launch/local.py and launch/k8s.py set them; JOB_COMPLETION_INDEX of an indexed Kubernetes Job gives the
+  # process id), else from the cluster itself: jax.distributed.initialize() detects TPU pods and SLURM.
+  distributed = config.distributed = ml_collections.ConfigDict()
+  distributed.initialize = "auto"  # auto: when the environment names a multi-process run | always | never
+  distributed.coordinator_address = ""  # host:port of process 0; "" for the environment's
+  distributed.num_processes = 0  # 0 for the environment's
+  distributed.process_id = -1  # -1 for the environment's (set it per process: --config.distributed.process_id=3)
+  distributed.initialization_timeout = 300  # seconds to wait for every process to join
+
   config.lock()
   return config

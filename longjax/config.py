@@ -34,6 +34,7 @@ EVAL_TASKS = ("perplexity", "passkey", "needle", "loss_by_position", "kv_cache",
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 TOKENIZERS = ("byte", "sentencepiece", "hf")
 RETRIEVAL_TASKS = ("passkey", "kv_recall")
+DISTRIBUTED_MODES = ("auto", "always", "never")
 TOKENIZER_FILES = {"sentencepiece": "the path of a .model file",
                    "hf": "the path of a tokenizer.json file or of the directory holding it"}
 
@@ -385,6 +386,27 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  initialize: str = "auto"
+  coordinator_address: str = ""
+  num_processes: int = 0
+  process_id: int = -1
+  initialization_timeout: int = 300
+
+  def validate(self, key: str = "distributed") -> None:
+    _choice(f"{key}.initialize", self.initialize, DISTRIBUTED_MODES)
+    address = self.coordinator_address
+    _require(not address or address.rpartition(":")[2].isdigit(), f"{key}.coordinator_address", address,
+             "expected host:port (or \"\" for JAX_COORDINATOR_ADDRESS or the cluster's own)")
+    _require(self.num_processes >= 0, f"{key}.num_processes", self.num_processes,
+             "must be >= 1, or 0 for JAX_NUM_PROCESSES or the cluster's own")
+    _require(self.process_id >= -1 and (not self.num_processes or self.process_id < self.num_processes),
+             f"{key}.process_id", self.process_id,
+             f"must be in [0, num_processes={self.num_processes}), or -1 for JAX_PROCESS_ID or the cluster's own")
+    _positive(f"{key}.initialization_timeout", self.initialization_timeout)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   seed: int = 0
   model: ModelConfig = ModelConfig()
@@ -392,6 +414,7 @@ class Config:
   train: TrainConfig = TrainConfig()
   mesh: MeshConfig = MeshConfig()
   eval: EvalConfig = EvalConfig()
+  distributed: DistributedConfig = DistributedConfig()
 
   def validate(self) -> None:
     self.model.validate()
@@ -399,6 +422,7 @@ class Config:
     self.train.validate()
     self.mesh.validate()
     self.eval.validate()
+    self.distributed.validate()
     if self.model.attention.type == "s2":
       group = self.model.attention.group_size_ratio * self.train.seq_len
       _require(group == int(group) and int(group) % 2 == 0 and self.train.seq_len % int(group) == 0,
@@ -412,7 +436,8 @@ class Config:
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig, "eval": EvalConfig}
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig, "eval": EvalConfig,
+             "distributed": DistributedConfig}
 _MODEL_SECTIONS = {"rope": RopeConfig, "attention": AttentionConfig, "lora": LoraConfig,
                    "megalodon": MegalodonConfig}
 _TUPLE_FIELDS = {"short_factor", "long_factor", "targets", "lengths", "tasks", "task_lengths"}
