@@ -553,13 +553,9 @@ def _first_line(error: BaseException) -> str:
   return f"{type(error).__name__}: {message.splitlines()[0]}" if message else type(error).__name__
 
 
-def load_file(spec: str) -> ml_collections.ConfigDict:
-  """The ConfigDict of `path/to/config.py` or `path/to/config.py:arg`: the file's `get_config(arg)` (big_vision style).
-
-  Works from any working directory: a config file may import the config files beside it and above it up to
-  configs/ (configs/extend/pi_x4.py imports `common` and, through it, `tiny` and `base`). Any failure is a
-  ConfigError of one line naming the file.
-  """
+@contextlib.contextmanager
+def _config_module(spec: str) -> Iterator[tuple[Any, str | None]]:
+  """(module, argument or None) of `path/to/config.py[:arg]`; its sibling config modules import while inside."""
   path, has_arg, arg = spec.partition(":")
   if not path.endswith(".py") or not os.path.isfile(path):
     raise ConfigError(f"config file {path!r} is invalid: expected an existing path/to/config.py[:arg]")
@@ -573,11 +569,22 @@ def load_file(spec: str) -> ml_collections.ConfigDict:
       module_spec.loader.exec_module(module)
     except Exception as e:  # a config file is user code: report what broke, in one line
       raise ConfigError(f"config file {spec!r} does not load: {_first_line(e)}") from e
+    yield module, (arg if has_arg else None)
+
+
+def load_file(spec: str) -> ml_collections.ConfigDict:
+  """The ConfigDict of `path/to/config.py` or `path/to/config.py:arg`: the file's `get_config(arg)` (big_vision style).
+
+  Works from any working directory: a config file may import the config files beside it and above it up to
+  configs/ (configs/extend/pi_x4.py imports `common` and, through it, `tiny` and `base`). Any failure is a
+  ConfigError of one line naming the file.
+  """
+  with _config_module(spec) as (module, arg):
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
       raise ConfigError(f"config file {spec!r} is invalid: it defines no get_config(arg=None)")
     try:
-      config = get_config(arg) if has_arg else get_config()
+      config = get_config(arg) if arg is not None else get_config()
     except ConfigError as e:
       raise ConfigError(f"config file {spec!r}: {e}") from None
     except Exception as e:
@@ -586,3 +593,22 @@ def load_file(spec: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"config file {spec!r} is invalid: get_config returned {type(config).__name__}, "
                       "not a ConfigDict")
   return config
+
+
+def load_sweep(spec: str) -> list[dict[str, Any]]:
+  """The runs of a config file's `get_sweep(add)` (big_vision style): each `add(**{"train.learning_rate": 1e-3,
+  ...})` call is one run, a dict of dotted config keys to values that override the file's get_config."""
+  runs: list[dict[str, Any]] = []
+  with _config_module(spec) as (module, _):
+    get_sweep = getattr(module, "get_sweep", None)
+    if not callable(get_sweep):
+      raise ConfigError(f"config file {spec!r} is invalid for a sweep: it defines no get_sweep(add)")
+    try:
+      get_sweep(lambda **overrides: runs.append(overrides))
+    except ConfigError as e:
+      raise ConfigError(f"config file {spec!r}: {e}") from None
+    except Exception as e:
+      raise ConfigError(f"config file {spec!r}: get_sweep failed: {_first_line(e)}") from e
+  if not runs:
+    raise ConfigError(f"config file {spec!r} is invalid for a sweep: get_sweep called add() for no run")
+  return runs
