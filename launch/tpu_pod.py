@@ -91,7 +91,8 @@ def run(args) -> list[list[str]]:
   if args.wait:
     remote = f"set -o pipefail && {prefix}{command} 2>&1 | tee {log}"
   else:
-    remote = f"{prefix}nohup {command} > {log} 2>&1 < /dev/null & echo $! > {REMOTE_LOGS}/{args.run_name}.pid"
+    # Braces: `&` must background the command alone, not the whole `&&` list (whose mkdir the pid file needs).
+    remote = f"{prefix}{{ nohup {command} > {log} 2>&1 < /dev/null & echo $! > {REMOTE_LOGS}/{args.run_name}.pid; }}"
   return [_ssh(args, remote)]
 
 
