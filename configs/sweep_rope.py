@@ -2,6 +2,7 @@
 
   python launch/sweep.py --config configs/sweep_rope.py --workdir /tmp/sweep_rope
   python launch/sweep.py --collect /tmp/sweep_rope
+  python -m longjax.train --config configs/sweep_rope.py --workdir /tmp/rope_yarn --config.model.rope.rope_type=yarn
 
 `get_sweep` adds one run per (rope_type, learning rate); every run evaluates at its last step, so the
 collected table has each run's final loss, eval loss and perplexity at 128 and 512 tokens.
