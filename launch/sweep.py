@@ -103,26 +103,29 @@ def _relative_spec(spec: str) -> str:
   return (os.path.relpath(path, REPO) if inside else path) + sep + arg
 
 
+def _launcher(name: str) -> list[str]:
+  return [sys.executable, os.path.join(REPO, "launch", f"{name}.py")]
+
+
 def commands(args, runs, extra: list[str]) -> list[list[str]]:
   """One command per run: the training command, or the launcher invocation that runs it."""
   python = sys.executable if args.launcher == "local" else "python"
   root = os.path.abspath(args.workdir) if args.launcher == "local" and "://" not in args.workdir else args.workdir
   launcher_args = shlex.split(args.launcher_args)
+  # JobSet names: the root's last part and the run's index (a run's own name is no valid Kubernetes name).
+  jobset = re.sub(r"[^a-z0-9-]", "-", os.path.basename(args.workdir.rstrip("/")).lower()).strip("-")[:30] or "sweep"
   result = []
   for index, (name, overrides) in enumerate(runs):
     train = [python, "-m", "longjax.train", "--config", _relative_spec(args.config), "--workdir",
              f"{root.rstrip('/')}/{name}", *[f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()], *extra]
-    script = lambda launcher: [sys.executable, os.path.join(REPO, "launch", f"{launcher}.py")]  # noqa: E731
     if args.launcher in ("local", "print"):
       result.append(train)
-    elif args.launcher == "tpu_pod":
-      result.append([*script("tpu_pod"), "run", *launcher_args, "--run_name", f"run{index}", "--wait", "--", *train])
+    elif args.launcher == "tpu_pod":  # --wait: the runs share the slice, one after another
+      result.append([*_launcher("tpu_pod"), "run", *launcher_args, "--run_name", f"run{index}", "--wait", "--", *train])
     elif args.launcher == "slurm":
-      result.append([*script("slurm"), *launcher_args, "--job_name", name, "--", *train])
+      result.append([*_launcher("slurm"), *launcher_args, "--job_name", name, "--", *train])
     else:
-      base = re.sub(r"[^a-z0-9-]", "-", os.path.basename(args.workdir.rstrip("/")).lower()).strip("-")[:30]
-      result.append([*script("k8s"), *launcher_args, "--name", dns_label(f"{base or 'sweep'}-{index}", "name"),
-                     "--", *train])
+      result.append([*_launcher("k8s"), *launcher_args, "--name", dns_label(f"{jobset}-{index}", "name"), "--", *train])
   return result
 
 

@@ -135,8 +135,8 @@ def distributed_arguments(config: DistributedConfig, environ: Mapping[str, str])
 def initialize_distributed(config: DistributedConfig, environ: Mapping[str, str] | None = None) -> None:
   """Join a multi-process run (jax.distributed.initialize) when the config or environment names one.
 
-  Process 0 alone logs at INFO; the others log warnings and errors only (their metrics, config.json and
-  TensorBoard files are process 0's too).
+  Process 0 alone logs at INFO, as it alone writes metrics, config.json and TensorBoard files; the other
+  processes log warnings and errors.
   """
   import jax
 
