@@ -73,7 +73,8 @@ def _set(config, key: str, value, index: int) -> None:
       raise AttributeError(name)
     setattr(config, name, value)
   except (AttributeError, KeyError):
-    raise ConfigError(f"sweep run {index}: unknown config key {key!r}; every key is listed in configs/base.py") from None
+    raise ConfigError(f"sweep run {index}: unknown config key {key!r}; every key is listed in configs/base.py"
+                      ) from None
   except TypeError as e:
     raise ConfigError(f"sweep run {index}: {key}={value!r} is invalid: {e}") from None
 

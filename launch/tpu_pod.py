@@ -127,7 +127,8 @@ def parse(argv: list[str]):
     p.add_argument("--project", default="")
     p.add_argument("--dry_run", action="store_true", help="print the commands instead of running them")
   actions["create"].add_argument("--accelerator_type", required=True, help="e.g. v4-32, v5litepod-16, v6e-64")
-  actions["create"].add_argument("--runtime_version", required=True, help="e.g. tpu-ubuntu2204-base, v2-alpha-tpuv5-lite")
+  actions["create"].add_argument("--runtime_version", required=True,
+                                 help="e.g. tpu-ubuntu2204-base, v2-alpha-tpuv5-lite")
   actions["create"].add_argument("--spot", action="store_true")
   actions["create"].add_argument("--preemptible", action="store_true")
   for action in ("create", "delete"):

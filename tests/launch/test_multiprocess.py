@@ -1,7 +1,6 @@
 """launch/local.py: 2 processes x 2 fake devices (jax.distributed, gloo on loopback) train as 1 process x 4 devices,
 and their checkpoint restores in one process onto another mesh."""
 
-import json
 import os
 import subprocess
 import sys
@@ -27,10 +26,11 @@ for name, workdir in (("two", sys.argv[2]), ("one", sys.argv[3])):
     step, params, _, _ = trainer.checkpointer.restore(trainer.abstract_params, trainer.abstract_opt)
   finally:
     trainer.checkpointer.close()
-  shardings = jax.tree.leaves(trainer.param_shardings)
-  result[name] = {"step": step, "on_mesh": all(x.sharding.is_equivalent_to(s, x.ndim) for x, s in zip(jax.tree.leaves(params), shardings)),
-                  "sharded": sum(x.sharding.shard_shape(x.shape) != x.shape for x in jax.tree.leaves(params))}
-  np.savez(f"{workdir}/restored.npz", *[np.asarray(x) for x in jax.tree.leaves(params)])
+  leaves, shardings = jax.tree.leaves(params), jax.tree.leaves(trainer.param_shardings)
+  on_mesh = all(x.sharding.is_equivalent_to(s, x.ndim) for x, s in zip(leaves, shardings))
+  result[name] = {"step": step, "on_mesh": on_mesh,
+                  "sharded": sum(x.sharding.shard_shape(x.shape) != x.shape for x in leaves)}
+  np.savez(f"{workdir}/restored.npz", *[np.asarray(x) for x in leaves])
 print(json.dumps(result))
 """
 
@@ -72,7 +72,8 @@ def test_two_processes_train_as_one_and_restore_onto_another_mesh(runner, tmp_pa
   assert restored["devices"] == 4
   for name in ("two", "one"):
     assert restored[name]["step"] == 2 and restored[name]["on_mesh"] and restored[name]["sharded"] > 0, restored
-  with np.load(tmp_path / "two" / "restored.npz") as two_params, np.load(tmp_path / "one" / "restored.npz") as one_params:
+  with np.load(tmp_path / "two" / "restored.npz") as two_params, \
+       np.load(tmp_path / "one" / "restored.npz") as one_params:
     assert len(two_params.files) == len(one_params.files) > 0
     for key in two_params.files:
       np.testing.assert_allclose(two_params[key], one_params[key], rtol=1e-4, atol=1e-6, err_msg=key)

@@ -39,8 +39,8 @@ def _configs(tmp_path, **files: str):
   for name in ("base.py", "tiny.py"):
     (directory / name).symlink_to(os.path.join(REPO, "configs", name))
   for name, text in files.items():
-    (directory / f"{name}.py").write_text(f"import tiny\n\n\ndef get_config(arg=None):\n  return tiny.get_config(arg)\n\n\n"
-                                          f"def get_sweep(add):\n{text}")
+    (directory / f"{name}.py").write_text("import tiny\n\n\ndef get_config(arg=None):\n  return tiny.get_config(arg)\n"
+                                          f"\n\ndef get_sweep(add):\n{text}")
   return directory
 
 
@@ -147,5 +147,6 @@ def test_local_sweep_runs_then_collect_builds_the_table(runner, tmp_path):
     [[length]] = json.load(f).values()
   assert column[f"{result.stem} ppl@64"] == ("", str(length["perplexity"]))
   table = (root / "sweep.md").read_text().splitlines()
-  assert table[0].startswith("| run | seed | step | loss |") and len(table) == 4 and table == collected.stdout.splitlines()[:4]
+  assert table[0].startswith("| run | seed | step | loss |") and len(table) == 4
+  assert table == collected.stdout.splitlines()[:4]
   assert (root / "sweep_loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
