@@ -3,6 +3,7 @@
 from longjax.ops.attention import IMPLS, attention, choose_impl
 from longjax.ops.blockwise import blockwise_attention
 from longjax.ops.cema import cema
+from longjax.ops.context_parallel import context_parallel_attention, load_balance, unbalance
 from longjax.ops.cached import KVCache, cached_attention, init_kv_cache, write_heads, write_rows
 from longjax.ops.infini import InfiniCache, InfiniState, infini_attention, infini_cache_attention, init_infini_cache
 from longjax.ops.loss import cross_entropy
@@ -12,7 +13,7 @@ from longjax.ops.sink_cache import SinkCache, init_sink_cache, sink_cache_attent
 from longjax.ops.timestep_norm import TimestepNormState, init_timestep_norm_state, timestep_norm
 
 __all__ = ["IMPLS", "InfiniCache", "InfiniState", "KVCache", "SinkCache", "attention", "attention_mask",
-           "blockwise_attention", "cached_attention", "cema", "choose_impl", "cross_entropy", "infini_attention",
-           "infini_cache_attention", "init_infini_cache", "init_kv_cache", "init_sink_cache", "naive_attention",
+           "blockwise_attention", "cached_attention", "cema", "choose_impl", "context_parallel_attention", "cross_entropy", "infini_attention",
+           "infini_cache_attention", "init_infini_cache", "init_kv_cache", "init_sink_cache", "load_balance", "naive_attention",
            "s2_attention", "sink_cache_attention", "TimestepNormState", "init_timestep_norm_state",
-           "timestep_norm", "write_heads", "write_rows"]
+           "timestep_norm", "unbalance", "write_heads", "write_rows"]
