@@ -118,42 +118,38 @@ def _pairs(plan: Plan, q_index: np.ndarray, k_index: np.ndarray) -> np.ndarray:
   return np.argwhere(keep).astype(np.int32)
 
 
-def _padded_tables(plan: Plan, per_shard: list[np.ndarray], k_blocks: int) -> np.ndarray:
-  """int32[S, P, 2]: per-shard pair lists padded to the longest with skipped pairs (key block k_blocks)."""
-  longest = max(1, max(len(p) for p in per_shard))
+def _padded_tables(lists: list[list[np.ndarray]], k_blocks: int) -> np.ndarray:
+  """int32[len(lists), S, P, 2]: pair lists (per table, per shard) padded to the longest of all with skipped
+  pairs (key block k_blocks, past the last)."""
+  longest = max(1, max(len(pairs) for table in lists for pairs in table))
   skip = np.array([[0, k_blocks]], np.int32)
-  return np.stack([np.concatenate([p, np.repeat(skip, longest - len(p), axis=0)]) for p in per_shard])
+  return np.stack([np.stack([np.concatenate([pairs, np.repeat(skip, longest - len(pairs), axis=0)])
+                             for pairs in table]) for table in lists])
 
 
 @functools.lru_cache(maxsize=64)
 def _tables(plan: Plan):
-  """(indices [S, L], all_gather pairs [S, P, 2], ring pairs [steps, S, P, 2]) for this plan."""
+  """(indices [S, L], all_gather pairs [S, P, 2], ring pairs of step 0 [S, P0, 2] and of steps 1.. [S-1, S, P1, 2])."""
   shards = plan.shards
   index = shard_indices(plan.length, shards, plan.balanced)
-  gathered = _padded_tables(plan, [_pairs(plan, index[i], index.reshape(-1)) for i in range(shards)],
-                            plan.length // plan.block)
-  # Ring step s: shard i holds the K/V block of shard i - s.
-  ring = [_padded_tables(plan, [_pairs(plan, index[i], index[(i - s) % shards]) for i in range(shards)],
-                         index.shape[1] // plan.block) for s in range(shards)]
-  return index, gathered, ring
-
-
-def _masking(q_index, k_index, q_segments, k_segments, pairs) -> blockwise.Masking:
-  return blockwise.Masking(q_index, k_index, q_segments, k_segments, pairs)
+  gathered = _padded_tables([[_pairs(plan, index[i], index.reshape(-1)) for i in range(shards)]],
+                            plan.length // plan.block)[0]
+  # Ring step s: shard i holds the K/V block of shard i - s. Step 0 (the diagonal) has its own table, so the
+  # later steps, which share one compiled body, pad to their own longest list.
+  k_blocks = index.shape[1] // plan.block
+  steps = [[_pairs(plan, index[i], index[(i - s) % shards]) for i in range(shards)] for s in range(shards)]
+  return index, gathered, _padded_tables(steps[:1], k_blocks)[0], _padded_tables(steps[1:], k_blocks)
 
 
 def _all_gather_shard(plan: Plan, q, k, v, segments):
-  index, pairs, _ = _tables(plan)
+  index, pairs, _, _ = _tables(plan)
   me = jax.lax.axis_index(plan.axis_name)
   gather = lambda x: jax.lax.all_gather(x, plan.axis_name, axis=1, tiled=True)  # noqa: E731
-  k_all, v_all = gather(k), gather(v)
-  spec = plan.spec._replace(k_len=plan.length)
-  masking = _masking(jnp.asarray(index)[me], jnp.asarray(index.reshape(-1)), segments,
-                     None if segments is None else gather(segments), jnp.asarray(pairs)[me])
-  out, _ = blockwise.indexed_attention(q, k_all, v_all, masking.q_index, masking.k_index, causal=spec.causal,
-                                       window=spec.window, sinks=spec.sinks, q_segment_ids=masking.q_segments,
-                                       k_segment_ids=masking.k_segments, pairs=masking.pairs,
-                                       block_q=plan.block, block_k=plan.block)
+  out, _ = blockwise.indexed_attention(
+      q, gather(k), gather(v), jnp.asarray(index)[me], index.reshape(-1), causal=plan.spec.causal,
+      window=plan.spec.window, sinks=plan.spec.sinks, q_segment_ids=segments,
+      k_segment_ids=None if segments is None else gather(segments), pairs=jnp.asarray(pairs)[me],
+      block_q=plan.block, block_k=plan.block)
   return out
 
 
@@ -163,10 +159,29 @@ def _shift(plan: Plan, tree):
   return jax.lax.ppermute(tree, plan.axis_name, perm)
 
 
-def _step_masking(plan: Plan, step: int, me, q_segments, k_segments) -> blockwise.Masking:
-  index, _, ring = _tables(plan)
+def _step_masking(plan: Plan, step, me, q_segments, k_segments) -> blockwise.Masking:
+  """The mask of ring step `step` (0, or traced inside the loop) on shard `me`."""
+  index, _, first, later = _tables(plan)
   index = jnp.asarray(index)
-  return _masking(index[me], index[(me - step) % plan.shards], q_segments, k_segments, jnp.asarray(ring[step])[me])
+  pairs = jnp.asarray(first)[me] if isinstance(step, int) and step == 0 else jnp.asarray(later)[step - 1, me]
+  return blockwise.Masking(index[me], index[(me - step) % plan.shards], q_segments, k_segments, pairs)
+
+
+def _around_the_ring(plan: Plan, block, carry, compute):
+  """carry = compute(carry, block, step) for steps 0..S-1, where `block` is shard (me - step)'s; the shift that
+  brings the next step's block is issued before this step's compute, so that the two can overlap. The middle
+  steps share one scanned body; the first and last are peeled (no hop after the last)."""
+  following = _shift(plan, block)
+  carry = compute(carry, block, 0)
+
+  def middle(state, step):
+    carry, block = state
+    following = _shift(plan, block)
+    return (compute(carry, block, step), following), None
+
+  if plan.shards > 2:
+    (carry, following), _ = jax.lax.scan(middle, (carry, following), jnp.arange(1, plan.shards - 1))
+  return compute(carry, following, plan.shards - 1)
 
 
 def _merge(out, lse, part_out, part_lse):
@@ -179,14 +194,13 @@ def _merge(out, lse, part_out, part_lse):
 
 def _ring_forward(plan: Plan, q, k, v, segments):
   me = jax.lax.axis_index(plan.axis_name)
-  out = jnp.zeros(q.shape, jnp.float32)
-  lse = jnp.full(q.shape[:3], -jnp.inf, jnp.float32)
-  block = (k, v, segments)
-  for step in range(plan.shards):
-    following = _shift(plan, block) if step < plan.shards - 1 else None  # in flight during this step's compute
+
+  def compute(carry, block, step):
     masking = _step_masking(plan, step, me, segments, block[2])
-    out, lse = _merge(out, lse, *blockwise.forward(plan.spec, q, block[0], block[1], masking))
-    block = following
+    return _merge(*carry, *blockwise.forward(plan.spec, q, block[0], block[1], masking))
+
+  init = (jnp.zeros(q.shape, jnp.float32), jnp.full(q.shape[:3], -jnp.inf, jnp.float32))
+  out, lse = _around_the_ring(plan, (k, v, segments), init, compute)
   out = out.astype(q.dtype)
   return out, (q, k, v, segments, out, lse)
 
@@ -201,16 +215,16 @@ def _ring_backward(plan: Plan, residuals, d_out):
   and take one more hop home after the last step."""
   q, k, v, segments, out, lse = residuals
   me = jax.lax.axis_index(plan.axis_name)
-  dq = jnp.zeros(q.shape, jnp.float32)
-  block, grads = (k, v, segments), (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
-  for step in range(plan.shards):
-    following = _shift(plan, block) if step < plan.shards - 1 else None
+
+  def compute(carry, block, step):
+    dq, dk, dv = carry
     masking = _step_masking(plan, step, me, segments, block[2])
     dq_part, dk_part, dv_part = blockwise.backward(plan.spec, q, block[0], block[1], masking, out, lse, d_out)
-    dq = dq + dq_part
-    grads = _shift(plan, (grads[0] + dk_part, grads[1] + dv_part))
-    block = following
-  return dq.astype(q.dtype), grads[0].astype(k.dtype), grads[1].astype(v.dtype), None
+    return (dq + dq_part, *_shift(plan, (dk + dk_part, dv + dv_part)))
+
+  init = (jnp.zeros(q.shape, jnp.float32), jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
+  dq, dk, dv = _around_the_ring(plan, (k, v, segments), init, compute)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), None
 
 
 _ring.defvjp(_ring_forward, _ring_backward)
