@@ -144,10 +144,10 @@ def _live_pairs(table, k_blocks):
 @pytest.mark.parametrize("shards", [2, 4, 8])
 def test_balanced_layout_gives_every_shard_the_same_causal_work(shards):
   plan = cp._plan("axis", shards, 64 * shards, True, True, None, 0, 16)
-  _, gathered, ring = cp._tables(plan)
+  _, gathered, first, later = cp._tables(plan)
   live = _live_pairs(gathered, 64 * shards // 16)
   assert len(set(live)) == 1, live
-  for step in ring:
+  for step in (first, *later):  # each ring step: one key/value shard of 64 rows, 4 blocks
     assert len(set(_live_pairs(step, 64 // 16))) == 1
   # ...and exactly the blocks the causal mask reaches: half the square plus the diagonal blocks.
   blocks = 64 * shards // 16
