@@ -165,7 +165,8 @@ class AttentionConfig:
     _choice(f"{key}.context_parallel", self.context_parallel, CONTEXT_PARALLEL)
     _require(self.context_parallel == "none" or self.type in SEQUENCE_PARALLEL_TYPES, f"{key}.type", self.type,
              f"context_parallel={self.context_parallel} needs a type that runs sequence-parallel: "
-             f"{', '.join(SEQUENCE_PARALLEL_TYPES)} (infini is a recurrence over segments, s2 trains on shifted groups)")
+             f"{', '.join(SEQUENCE_PARALLEL_TYPES)} (infini is a recurrence over segments, s2 trains on shifted "
+             f"groups)")
 
 
 @dataclasses.dataclass(frozen=True)
