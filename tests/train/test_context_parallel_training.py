@@ -37,6 +37,42 @@ for strategy, config_json in zip(("all_gather", "ring"), sys.argv[1:3]):
     trainer.checkpointer.close()
   result[strategy] = {"losses": losses, "mesh": dict(trainer.mesh.shape),
                       "collectives": {name: name in jaxpr for name in ("shard_map", "ppermute", "all_gather")}}
+
+# The model alone, on a balanced batch as the train step builds it, against one device: dynamic YaRN reads the
+# whole sequence's length (cross-document rows), and packed documents restart their positions.
+import numpy as np
+import flax.linen as nn
+from longjax import sharding
+from longjax.config import AttentionConfig, MeshConfig, ModelConfig, RopeConfig
+from longjax.nn import Llama, init_params
+from longjax.ops import context_parallel as cp
+from longjax.train.step import balance_batch, model_inputs
+
+rng = np.random.default_rng(0)
+segments = np.cumsum(rng.random((2, 256)) < 4 / 256, axis=1, dtype=np.int32) + 1
+starts = np.maximum.accumulate(np.where(np.diff(segments, prepend=0, axis=1) != 0, np.arange(256), 0), axis=1)
+batch = {"inputs": rng.integers(0, 259, (2, 256), dtype=np.int32), "segment_ids": segments,
+         "positions": (np.arange(256) - starts).astype(np.int32)}
+mesh = sharding.make_mesh(MeshConfig(data=1, sequence=4))
+result["model"] = {}
+for strategy, cross_documents in (("ring", True), ("all_gather", False)):
+  rope = RopeConfig(rope_type="dynamic_yarn", factor=4.0, original_max_position_embeddings=64)
+  config = ModelConfig(hidden_size=64, intermediate_size=176, num_layers=2, num_heads=4, num_kv_heads=2,
+                       max_position_embeddings=64, rope=rope,
+                       attention=AttentionConfig(context_parallel=strategy, cross_documents=cross_documents))
+  model = Llama(config)
+  params = init_params(config, jax.random.key(0))
+  expected = jax.jit(lambda p, b: model.apply({"params": p}, b["inputs"], **model_inputs(config, b)))(params, batch)
+
+  def parallel(p, b):
+    with cp.balanced_layout():
+      b = balance_batch(config, b, 4)
+      return cp.unbalance(model.apply({"params": p}, b["inputs"], **model_inputs(config, b)), 4)
+
+  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+    got = jax.jit(parallel, in_shardings=(None, sharding.batch_sharding(mesh)))(params, batch)
+  result["model"][strategy] = float(np.abs(np.asarray(got) - np.asarray(expected)).max() /
+                                    np.abs(np.asarray(expected)).max())
 print(json.dumps(result))
 """
 
@@ -46,6 +82,9 @@ def test_sequence_4_trains_like_one_device_with_each_strategy(runner, trained_wo
              for strategy in ("all_gather", "ring")]
   result = runner.python(SCRIPT, *(c.to_json() for c in configs), str(tmp_path),
                          env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+  # The model with dynamic YaRN (ring, one long sequence) and with packed documents (all_gather).
+  model_errors = result.pop("model")
+  assert len(model_errors) == 2 and all(error < 1e-5 for error in model_errors.values()), model_errors
   # The shared workdir: the same config and data on one device (runner.train, sequence=1).
   single = [record["loss"] for record in read_metrics(trained_workdir)[:3]]
   assert len(set(single)) == 3, single
