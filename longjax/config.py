@@ -269,6 +269,9 @@ class ModelConfig:
       self.megalodon.validate(self.hidden_size, self.num_heads, f"{key}.megalodon")
       _require(self.attention.type == "full", f"{key}.attention.type", self.attention.type,
                "model.block=megalodon brings its own chunked attention; allowed: full")
+      _require(self.attention.context_parallel == "none", f"{key}.attention.context_parallel",
+               self.attention.context_parallel, "model.block=megalodon (CEMA is a recurrence over the sequence) "
+               "runs no context parallelism; allowed: none")
 
 
 @dataclasses.dataclass(frozen=True)

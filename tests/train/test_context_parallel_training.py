@@ -112,6 +112,11 @@ def test_bad_mesh_or_attention_is_one_line_and_exit_2(runner, tmp_path, case):
   assert not os.path.exists(tmp_path / "workdir" / "checkpoints")
 
 
+def test_megalodon_runs_no_context_parallelism(runner):
+  with pytest.raises(ConfigError, match=r"^model.attention.context_parallel='ring' is invalid: model.block=megalodon"):
+    runner.config({"model.attention.context_parallel": "ring"}, spec="megalodon_tiny.py")
+
+
 def test_load_balance_needs_two_chunks_per_shard(runner):
   extra = {"mesh.sequence": 4, "train.seq_len": 68, "model.attention.context_parallel": "all_gather"}
   with pytest.raises(ConfigError, match=r"^train.seq_len=68 is invalid: .*two chunks each"):
