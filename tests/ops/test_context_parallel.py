@@ -43,17 +43,17 @@ def rotate(q, k, positions):
            for i, rope in enumerate(ROPES)]
   return jnp.concatenate([p[0] for p in parts], axis=2), jnp.concatenate([p[1] for p in parts], axis=2)
 
-def reference(q, k, v):
+def reference(q, k, v, **window):
   q, k = rotate(q, k, positions)
-  return naive_attention(q, k, v, attention_mask(T, T, causal=True, segment_ids=segments))
+  return naive_attention(q, k, v, attention_mask(T, T, causal=True, segment_ids=segments, **window))
 
-def parallel(strategy, q, k, v):
+def parallel(strategy, q, k, v, **window):
   shards = jax.sharding.get_abstract_mesh().shape[sharding.sequence_axis()]
   balance = lambda x: cp.load_balance(x, shards)
   q, k, v, pos, seg = (balance(x) for x in (q, k, v, positions, segments))
   q, k = rotate(q, k, pos)  # RoPE at each token's global position, in the layout
   out = cp.context_parallel_attention(q, k, v, axis_name=sharding.sequence_axis(), strategy=strategy, balanced=True,
-                                      segment_ids=seg, block_size=BLOCK)
+                                      segment_ids=seg, block_size=BLOCK, **window)
   return cp.unbalance(out, shards)
 
 def value_and_grads(fn):
@@ -76,6 +76,12 @@ for mesh_cfg in (MeshConfig(data=1, sequence=8), MeshConfig(data=2, sequence=4))
     name = f"sequence={mesh_cfg.sequence},data={mesh_cfg.data},{strategy}"
     result["errors"][name] = [rel(a, b) for a, b in zip(got, expected)]
     result["seconds"][name] = time.perf_counter() - start
+# Sliding window with sinks (type sliding): the ring visits only the blocks each step's window reaches.
+SLIDING = dict(window=300, sinks=4)
+with jax.set_mesh(sharding.make_mesh(MeshConfig(data=1, sequence=8))):
+  got = value_and_grads(jax.jit(lambda *a: parallel("ring", *a, **SLIDING)))
+result["errors"]["sequence=8,data=1,ring,sliding"] = [
+    rel(a, b) for a, b in zip(got, value_and_grads(jax.jit(lambda *a: reference(*a, **SLIDING))))]
 
 # The compiled forward + backward of one attention layer of Llama-3-8B's shape (32 query heads over 8 key/value
 # heads of 128) at 8K tokens, per device, as the sequence axis grows: compiled only, never run.
@@ -114,7 +120,7 @@ def eight_devices():
 
 def test_both_strategies_equal_one_device_forward_and_gradients(eight_devices):
   errors = eight_devices["errors"]
-  assert len(errors) == 4, sorted(errors)  # 2 strategies x (sequence=8, sequence=4 x data=2)
+  assert len(errors) == 5, sorted(errors)  # 2 strategies x (sequence=8, sequence=4 x data=2), ring with a window
   for name, (out, dq, dk, dv) in errors.items():
     assert out < 1e-5 and max(dq, dk, dv) < 1e-4, (name, out, dq, dk, dv)
 
