@@ -9,7 +9,7 @@
               step's partial result by its float32 log-sum-exp (the online softmax of FlashAttention over
               shards); the next block's ppermute is issued before this block's compute so that XLA can
               overlap them. Its custom VJP runs the ring again and sends dK/dV home with their blocks, so a
-              device never holds more than two K/V blocks.
+              device holds a few K/V blocks at a time (its own, this step's, the next), never all of them.
 
 Layout: with `balanced` each of S shards holds chunk i and chunk 2S-1-i of 2S equal chunks (the dual-chunk,
 "zigzag" layout of MaxText and Megatron-LM), so under a causal mask every shard does the same work;

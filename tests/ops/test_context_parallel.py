@@ -129,7 +129,7 @@ def test_attention_memory_per_device_falls_as_the_sequence_axis_grows(eight_devi
   for strategy, memory in eight_devices["memory"].items():
     assert all(a > b for a, b in zip(memory, memory[1:])), (strategy, memory)
   memory = eight_devices["memory"]
-  # At 8 shards the ring, which holds two K/V blocks at a time, needs less than all_gather with all of K/V.
+  # At 8 shards the ring, which holds a few K/V blocks at a time, needs less than all_gather with all of K/V.
   assert memory["ring"][-1] < memory["all_gather"][-1], memory
 
 
