@@ -12,9 +12,9 @@ whole-sequence call: training, evaluation) or its cache (inference), and returns
             segment (`ops.InfiniCache`), so streaming equals one long call.
 
 With `attention.context_parallel` and a mesh whose sequence axis is > 1, the whole-sequence calls of
-the types marked `sequence_parallel` (full, sliding, and s2 at evaluation, where it is full) run
-`ops.context_parallel_attention` over that axis; infini cannot (a sequential recurrence over segments),
-nor s2 in training (shifted groups), and config validation says so.
+the types marked `sequence_parallel` (full, sliding) run `ops.context_parallel_attention` over that
+axis; infini cannot (a sequential recurrence over segments), nor s2 (it trains on shifted groups; its
+evaluation path is full's), and config validation says so.
 
 In a cached call, `segment_ids` mark real tokens (non-zero; padding is 0, as in packed batches):
 padding is neither cached nor counted, and each row's real tokens come first. Keys are cached
