@@ -70,6 +70,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   attention.segment_len = 256  # infini: tokens per segment
   attention.update = "linear"  # infini: linear | delta
   attention.cross_documents = True  # False: packed documents do not attend to each other
+  # Context parallelism when the mesh's sequence axis is > 1 (ops/context_parallel.py): none (XLA gathers K/V
+  # implicitly) | all_gather (gather K/V, local queries) | ring (K/V blocks passed around the ring).
+  attention.context_parallel = "none"
+  attention.load_balance = True  # with context_parallel: each shard holds a chunk from the front and one from the back
 
   mega = model.megalodon = ml_collections.ConfigDict()  # block=megalodon only (longjax/nn/megalodon.py)
   mega.z_dim = 256  # shared query/key projection width, split over model.num_heads

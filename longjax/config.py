@@ -29,6 +29,9 @@ ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "blockwise", "naive")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 INFINI_UPDATES = ("linear", "delta")
+CONTEXT_PARALLEL = ("none", "all_gather", "ring")  # longjax.ops.context_parallel.STRATEGIES, and none
+# The attention types whose AttentionType.sequence_parallel is True (a test keeps them equal).
+SEQUENCE_PARALLEL_TYPES = ("full", "sliding")
 # longjax.evaluate.tasks.TASKS (a test keeps them equal); the ones train.eval_every can run in training.
 EVAL_TASKS = ("perplexity", "passkey", "needle", "loss_by_position", "kv_cache", "ruler")
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
@@ -141,6 +144,8 @@ class AttentionConfig:
   segment_len: int = 256
   update: str = "linear"
   cross_documents: bool = True
+  context_parallel: str = "none"
+  load_balance: bool = True
 
   def validate(self, key: str = "model.attention") -> None:
     _choice(f"{key}.type", self.type, ATTENTION_TYPES)
@@ -158,6 +163,11 @@ class AttentionConfig:
     _require(self.cross_documents or self.type in ("full", "sliding"), f"{key}.cross_documents",
              self.cross_documents, f"False (documents masked from each other) needs type full or sliding, "
              f"not {self.type}")
+    _choice(f"{key}.context_parallel", self.context_parallel, CONTEXT_PARALLEL)
+    _require(self.context_parallel == "none" or self.type in SEQUENCE_PARALLEL_TYPES, f"{key}.type", self.type,
+             f"context_parallel={self.context_parallel} needs a type that runs sequence-parallel: "
+             f"{', '.join(SEQUENCE_PARALLEL_TYPES)} (infini is a recurrence over segments, s2 trains on shifted "
+             f"groups)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +270,9 @@ class ModelConfig:
       self.megalodon.validate(self.hidden_size, self.num_heads, f"{key}.megalodon")
       _require(self.attention.type == "full", f"{key}.attention.type", self.attention.type,
                "model.block=megalodon brings its own chunked attention; allowed: full")
+      _require(self.attention.context_parallel == "none", f"{key}.attention.context_parallel",
+               self.attention.context_parallel, "model.block=megalodon (CEMA is a recurrence over the sequence) "
+               "runs no context parallelism; allowed: none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -423,11 +436,26 @@ class Config:
     self.mesh.validate()
     self.eval.validate()
     self.distributed.validate()
+    self._validate_mesh_fit()
     if self.model.attention.type == "s2":
       group = self.model.attention.group_size_ratio * self.train.seq_len
       _require(group == int(group) and int(group) % 2 == 0 and self.train.seq_len % int(group) == 0,
                "model.attention.group_size_ratio", self.model.attention.group_size_ratio,
                f"group_size_ratio * train.seq_len={self.train.seq_len} must be an even divisor of seq_len")
+
+  def _validate_mesh_fit(self) -> None:
+    """The mesh axes given explicitly (not -1) must divide what they shard."""
+    sequence, tensor, attention = self.mesh.sequence, self.mesh.tensor, self.model.attention
+    if sequence > 1:
+      balanced = attention.context_parallel != "none" and attention.load_balance
+      chunks = sequence * (2 if balanced else 1)
+      _require(self.train.seq_len % chunks == 0, "train.seq_len", self.train.seq_len,
+               f"must divide into mesh.sequence={sequence} shards" +
+               (" of two chunks each (model.attention.load_balance)" if balanced else ""))
+    if tensor > 1:
+      for name in ("num_heads", "num_kv_heads"):
+        _require(getattr(self.model, name) % tensor == 0, f"model.{name}", getattr(self.model, name),
+                 f"must be divisible by mesh.tensor={tensor}")
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)

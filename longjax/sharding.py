@@ -85,6 +85,22 @@ def tree_shardings(mesh: Mesh, logical_tree, abstract_tree=None):
                       is_leaf=is_spec)
 
 
+def sequence_axis() -> str | None:
+  """The mesh axis that logical `length` maps to under RULES, when the current mesh cuts it; else None.
+
+  Model code asks this rather than naming a mesh axis (context-parallel attention runs over it).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = nn.logical_to_mesh_axes(("length",), RULES)[0]
+  if isinstance(axes, tuple):
+    if len(axes) != 1:
+      raise ValueError(f"sharding.RULES maps `length` to {axes}; context parallelism runs over one mesh axis")
+    axes = axes[0]
+  if mesh.empty or axes is None or axes not in mesh.axis_names or mesh.shape[axes] == 1:
+    return None
+  return axes
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Sharding of int32[batch, length] inputs."""
   return logical_sharding(mesh, ("batch", "length"))

@@ -10,9 +10,11 @@ from longjax.ops.reference import attention_mask, naive_attention
 from longjax.ops.s2 import s2_attention
 from longjax.ops.sink_cache import SinkCache, init_sink_cache, sink_cache_attention
 from longjax.ops.timestep_norm import TimestepNormState, init_timestep_norm_state, timestep_norm
+from longjax.ops.context_parallel import context_parallel_attention, load_balance, unbalance
 
 __all__ = ["IMPLS", "InfiniCache", "InfiniState", "KVCache", "SinkCache", "attention", "attention_mask",
            "blockwise_attention", "cached_attention", "cema", "choose_impl", "cross_entropy", "infini_attention",
            "infini_cache_attention", "init_infini_cache", "init_kv_cache", "init_sink_cache", "naive_attention",
            "s2_attention", "sink_cache_attention", "TimestepNormState", "init_timestep_norm_state",
            "timestep_norm", "write_heads", "write_rows"]
+__all__ += ["context_parallel_attention", "load_balance", "unbalance"]
