@@ -98,8 +98,18 @@ def with_values(config: Config, values: dict) -> Config:
   return from_config_dict(tree)
 
 
+_MEMORY: dict[tuple[str, int], StepMemory] = {}  # a search compiles the configured length again: once is enough
+
+
 def step_memory(config: Config) -> StepMemory:
   """Compile the Trainer's train step for `config` on this process's devices (abstract inputs, nothing runs)."""
+  key = (config.to_json(), jax.device_count())
+  if key not in _MEMORY:
+    _MEMORY[key] = _compile(config)
+  return _MEMORY[key]
+
+
+def _compile(config: Config) -> StepMemory:
   from longjax.train.loop import Trainer  # the training floor, deferred: `import longjax.plan` stays light
 
   # The shapes are the config's: a checkpoint to start from (train.init_from) is not read.
@@ -163,7 +173,7 @@ def search_lengths(config: Config, attentions: list[str], remats: list[str], lim
 
       def memory_at(length: int) -> StepMemory:
         memory = step_memory(with_values(config, {**values, "train.seq_len": length}))
-        report(f"{attention} remat={remat} seq_len={length}: {gib(memory.total)} GiB")
+        report(f"{attention} remat={remat} seq_len={length}: {size_text(memory.total)}")
         return memory
 
       with_values(config, values)  # a bad attention type, impl or policy fails here, before any compile
@@ -171,5 +181,6 @@ def search_lengths(config: Config, attentions: list[str], remats: list[str], lim
   return rows
 
 
-def gib(n: int) -> str:
-  return f"{n / 2**30:.2f}"
+def size_text(n: int) -> str:
+  """Bytes as GiB (two decimals) from 1 GiB up, else MiB (one decimal)."""
+  return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
