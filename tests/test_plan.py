@@ -70,6 +70,8 @@ def test_plan_prints_memory_and_the_longest_length_that_fits(tmp_path):
     (["--mesh", "fsdp=3", "--devices", "8"], "must equal the 8 devices"),
     (["--mesh", "fsdp=two"], "--mesh='fsdp=two' is invalid"),
     (["--mesh", "fsdp=2", "--device_memory", "16 GiBs"], "--device_memory='16 GiBs' is invalid"),
+    (["--mesh", "fsdp=2,sequence=2", "--step", "63"], "--step=63 is invalid"),
+    (["--mesh", "fsdp=16"], "train.global_batch_size=8 is invalid"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, fragment):
   proc = _plan(*args, "--nosearch")

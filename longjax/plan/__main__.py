@@ -57,6 +57,12 @@ def main(argv):
     raise ConfigError(f"--step={_STEP.value} --max_seq_len={_MAX_LEN.value} are invalid: need 1 <= step <= max")
   sizes = dict(zip(MESH_AXES, sharding.mesh_shape(mesh, devices)))  # a product other than the devices fails here
   config = plan.with_values(config, {f"mesh.{name}": size for name, size in sizes.items()})
+  shards = {"train.global_batch_size": (config.train.global_batch_size, sizes["data"] * sizes["fsdp"], "data x fsdp"),
+            "train.seq_len": (config.train.seq_len, sizes["sequence"], "sequence"),
+            "--step": (_STEP.value, sizes["sequence"], "sequence")}
+  for key, (value, count, axes) in shards.items():
+    if value % count:
+      raise ConfigError(f"{key}={value} is invalid: it must split evenly over the mesh's {axes} ({count})")
   plan.use_fake_devices(devices)
 
   memory = plan.step_memory(config)
