@@ -12,14 +12,16 @@ the limit as uncertain.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import tempfile
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
+from longjax import sharding
 from longjax.config import MESH_AXES, Config, ConfigError, from_config_dict
 
 # Keys and dtypes of a packed training batch (longjax.data), each [global_batch_size, seq_len].
@@ -121,8 +123,7 @@ def _compile(config: Config) -> StepMemory:
         shape = (config.train.global_batch_size, config.train.seq_len)
         batch = {key: jax.ShapeDtypeStruct(shape, dtype, sharding=trainer.batch_sharding)
                  for key, dtype in BATCH_DTYPES.items()}
-        state = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=jax.sharding.NamedSharding(
-                     trainer.mesh, jax.sharding.PartitionSpec())),
+        state = {"step": jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding.replicated(trainer.mesh)),
                  "params": trainer.abstract_params, "opt_state": trainer.abstract_opt}
         analysis = trainer.train_step.lower(state, batch).compile().memory_analysis()
     finally:
@@ -169,16 +170,16 @@ def search_lengths(config: Config, attentions: list[str], remats: list[str], lim
   rows = []
   for attention in attentions:
     for remat in remats:
-      values = {**attention_values(attention), "model.remat_policy": remat}
-
-      def memory_at(length: int) -> StepMemory:
-        memory = step_memory(with_values(config, {**values, "train.seq_len": length}))
-        report(f"{attention} remat={remat} seq_len={length}: {size_text(memory.total)}")
-        return memory
-
-      with_values(config, values)  # a bad attention type, impl or policy fails here, before any compile
+      variant = with_values(config, {**attention_values(attention), "model.remat_policy": remat})  # fails early
+      memory_at = functools.partial(_memory_at, variant, f"{attention} remat={remat}", report)
       rows.append((attention, remat, longest_fitting(memory_at, limit, step, max_len)))
   return rows
+
+
+def _memory_at(config: Config, name: str, report: Callable[[str], None], length: int) -> StepMemory:
+  memory = step_memory(with_values(config, {"train.seq_len": length}))
+  report(f"{name} seq_len={length}: {size_text(memory.total)}")
+  return memory
 
 
 def size_text(n: int) -> str:
