@@ -80,6 +80,16 @@ def test_sharded_training_matches_one_device(runner, tmp_path):
   assert single["shard_shapes"][Q] == [64, 4, 16]
 
 
+def test_sequence_sharded_training_matches_one_device(runner, tmp_path):
+  """fsdp x tensor x sequence: parameters cut over fsdp and sequence, activations' length over sequence."""
+  sharded = _run(runner, tmp_path, "sequence", 8, {"data": 1, "fsdp": 2, "tensor": 2, "sequence": 2})
+  single = _run(runner, tmp_path, "single", 1, {"data": 1, "fsdp": 1, "tensor": 1, "sequence": 1})
+  np.testing.assert_allclose(sharded["losses"], single["losses"], rtol=1e-4)
+  specs, shapes = sharded["specs"], sharded["shard_shapes"]
+  assert specs[Q] == [["fsdp", "sequence"], "tensor", None] and shapes[Q] == [16, 2, 16], (specs[Q], shapes[Q])
+  assert specs["['params']['embed_tokens']['embedding']"] == [None, ["fsdp", "sequence"]]
+
+
 def _abstract_mesh(**sizes) -> AbstractMesh:
   shape = tuple(sizes.get(name, 1) for name in MESH_AXES)
   return AbstractMesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
