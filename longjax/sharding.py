@@ -26,7 +26,7 @@ RULES = (
     ("batch", ("data", "fsdp")),
     ("length", "sequence"),
     ("embed", ("fsdp", "sequence")),
-    ("embed", "fsdp"),  # an array whose `length` took `sequence` and not `batch` `fsdp`
+    ("embed", "fsdp"),  # where `length` took `sequence` and nothing took `fsdp`
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
