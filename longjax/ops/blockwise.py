@@ -184,6 +184,9 @@ def forward(spec: BlockSpec, q, k, v, m: Masking):
 
   def step(carry, pair):
     acc, row_max, row_sum = carry
+    # Tie the pair to traced data: else JAX's partial evaluation (a scanned, differentiated model) hoists the
+    # pair-only mask out of this loop and stacks it for every pair, [P, B, Hkv, G, bq, bk] bools.
+    pair, acc = jax.lax.optimization_barrier((pair, acc))
     qi, kj = pair[0], pair[1]
     q_blk = _slice_rows(q_p, qi, spec.block_q)
     k_blk, v_blk = _slice_rows(k_p, kj, spec.block_k), _slice_rows(v_p, kj, spec.block_k)
