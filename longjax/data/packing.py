@@ -294,8 +294,9 @@ def make_batches(data: DataConfig, *, split: str, seq_len: int, global_batch_siz
                       f"process count {process_count}")
   tokenizer = get_tokenizer(data)
   if landmarks is not None and landmarks[1] < tokenizer.vocab_size:
-    raise ConfigError(f"model.attention.landmark_id={landmarks[1]} is invalid: the tokenizer has {tokenizer.vocab_size} "
-                      f"ids; reserve one it never produces (>= {tokenizer.vocab_size}, < model.vocab_size)")
+    raise ConfigError(f"model.attention.landmark_id={landmarks[1]} is invalid: the tokenizer makes ids below "
+                      f"{tokenizer.vocab_size}; reserve one it never produces (>= {tokenizer.vocab_size}, "
+                      "< model.vocab_size)")
   documents = open_documents(data, split)
   if len(documents) < process_count:
     raise ConfigError(f"{split_key(data, split)}={split!r} is invalid: its {len(documents)} documents are fewer "

@@ -73,3 +73,16 @@ def test_config_errors_name_the_key(key, value, message):
   attention = AttentionConfig(type="landmark", landmark_id=LANDMARK).__dict__ | {key: value}
   with pytest.raises(ConfigError, match=f"^{message}"):
     ModelConfig(vocab_size=260, attention=AttentionConfig(**attention)).validate()
+
+
+def test_init_from_a_smaller_vocabulary_grows_the_embedding_with_its_mean():
+  """A landmark run adds a token to its source's vocabulary (train.init_from): the new row is the mean row."""
+  from longjax.train.init import merge_into
+  fresh = {"embed_tokens": {"embedding": np.zeros((5, 3), np.float32)}, "lm_head": np.zeros((3, 5), np.float32)}
+  source = {"embed_tokens": {"embedding": np.arange(12.0).reshape(4, 3)}, "lm_head": np.arange(12.0).reshape(3, 4)}
+  merged = merge_into(fresh, source, scan_layers=False, num_layers=1)
+  np.testing.assert_array_equal(merged["embed_tokens"]["embedding"][:4], source["embed_tokens"]["embedding"])
+  np.testing.assert_array_equal(merged["embed_tokens"]["embedding"][4], [4.5, 5.5, 6.5])
+  np.testing.assert_array_equal(merged["lm_head"][:, 4], [1.5, 5.5, 9.5])
+  with pytest.raises(ConfigError, match="lm_head has shape"):
+    merge_into(fresh, {"lm_head": np.zeros((2, 4))}, scan_layers=False, num_layers=1)
