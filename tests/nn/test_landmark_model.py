@@ -17,7 +17,7 @@ BLOCK, LANDMARK = 3, 259  # three ordinary tokens and a landmark; the byte token
 def _model(topk=16, kernel_block=512):
   attention = AttentionConfig(type="landmark", landmark_block=BLOCK, landmark_topk=topk, landmark_id=LANDMARK,
                               kernel_block=kernel_block)
-  config = ModelConfig(vocab_size=260, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+  config = ModelConfig(vocab_size=260, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
                        num_kv_heads=2, attention=attention)
   config.validate()
   return Llama(config), init_params(config, jax.random.key(0))

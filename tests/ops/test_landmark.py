@@ -145,12 +145,12 @@ def _full(q, k, v):
   return ops.landmark_attention(q_rot, k_rot, v, ops.is_landmark_position(positions, BLOCK))
 
 
-@pytest.mark.parametrize("topk", [5, 9])
-def test_retrieval_covering_every_block_is_full_landmark_attention(topk):
+def test_retrieval_covering_every_block_is_full_landmark_attention():
+  """k = 5: exactly the last query's five earlier blocks; earlier queries leave some of the k slots empty."""
   batch, length, heads, kv_heads, dim = 2, 22, 4, 2, 8
   q, k, v = _rand(0, (batch, length, heads, dim)), _rand(1, (batch, length, kv_heads, dim)), _rand(
       2, (batch, length, kv_heads, dim))
-  np.testing.assert_allclose(_decode(q, k, v, topk=topk, prefill=9), _full(q, k, v), atol=2e-5, rtol=1e-5)
+  np.testing.assert_allclose(_decode(q, k, v, topk=5, prefill=9), _full(q, k, v), atol=2e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("topk", [1, 2])
