@@ -83,13 +83,12 @@ def _grouped_chunk(q, k, v, q_index, is_landmark, segment_ids, causal: bool):
   outer_sum = jnp.sum(jnp.where(outer, jnp.exp(scores - outer_max), 0.0), axis=-1, keepdims=True)
   outer_lse = outer_max + jnp.log(jnp.where(outer_sum > 0, outer_sum, 1.0))
   # A softmax inside each earlier block, weighted by its landmark's share of the outer softmax.
-  groups = jnp.broadcast_to(block_id, (batch, k.shape[1]))
   inner_scores = jnp.where(inner, scores, -jnp.inf)
-  inner_max = jax.lax.stop_gradient(_per_key(jax.ops.segment_max, inner_scores, groups))
+  inner_max = jax.lax.stop_gradient(_per_key(jax.ops.segment_max, inner_scores, block_id))
   inner_max = jnp.where(jnp.isfinite(inner_max), inner_max, 0.0)
-  inner_sum = _per_key(jax.ops.segment_sum, jnp.where(inner, jnp.exp(scores - inner_max), 0.0), groups)
+  inner_sum = _per_key(jax.ops.segment_sum, jnp.where(inner, jnp.exp(scores - inner_max), 0.0), block_id)
   inner_lse = inner_max + jnp.log(jnp.where(inner_sum > 0, inner_sum, 1.0))
-  landmark_score = _per_key(jax.ops.segment_sum, jnp.where(landmark_in, scores, 0.0), groups)
+  landmark_score = _per_key(jax.ops.segment_sum, jnp.where(landmark_in, scores, 0.0), block_id)  # its block's
   log_weights = jnp.where(own, scores - outer_lse,
                           jnp.where(inner, landmark_score - outer_lse + scores - inner_lse, -jnp.inf))
   out = jnp.einsum("BKGTS,BSKE->BTKGE", jnp.exp(log_weights).astype(v.dtype), v,
