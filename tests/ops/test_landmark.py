@@ -29,8 +29,8 @@ def _inputs(heads=4, kv_heads=2, dim=8):
                                                                                                    kv_heads, dim))
 
 
-def reference(q, k, v, is_landmark, xp=np):
-  """The issue's definition, one query at a time (xp: numpy, or jax.numpy to differentiate)."""
+def reference(q, k, v, is_landmark):
+  """The issue's definition, one query at a time, in NumPy."""
   batch, length, heads, dim = q.shape
   group = heads // k.shape[2]
   rows = []
@@ -44,24 +44,24 @@ def reference(q, k, v, is_landmark, xp=np):
       landmarks = [j for j in range(t) if lm[j] and block[j] < block[t]]
       members = own + landmarks
       if not members:
-        outs.append(xp.zeros((heads, v.shape[-1]), xp.float32))
+        outs.append(np.zeros((heads, v.shape[-1]), np.float32))
         continue
-      scores = xp.einsum("HD,JHD->HJ", q[b, t], kh[np.asarray(members)]) / np.sqrt(dim)
-      probs = xp.exp(scores - xp.max(scores, axis=1, keepdims=True))
-      probs = probs / xp.sum(probs, axis=1, keepdims=True)
-      out = xp.einsum("HJ,JHD->HD", probs[:, :len(own)], vh[np.asarray(own, int)])
+      scores = np.einsum("HD,JHD->HJ", q[b, t], kh[np.asarray(members)]) / np.sqrt(dim)
+      probs = np.exp(scores - np.max(scores, axis=1, keepdims=True))
+      probs = probs / np.sum(probs, axis=1, keepdims=True)
+      out = np.einsum("HJ,JHD->HD", probs[:, :len(own)], vh[np.asarray(own, int)])
       for i, landmark in enumerate(landmarks):
         tokens = [j for j in range(landmark) if block[j] == block[landmark] and not lm[j]]
         if not tokens:  # a landmark that closes an empty block: its weight goes nowhere
           continue
         tokens = np.asarray(tokens)
-        inner = xp.einsum("HD,JHD->HJ", q[b, t], kh[tokens]) / np.sqrt(dim)
-        inner = xp.exp(inner - xp.max(inner, axis=1, keepdims=True))
-        inner = inner / xp.sum(inner, axis=1, keepdims=True)
-        out = out + probs[:, len(own) + i, None] * xp.einsum("HJ,JHD->HD", inner, vh[tokens])
+        inner = np.einsum("HD,JHD->HJ", q[b, t], kh[tokens]) / np.sqrt(dim)
+        inner = np.exp(inner - np.max(inner, axis=1, keepdims=True))
+        inner = inner / np.sum(inner, axis=1, keepdims=True)
+        out = out + probs[:, len(own) + i, None] * np.einsum("HJ,JHD->HD", inner, vh[tokens])
       outs.append(out)
-    rows.append(xp.stack(outs))
-  return xp.stack(rows)
+    rows.append(np.stack(outs))
+  return np.stack(rows)
 
 
 @pytest.mark.parametrize("query_block", [None, 5])
@@ -71,11 +71,39 @@ def test_matches_the_grouped_softmax_loop(query_block):
   np.testing.assert_allclose(out, reference(*map(np.asarray, (q, k, v)), LAYOUTS), atol=2e-5, rtol=1e-5)
 
 
-def test_gradients_match_the_loop():
+def masked_reference(q, k, v, is_landmark):
+  """The same definition as masked softmaxes in jax.numpy (one per block), to differentiate; masks from loops."""
+  batch, length, heads, dim = q.shape
+  kh, vh = (jnp.repeat(x, heads // k.shape[2], axis=2) for x in (k, v))
+  scores = jnp.einsum("BTHD,BSHD->BHTS", q, kh) / np.sqrt(dim)
+  blocks = [np.cumsum(row) - row for row in is_landmark.astype(int)]
+  own = np.zeros((batch, 1, length, length), bool)
+  landmark_of = np.zeros((length,) + own.shape, bool)  # [g]: query t sees the landmark of an earlier block g
+  members = np.zeros_like(landmark_of)  # [g]: query t sees the ordinary keys of an earlier block g
+  for b in range(batch):
+    for t in range(length):
+      for j in range(length):
+        g = blocks[b][j]
+        own[b, 0, t, j] = g == blocks[b][t] and not is_landmark[b, j] and j <= t
+        landmark_of[g, b, 0, t, j] = g < blocks[b][t] and is_landmark[b, j]
+        members[g, b, 0, t, j] = g < blocks[b][t] and not is_landmark[b, j]
+  probs = jax.nn.softmax(jnp.where(own | landmark_of.any(axis=0), scores, -jnp.inf), axis=-1)
+  out = jnp.einsum("BHTS,BSHD->BTHD", jnp.where(own, probs, 0.0), vh)
+  for g in range(length):
+    gate = jnp.sum(jnp.where(landmark_of[g], probs, 0.0), axis=-1, keepdims=True)
+    inner = jnp.where(members[g], jax.nn.softmax(jnp.where(members[g], scores, -jnp.inf), axis=-1), 0.0)
+    out += jnp.einsum("BHTS,BSHD->BTHD", gate * inner, vh)
+  return out
+
+
+def test_gradients_match_the_masked_definition():
   q, k, v = _inputs()
   weights = _rand(3, q.shape)
-  ours = jax.grad(lambda *x: jnp.sum(landmark_attention(*x, LAYOUTS, query_block=5) * weights), (0, 1, 2))
-  theirs = jax.jit(jax.grad(lambda *x: jnp.sum(reference(*x, LAYOUTS, xp=jnp) * weights), (0, 1, 2)))
+  np.testing.assert_allclose(masked_reference(q, k, v, LAYOUTS), reference(*map(np.asarray, (q, k, v)), LAYOUTS),
+                             atol=2e-5, rtol=1e-5)
+  ours = jax.jit(jax.grad(lambda *x: jnp.sum(ops.landmark_attention(*x, LAYOUTS, query_block=5) * weights),
+                          (0, 1, 2)))
+  theirs = jax.jit(jax.grad(lambda *x: jnp.sum(masked_reference(*x, LAYOUTS) * weights), (0, 1, 2)))
   for ours_grad, theirs_grad in zip(ours(q, k, v), theirs(q, k, v)):
     np.testing.assert_allclose(ours_grad, theirs_grad, atol=5e-5, rtol=1e-4)
 
