@@ -29,7 +29,7 @@ def _inputs(heads=4, kv_heads=2, dim=8):
                                                                                                    kv_heads, dim))
 
 
-def reference(q, k, v, is_landmark):
+def reference(q, k, v, is_landmark, causal=True):
   """The issue's definition, one query at a time, in NumPy."""
   batch, length, heads, dim = q.shape
   group = heads // k.shape[2]
@@ -40,7 +40,7 @@ def reference(q, k, v, is_landmark):
     kh, vh = k[b][:, np.arange(heads) // group], v[b][:, np.arange(heads) // group]  # [T, H, D]
     outs = []
     for t in range(length):
-      own = [j for j in range(t + 1) if block[j] == block[t] and not lm[j]]
+      own = [j for j in range(t + 1 if causal else length) if block[j] == block[t] and not lm[j]]
       landmarks = [j for j in range(t) if lm[j] and block[j] < block[t]]
       members = own + landmarks
       if not members:
@@ -64,11 +64,11 @@ def reference(q, k, v, is_landmark):
   return np.stack(rows)
 
 
-@pytest.mark.parametrize("query_block", [None, 5])
-def test_matches_the_grouped_softmax_loop(query_block):
+@pytest.mark.parametrize("query_block,causal", [(None, True), (5, True), (5, False)])
+def test_matches_the_grouped_softmax_loop(query_block, causal):
   q, k, v = _inputs()
-  out = landmark_attention(q, k, v, LAYOUTS, query_block=query_block)
-  np.testing.assert_allclose(out, reference(*map(np.asarray, (q, k, v)), LAYOUTS), atol=2e-5, rtol=1e-5)
+  out = landmark_attention(q, k, v, LAYOUTS, query_block=query_block, causal=causal)
+  np.testing.assert_allclose(out, reference(*map(np.asarray, (q, k, v)), LAYOUTS, causal), atol=2e-5, rtol=1e-5)
 
 
 def masked_reference(q, k, v, is_landmark):
