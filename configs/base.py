@@ -60,7 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.rope = rope_config()
 
   attention = model.attention = ml_collections.ConfigDict()
-  attention.type = "full"  # full | s2 | sliding | infini
+  attention.type = "full"  # full | s2 | sliding | infini | landmark
   attention.impl = "auto"  # auto | xla | cudnn | pallas | blockwise | naive
   attention.kernel_block = 512  # tile of the blockwise and KV-cache kernels: query and key block length
   attention.window = config_dict.placeholder(int)  # sliding: keys with i - window < j <= i
@@ -74,6 +74,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # implicitly) | all_gather (gather K/V, local queries) | ring (K/V blocks passed around the ring).
   attention.context_parallel = "none"
   attention.load_balance = True  # with context_parallel: each shard holds a chunk from the front and one from the back
+  attention.landmark_block = 63  # landmark: ordinary tokens a block; packing and generate add a landmark after each
+  attention.landmark_topk = 4  # landmark: blocks each head retrieves at inference (the paper's k = 4)
+  # landmark: the reserved token id of the landmark token, one the tokenizer never produces (and < vocab_size)
+  attention.landmark_id = config_dict.placeholder(int)
 
   mega = model.megalodon = ml_collections.ConfigDict()  # block=megalodon only (longjax/nn/megalodon.py)
   mega.z_dim = 256  # shared query/key projection width, split over model.num_heads

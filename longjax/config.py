@@ -24,7 +24,7 @@ ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "dynamic_yarn", "ll
 # Each is a registry's keys (tests/nn/test_registries.py keeps them equal): longjax.nn.BLOCKS and
 # longjax.nn.ATTENTION_TYPES own the modules, their state and the checks below that are theirs.
 BLOCK_TYPES = ("llama", "megalodon")
-ATTENTION_TYPES = ("full", "s2", "sliding", "infini")
+ATTENTION_TYPES = ("full", "s2", "sliding", "infini", "landmark")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "blockwise", "naive")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -146,6 +146,9 @@ class AttentionConfig:
   cross_documents: bool = True
   context_parallel: str = "none"
   load_balance: bool = True
+  landmark_block: int = 63
+  landmark_topk: int = 4
+  landmark_id: int | None = None
 
   def validate(self, key: str = "model.attention") -> None:
     _choice(f"{key}.type", self.type, ATTENTION_TYPES)
@@ -160,9 +163,14 @@ class AttentionConfig:
     _require(0 < self.group_size_ratio <= 1, f"{key}.group_size_ratio", self.group_size_ratio, "must be in (0, 1]")
     _positive(f"{key}.segment_len", self.segment_len)
     _choice(f"{key}.update", self.update, INFINI_UPDATES)
-    _require(self.cross_documents or self.type in ("full", "sliding"), f"{key}.cross_documents",
-             self.cross_documents, f"False (documents masked from each other) needs type full or sliding, "
-             f"not {self.type}")
+    _require(self.cross_documents or self.type in ("full", "sliding", "landmark"), f"{key}.cross_documents",
+             self.cross_documents, f"False (documents masked from each other) needs type full, sliding or "
+             f"landmark, not {self.type}")
+    _positive(f"{key}.landmark_block", self.landmark_block)
+    _positive(f"{key}.landmark_topk", self.landmark_topk)
+    if self.type == "landmark":
+      _require(isinstance(self.landmark_id, int) and self.landmark_id >= 0, f"{key}.landmark_id", self.landmark_id,
+               "type=landmark needs the reserved token id of the landmark (>= 0)")
     _choice(f"{key}.context_parallel", self.context_parallel, CONTEXT_PARALLEL)
     _require(self.context_parallel == "none" or self.type in SEQUENCE_PARALLEL_TYPES, f"{key}.type", self.type,
              f"context_parallel={self.context_parallel} needs a type that runs sequence-parallel: "
@@ -265,6 +273,10 @@ class ModelConfig:
     _choice(f"{key}.remat_policy", self.remat_policy, REMAT_POLICIES)
     self.rope.validate(self.resolved_head_dim, f"{key}.rope")
     self.attention.validate(f"{key}.attention")
+    if self.attention.type == "landmark":
+      landmark_id = self.attention.landmark_id
+      _require(landmark_id < self.vocab_size, f"{key}.attention.landmark_id", landmark_id,
+               f"must be < model.vocab_size={self.vocab_size} (reserve a row of the embedding for it)")
     self.lora.validate(f"{key}.lora")
     if self.block == "megalodon":
       self.megalodon.validate(self.hidden_size, self.num_heads, f"{key}.megalodon")

@@ -10,6 +10,8 @@ whole-sequence call: training, evaluation) or its cache (inference), and returns
             with positions inside the cache (`ops.SinkCache`), constant memory.
   infini    Infini-attention with its per-head gate; cache: the compressive memory plus the open
             segment (`ops.InfiniCache`), so streaming equals one long call.
+  landmark  landmark attention (longjax.nn.landmark); cache: every block with its landmark key
+            (`ops.LandmarkCache`), each head retrieving its top-k blocks per step.
 
 With `attention.context_parallel` and a mesh whose sequence axis is > 1, the whole-sequence calls of
 the types marked `sequence_parallel` (full, sliding) run `ops.context_parallel_attention` over that
@@ -33,6 +35,7 @@ import jax.numpy as jnp
 from longjax import ops, positional, sharding
 from longjax.config import AttentionConfig, RopeConfig
 from longjax.ops import context_parallel
+from longjax.nn.landmark import landmark_apply, landmark_init_state
 
 
 class AttentionInputs(NamedTuple):
@@ -167,9 +170,16 @@ def _init_infini(cfg, batch, max_length, kv_heads, head_dim, dtype):
   return ops.init_infini_cache(batch, kv_heads, head_dim, head_dim, segment_len=cfg.segment_len, dtype=dtype)
 
 
+def _landmark(module, cfg, rope, x: AttentionInputs, state, train):
+  del module, train
+  freqs = _frequencies(rope, x.q.shape[-1], x.seq_len)
+  return landmark_apply(cfg, x.q, x.k, x.v, x.positions, x.segment_ids, freqs, state, _valid(x))
+
+
 ATTENTION_TYPES: dict[str, AttentionType] = {
     "full": AttentionType(_full, _init_kv, sequence_parallel=True),
     "s2": AttentionType(_s2, _init_kv),
     "sliding": AttentionType(_sliding, _init_sinks, sequence_parallel=True),
     "infini": AttentionType(_infini, _init_infini),
+    "landmark": AttentionType(_landmark, landmark_init_state),
 }
