@@ -7,6 +7,8 @@ from longjax.ops.cached import KVCache, cached_attention, init_kv_cache, write_h
 from longjax.ops.infini import InfiniCache, InfiniState, infini_attention, infini_cache_attention, init_infini_cache
 from longjax.ops.loss import cross_entropy
 from longjax.ops.reference import attention_mask, naive_attention
+from longjax.ops.remap import (Remap, dca_attention, dca_remap, logn_scale, remap_attention, rerope_attention,
+                               rerope_remap, self_extend_attention, self_extend_remap)
 from longjax.ops.s2 import s2_attention
 from longjax.ops.sink_cache import SinkCache, init_sink_cache, sink_cache_attention
 from longjax.ops.timestep_norm import TimestepNormState, init_timestep_norm_state, timestep_norm
@@ -16,3 +18,5 @@ __all__ = ["IMPLS", "InfiniCache", "InfiniState", "KVCache", "SinkCache", "atten
            "infini_cache_attention", "init_infini_cache", "init_kv_cache", "init_sink_cache", "naive_attention",
            "s2_attention", "sink_cache_attention", "TimestepNormState", "init_timestep_norm_state",
            "timestep_norm", "write_heads", "write_rows"]
+__all__ += ["Remap", "dca_attention", "dca_remap", "logn_scale", "remap_attention", "rerope_attention", "rerope_remap",
+            "self_extend_attention", "self_extend_remap"]
