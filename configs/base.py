@@ -60,16 +60,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.rope = rope_config()
 
   attention = model.attention = ml_collections.ConfigDict()
-  attention.type = "full"  # full | s2 | sliding | infini
+  attention.type = "full"  # full | s2 | sliding | infini | self_extend | dca | rerope
   attention.impl = "auto"  # auto | xla | cudnn | pallas | blockwise | naive
   attention.kernel_block = 512  # tile of the blockwise and KV-cache kernels: query and key block length
-  attention.window = config_dict.placeholder(int)  # sliding: keys with i - window < j <= i
+  # sliding: keys with i - window < j <= i; self_extend, rerope: neighbours i - j < window keep true positions
+  attention.window = config_dict.placeholder(int)
   attention.sinks = 0  # sliding: also keep the first `sinks` keys (StreamingLLM)
   attention.group_size_ratio = 0.25  # s2: group size = ratio * sequence length (LongLoRA)
   attention.s2_at_eval = False  # s2: LongLoRA trains sparse and evaluates full attention
   attention.segment_len = 256  # infini: tokens per segment
   attention.update = "linear"  # infini: linear | delta
   attention.cross_documents = True  # False: packed documents do not attend to each other
+  attention.group_size = 8  # self_extend: beyond the window, query i // G + window - window // G, key j // G
+  attention.chunk_size = 0  # dca: chunk_size c <= pre-trained length; chunks of c - local_window tokens
+  attention.local_window = 0  # dca: the successive-chunk window w (chunk length c - w)
+  # log-n scaling, any type and rope: queries scaled by max(1, log(position + 1) / log(logn_length)); 0 is off
+  attention.logn_length = 0
 
   mega = model.megalodon = ml_collections.ConfigDict()  # block=megalodon only (longjax/nn/megalodon.py)
   mega.z_dim = 256  # shared query/key projection width, split over model.num_heads

@@ -24,7 +24,7 @@ ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "dynamic_yarn", "ll
 # Each is a registry's keys (tests/nn/test_registries.py keeps them equal): longjax.nn.BLOCKS and
 # longjax.nn.ATTENTION_TYPES own the modules, their state and the checks below that are theirs.
 BLOCK_TYPES = ("llama", "megalodon")
-ATTENTION_TYPES = ("full", "s2", "sliding", "infini")
+ATTENTION_TYPES = ("full", "s2", "sliding", "infini", "self_extend", "dca", "rerope")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "blockwise", "naive")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -140,6 +140,10 @@ class AttentionConfig:
   segment_len: int = 256
   update: str = "linear"
   cross_documents: bool = True
+  group_size: int = 8
+  chunk_size: int = 0
+  local_window: int = 0
+  logn_length: int = 0
 
   def validate(self, key: str = "model.attention") -> None:
     _choice(f"{key}.type", self.type, ATTENTION_TYPES)
@@ -149,8 +153,20 @@ class AttentionConfig:
     if self.type == "sliding":
       _require(self.window is not None and self.window > 0, f"{key}.window", self.window,
                "type=sliding needs a positive window")
+    if self.type in ("self_extend", "rerope"):
+      _require(self.window is not None and self.window > 0, f"{key}.window", self.window,
+               f"type={self.type} needs a positive window (the neighbour window, in tokens)")
     if self.window is not None:
       _positive(f"{key}.window", self.window)
+    _require(isinstance(self.group_size, int) and self.group_size >= 1, f"{key}.group_size", self.group_size,
+             "must be an integer >= 1")
+    if self.type == "dca":
+      _require(isinstance(self.chunk_size, int) and self.chunk_size > 0, f"{key}.chunk_size", self.chunk_size,
+               "type=dca needs a positive chunk_size (at most the pre-trained length)")
+      _require(isinstance(self.local_window, int) and 0 <= self.local_window < self.chunk_size,
+               f"{key}.local_window", self.local_window, f"must be in [0, chunk_size={self.chunk_size})")
+    _require(isinstance(self.logn_length, int) and self.logn_length >= 0 and self.logn_length != 1,
+             f"{key}.logn_length", self.logn_length, "must be 0 (off) or the pre-trained length >= 2")
     _require(0 < self.group_size_ratio <= 1, f"{key}.group_size_ratio", self.group_size_ratio, "must be in (0, 1]")
     _positive(f"{key}.segment_len", self.segment_len)
     _choice(f"{key}.update", self.update, INFINI_UPDATES)

@@ -10,6 +10,8 @@ whole-sequence call: training, evaluation) or its cache (inference), and returns
             with positions inside the cache (`ops.SinkCache`), constant memory.
   infini    Infini-attention with its per-head gate; cache: the compressive memory plus the open
             segment (`ops.InfiniCache`), so streaming equals one long call.
+  self_extend, dca, rerope
+            training-free position remapping (`nn.remap`); cache: the full K/V cache, keys before RoPE.
 
 In a cached call, `segment_ids` mark real tokens (non-zero; padding is 0, as in packed batches):
 padding is neither cached nor counted, and each row's real tokens come first. Keys are cached
@@ -144,9 +146,15 @@ def _init_infini(cfg, batch, max_length, kv_heads, head_dim, dtype):
   return ops.init_infini_cache(batch, kv_heads, head_dim, head_dim, segment_len=cfg.segment_len, dtype=dtype)
 
 
+# nn.remap reads the helpers above (frequencies, valid tokens), so it is imported after them.
+from longjax.nn.remap import remap_apply  # noqa: E402  pylint: disable=wrong-import-position
+
 ATTENTION_TYPES: dict[str, AttentionType] = {
     "full": AttentionType(_full, _init_kv),
     "s2": AttentionType(_s2, _init_kv),
     "sliding": AttentionType(_sliding, _init_sinks),
     "infini": AttentionType(_infini, _init_infini),
+    "self_extend": AttentionType(remap_apply, _init_kv),
+    "dca": AttentionType(remap_apply, _init_kv),
+    "rerope": AttentionType(remap_apply, _init_kv),
 }
