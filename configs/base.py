@@ -121,6 +121,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.retrieval_digits = 5  # passkey: digits of the key
   data.retrieval_pairs = 8  # kv_recall: two-letter keys with two-digit values, an episode
   data.retrieval_queries = 4  # kv_recall: keys asked back, an episode (episodes repeat to fill the document)
+  # PoSE (Zhu et al. 2023): train rows get positions up to this target length, in pose_chunks chunks with
+  # uniformly sampled skips between them (train split only); 0 disables. Must exceed train.seq_len.
+  data.pose_target_length = 0
+  data.pose_chunks = 2  # PoSE: chunks a row (the paper's N; its code uses 2)
 
   # ---- training (longjax/train/) ----
   train = config.train = ml_collections.ConfigDict()

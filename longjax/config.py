@@ -299,6 +299,8 @@ class DataConfig:
   retrieval_digits: int = 5
   retrieval_pairs: int = 8
   retrieval_queries: int = 4
+  pose_target_length: int = 0
+  pose_chunks: int = 2
 
   def validate(self, key: str = "data") -> None:
     _choice(f"{key}.source", self.source, ("textdir", "tfds"))
@@ -322,6 +324,10 @@ class DataConfig:
     _require(isinstance(self.retrieval_queries, int) and 1 <= self.retrieval_queries <= self.retrieval_pairs,
              f"{key}.retrieval_queries", self.retrieval_queries,
              f"must be an integer in [1, retrieval_pairs={self.retrieval_pairs}]")
+    _require(isinstance(self.pose_target_length, int) and self.pose_target_length >= 0, f"{key}.pose_target_length",
+             self.pose_target_length, "must be 0 (off) or the target context length > train.seq_len")
+    _require(isinstance(self.pose_chunks, int) and self.pose_chunks >= 2, f"{key}.pose_chunks", self.pose_chunks,
+             "must be an integer >= 2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,6 +426,12 @@ class Config:
       _require(group == int(group) and int(group) % 2 == 0 and self.train.seq_len % int(group) == 0,
                "model.attention.group_size_ratio", self.model.attention.group_size_ratio,
                f"group_size_ratio * train.seq_len={self.train.seq_len} must be an even divisor of seq_len")
+
+    if self.data.pose_target_length:
+      _require(self.data.pose_target_length > self.train.seq_len and self.data.pose_chunks <= self.train.seq_len,
+               "data.pose_target_length", self.data.pose_target_length,
+               f"must exceed train.seq_len={self.train.seq_len}, with data.pose_chunks={self.data.pose_chunks} "
+               "at most seq_len")
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)

@@ -24,10 +24,12 @@ def model_inputs(model_config: ModelConfig, batch: dict) -> dict:
 
   With `attention.cross_documents` the packed row is one long sequence (positions
   0..T-1); otherwise documents are masked from each other and positions restart.
+  PoSE batches (data.pose_target_length) carry `pose_positions`, the row's skipped position ids, used instead.
   """
+  pose = {"positions": batch["pose_positions"]} if "pose_positions" in batch else {}
   if model_config.attention.cross_documents:
-    return {}
-  return {"positions": batch["positions"], "segment_ids": batch["segment_ids"]}
+    return pose
+  return {"positions": batch["positions"], "segment_ids": batch["segment_ids"], **pose}
 
 
 def loss_fn(params, model: nn.Module, batch: dict, train: bool):
