@@ -147,7 +147,7 @@ def _init_infini(cfg, batch, max_length, kv_heads, head_dim, dtype):
 
 
 # nn.remap reads the helpers above (frequencies, valid tokens), so it is imported after them.
-from longjax.nn.remap import remap_apply  # noqa: E402  pylint: disable=wrong-import-position
+from longjax.nn.remap import remap_apply  # pylint: disable=wrong-import-position
 
 ATTENTION_TYPES: dict[str, AttentionType] = {
     "full": AttentionType(_full, _init_kv),

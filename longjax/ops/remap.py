@@ -22,7 +22,8 @@ memory is linear in length; `block_size=None` reads all keys as one block (the d
 Query heads are grouped over key/value heads by reshaping, never by repeating K and V.
 """
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -2,9 +2,9 @@
 
 import numpy as np
 import pytest
+from test_decode import PRETRAINED, ROPES, decode_errors, model_and_params, tokens_for
 
 from longjax.config import AttentionConfig, RopeConfig
-from test_decode import PRETRAINED, ROPES, decode_errors, model_and_params, tokens_for
 
 # Windows and chunks well below the 26 tokens decoded, so every pass and region is read.
 METHODS = {
