@@ -62,7 +62,7 @@ def _demo_config(arg: str) -> Config:
   return from_config_dict(load_file(f"{DEMO_CONFIG}:{arg}"))
 
 
-def _training_free_methods(pretrain_length: int, factor: float) -> dict[str, tuple[RopeConfig, AttentionConfig]]:
+def training_free_methods(pretrain_length: int, factor: float) -> dict[str, tuple[RopeConfig, AttentionConfig]]:
   """Name -> (rope, attention) of each training-free method: RoPE scaling, then position remapping in attention."""
   common = dict(original_max_position_embeddings=pretrain_length)
   plain = AttentionConfig()
@@ -257,7 +257,7 @@ def run_demo(out: str, settings: DemoSettings = DemoSettings()) -> dict:
 
   print(f"[2/4] training-free extension at {', '.join(f'{f}x' for f in settings.factors)}", flush=True)
   training_free = {}
-  for name, (rope, attention) in _training_free_methods(pretrain_length, float(max(settings.factors))).items():
+  for name, (rope, attention) in training_free_methods(pretrain_length, float(max(settings.factors))).items():
     t0 = time.time()
     attention = dataclasses.replace(attention, impl=base_config.model.attention.impl,
                                     kernel_block=base_config.model.attention.kernel_block)
