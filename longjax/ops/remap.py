@@ -10,7 +10,8 @@ pre-training by giving each (query, key) pair positions from one of a few maps (
   s = chunk_size - local_window, c = chunk_size:
     pass 0 (same chunk):                 query i mod s, key j mod s;
     pass 1 (previous chunk):             query min(s + i mod s, c - 1), key j mod s;
-    pass 2 (earlier chunks):             query c - 1, key j mod s.
+    pass 2 (earlier chunks):             query c - 1, key j mod s
+    (the paper's maps; ChunkLlama's code caps the query at c instead, with c = 3/4 of the pre-trained length).
   ReRoPE (Su 2023, bojone/rerope):
     pass 0 (i - j < window):             true positions i, j;
     pass 1 (beyond):                     query `window`, key 0 (the relative position clipped at window).
