@@ -104,10 +104,10 @@ def test_forward_and_gradients_match_reference(name, block_size, freqs):
   def theirs(q, k, v):
     return reference(q, k, v, positions, freqs, pair)
 
-  np.testing.assert_allclose(ours(q, k, v), theirs(q, k, v), atol=2e-5)
+  np.testing.assert_allclose(jax.jit(ours)(q, k, v), jax.jit(theirs)(q, k, v), atol=2e-5)
   weights = jax.random.normal(jax.random.key(9), (B, T, H, D))
-  grads = jax.grad(lambda *a: jnp.sum(ours(*a) * weights), argnums=(0, 1, 2))(q, k, v)
-  want = jax.grad(lambda *a: jnp.sum(theirs(*a) * weights), argnums=(0, 1, 2))(q, k, v)
+  grads = jax.jit(jax.grad(lambda *a: jnp.sum(ours(*a) * weights), argnums=(0, 1, 2)))(q, k, v)
+  want = jax.jit(jax.grad(lambda *a: jnp.sum(theirs(*a) * weights), argnums=(0, 1, 2)))(q, k, v)
   for got, expected in zip(grads, want):
     np.testing.assert_allclose(got, expected, atol=5e-5)
 
