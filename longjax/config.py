@@ -24,7 +24,7 @@ ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "dynamic_yarn", "ll
 # Each is a registry's keys (tests/nn/test_registries.py keeps them equal): longjax.nn.BLOCKS and
 # longjax.nn.ATTENTION_TYPES own the modules, their state and the checks below that are theirs.
 BLOCK_TYPES = ("llama", "megalodon")
-ATTENTION_TYPES = ("full", "s2", "sliding", "infini", "landmark")
+ATTENTION_TYPES = ("full", "s2", "sliding", "infini", "landmark", "self_extend", "dca", "rerope")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "blockwise", "naive")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -149,6 +149,10 @@ class AttentionConfig:
   landmark_block: int = 63
   landmark_topk: int = 4
   landmark_id: int | None = None
+  group_size: int = 8
+  chunk_size: int = 0
+  local_window: int = 0
+  logn_length: int = 0
 
   def validate(self, key: str = "model.attention") -> None:
     _choice(f"{key}.type", self.type, ATTENTION_TYPES)
@@ -158,8 +162,20 @@ class AttentionConfig:
     if self.type == "sliding":
       _require(self.window is not None and self.window > 0, f"{key}.window", self.window,
                "type=sliding needs a positive window")
+    if self.type in ("self_extend", "rerope"):
+      _require(self.window is not None and self.window > 0, f"{key}.window", self.window,
+               f"type={self.type} needs a positive window (the neighbour window, in tokens)")
     if self.window is not None:
       _positive(f"{key}.window", self.window)
+    _require(isinstance(self.group_size, int) and self.group_size >= 1, f"{key}.group_size", self.group_size,
+             "must be an integer >= 1")
+    if self.type == "dca":
+      _require(isinstance(self.chunk_size, int) and self.chunk_size > 0, f"{key}.chunk_size", self.chunk_size,
+               "type=dca needs a positive chunk_size (at most the pre-trained length)")
+      _require(isinstance(self.local_window, int) and 0 <= self.local_window < self.chunk_size,
+               f"{key}.local_window", self.local_window, f"must be in [0, chunk_size={self.chunk_size})")
+    _require(isinstance(self.logn_length, int) and self.logn_length >= 0 and self.logn_length != 1,
+             f"{key}.logn_length", self.logn_length, "must be 0 (off) or the pre-trained length >= 2")
     _require(0 < self.group_size_ratio <= 1, f"{key}.group_size_ratio", self.group_size_ratio, "must be in (0, 1]")
     _positive(f"{key}.segment_len", self.segment_len)
     _choice(f"{key}.update", self.update, INFINI_UPDATES)
@@ -309,6 +325,8 @@ class DataConfig:
   retrieval_digits: int = 5
   retrieval_pairs: int = 8
   retrieval_queries: int = 4
+  pose_target_length: int = 0
+  pose_chunks: int = 2
 
   def validate(self, key: str = "data") -> None:
     _choice(f"{key}.source", self.source, ("textdir", "tfds"))
@@ -332,6 +350,10 @@ class DataConfig:
     _require(isinstance(self.retrieval_queries, int) and 1 <= self.retrieval_queries <= self.retrieval_pairs,
              f"{key}.retrieval_queries", self.retrieval_queries,
              f"must be an integer in [1, retrieval_pairs={self.retrieval_pairs}]")
+    _require(isinstance(self.pose_target_length, int) and self.pose_target_length >= 0, f"{key}.pose_target_length",
+             self.pose_target_length, "must be 0 (off) or the target context length > train.seq_len")
+    _require(isinstance(self.pose_chunks, int) and self.pose_chunks >= 2, f"{key}.pose_chunks", self.pose_chunks,
+             "must be an integer >= 2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,6 +476,11 @@ class Config:
       _require(group == int(group) and int(group) % 2 == 0 and self.train.seq_len % int(group) == 0,
                "model.attention.group_size_ratio", self.model.attention.group_size_ratio,
                f"group_size_ratio * train.seq_len={self.train.seq_len} must be an even divisor of seq_len")
+    if self.data.pose_target_length:
+      _require(self.data.pose_target_length > self.train.seq_len and self.data.pose_chunks <= self.train.seq_len,
+               "data.pose_target_length", self.data.pose_target_length,
+               f"must exceed train.seq_len={self.train.seq_len}, with data.pose_chunks={self.data.pose_chunks} "
+               "at most seq_len")
 
   def _validate_mesh_fit(self) -> None:
     """The mesh axes given explicitly (not -1) must divide what they shard."""

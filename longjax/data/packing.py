@@ -27,6 +27,10 @@ landmarks and a landmark sits where position % (landmark_block + 1) == landmark_
 before a landmark to predict it, a deterministic token that generation inserts anyway; the landmark itself keeps
 its target, the next ordinary token, which is what generation samples from after inserting it.
 
+With `pose_target_length` > 0 (PoSE, see pose.py), batches also carry `pose_positions`: each row, as one
+sequence, cut into `pose_chunks` chunks with skipped position ids between them, seeded by (seed, process,
+the row's stream position), so they need no state.
+
 The state is the stream position of the packer's next row (epoch, document, offset) and, for the buffer,
 the position at which it was filled, its number and how many of its rows were emitted: a restore refills
 it from that position (the rows themselves, up to 256 x 128K tokens, are never saved).
@@ -41,11 +45,12 @@ import numpy as np
 
 from longjax.config import ConfigError, DataConfig
 from longjax.data import synthetic
+from longjax.data.pose import pose_positions
 from longjax.data.sources import open_documents, split_key
 from longjax.data.tokenizer import Tokenizer, get_tokenizer
 
 # Tags that keep the seeded random streams apart (the epoch's document order is seeded by (seed, epoch)).
-_SHUFFLE_STREAM, _RETRIEVAL_STREAM = 1, 2
+_SHUFFLE_STREAM, _RETRIEVAL_STREAM, _POSE_STREAM = 1, 2, 3
 _BUFFER_KEYS = ("buffer_epoch", "buffer_document", "buffer_offset", "buffer_block", "buffer_taken")
 
 
@@ -73,13 +78,14 @@ class PackedBatches:
   and iteration stops. `shuffle_buffer` rows are shuffled together (0: rows in stream order);
   `retrieval(rng, n_chars) -> text` replaces a document with probability `retrieval_rate`; `landmarks`
   (landmark_block, landmark_id) inserts landmark tokens (see the module docstring).
+  `pose_target_length` > 0 adds pose_positions: int32 PoSE ids of the row (below that length).
   """
 
   def __init__(self, documents: Sequence[str], tokenizer: Tokenizer, *, seq_len: int, batch_size: int, seed: int,
                shuffle: bool = True, add_bos: bool = True, add_eos: bool = True, process_index: int = 0,
                process_count: int = 1, num_epochs: int | None = None, shuffle_buffer: int = 0,
                retrieval: Callable[[np.random.Generator, int], str] | None = None, retrieval_rate: float = 0.0,
-               landmarks: tuple[int, int] | None = None):
+               landmarks: tuple[int, int] | None = None, pose_target_length: int = 0, pose_chunks: int = 2):
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
     if len(documents) < process_count:
@@ -88,6 +94,9 @@ class PackedBatches:
       raise ValueError(f"seq_len={seq_len} and batch_size={batch_size} must be >= 1")
     if shuffle_buffer < 0 or not 0 <= retrieval_rate <= 1:
       raise ValueError(f"shuffle_buffer={shuffle_buffer} must be >= 0 and retrieval_rate={retrieval_rate} in [0, 1]")
+    if pose_target_length and not (pose_target_length > seq_len and 2 <= pose_chunks <= seq_len):
+      raise ValueError(f"pose_target_length={pose_target_length} must exceed seq_len={seq_len} and pose_chunks="
+                       f"{pose_chunks} be in [2, seq_len]")
     self.documents = documents
     self.tokenizer = tokenizer
     self.seq_len = seq_len
@@ -103,6 +112,8 @@ class PackedBatches:
     self.retrieval = retrieval if retrieval_rate > 0 else None
     self.retrieval_rate = retrieval_rate
     self.landmarks = landmarks
+    self.pose_target_length = pose_target_length
+    self.pose_chunks = pose_chunks
     self._position = (0, 0, 0)  # (epoch, document place in this process's share, token offset)
     self._share_cache: tuple[int, np.ndarray] | None = None
     self._token_cache: dict[tuple[int, int], np.ndarray] = {}
@@ -257,18 +268,25 @@ class PackedBatches:
     segments = np.zeros(shape, np.int32)
     positions = np.zeros(shape, np.int32)
     next_row = self._buffered_row if self.shuffle_buffer else self._row
+    # PoSE draws are seeded by the state the batch starts from, so a resumed run draws the same ones.
+    pose_seed = (self.seed, _POSE_STREAM, self.process_index, *self.get_state().values())
     rows = 0
     while rows < self.batch_size and next_row(tokens[rows], segments[rows], positions[rows]):
       rows += 1
     if rows == 0:
       raise StopIteration
-    return {
+    batch = {
         "inputs": np.ascontiguousarray(tokens[:, :-1]),
         "targets": np.ascontiguousarray(tokens[:, 1:]),
         "segment_ids": np.ascontiguousarray(segments[:, :-1]),
         "positions": np.ascontiguousarray(positions[:, :-1]),
         "loss_mask": self._loss_mask(tokens[:, 1:], segments[:, 1:]),
     }
+    if self.pose_target_length:
+      rng = np.random.default_rng(pose_seed)
+      batch["pose_positions"] = np.stack([pose_positions(rng, self.seq_len, self.pose_target_length, self.pose_chunks)
+                                          for _ in range(self.batch_size)])
+    return batch
 
 
   def _loss_mask(self, targets: np.ndarray, segments: np.ndarray) -> np.ndarray:
@@ -285,7 +303,8 @@ def make_batches(data: DataConfig, *, split: str, seq_len: int, global_batch_siz
 
   `landmarks` (landmark_block, landmark_id) inserts landmark tokens; the id must be one the tokenizer never makes.
 
-  Retrieval documents (data.retrieval_rate) are mixed into data.train_split only; every split is shuffled.
+  Retrieval documents (data.retrieval_rate) and PoSE positions (data.pose_target_length) are for
+  data.train_split only; every split is shuffled.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -306,4 +325,6 @@ def make_batches(data: DataConfig, *, split: str, seq_len: int, global_batch_siz
                        process_index=process_index, process_count=process_count, num_epochs=num_epochs,
                        shuffle_buffer=data.shuffle_buffer, retrieval=synthetic.retrieval_generator(data),
                        retrieval_rate=data.retrieval_rate if split == data.train_split else 0.0,
-                       landmarks=landmarks)
+                       landmarks=landmarks,
+                       pose_target_length=data.pose_target_length if split == data.train_split else 0,
+                       pose_chunks=data.pose_chunks)

@@ -12,6 +12,8 @@ whole-sequence call: training, evaluation) or its cache (inference), and returns
             segment (`ops.InfiniCache`), so streaming equals one long call.
   landmark  landmark attention (longjax.nn.landmark); cache: every block with its landmark key
             (`ops.LandmarkCache`), each head retrieving its top-k blocks per step.
+  self_extend, dca, rerope
+            training-free position remapping (`nn.remap`); cache: the full K/V cache, keys before RoPE.
 
 With `attention.context_parallel` and a mesh whose sequence axis is > 1, the whole-sequence calls of
 the types marked `sequence_parallel` (full, sliding) run `ops.context_parallel_attention` over that
@@ -175,6 +177,8 @@ def _landmark(module, cfg, rope, x: AttentionInputs, state, train):
   freqs = _frequencies(rope, x.q.shape[-1], x.seq_len)
   return landmark_apply(cfg, x.q, x.k, x.v, x.positions, x.segment_ids, freqs, state, _valid(x))
 
+# nn.remap reads the helpers above (frequencies, valid tokens), so it is imported after them.
+from longjax.nn.remap import remap_apply  # pylint: disable=wrong-import-position
 
 ATTENTION_TYPES: dict[str, AttentionType] = {
     "full": AttentionType(_full, _init_kv, sequence_parallel=True),
@@ -182,4 +186,7 @@ ATTENTION_TYPES: dict[str, AttentionType] = {
     "sliding": AttentionType(_sliding, _init_sinks, sequence_parallel=True),
     "infini": AttentionType(_infini, _init_infini),
     "landmark": AttentionType(_landmark, landmark_init_state),
+    "self_extend": AttentionType(remap_apply, _init_kv),
+    "dca": AttentionType(remap_apply, _init_kv),
+    "rerope": AttentionType(remap_apply, _init_kv),
 }

@@ -9,6 +9,8 @@ from longjax.ops.landmark import (LandmarkCache, init_landmark_cache, is_landmar
                                   landmark_cache_attention)
 from longjax.ops.loss import cross_entropy
 from longjax.ops.reference import attention_mask, naive_attention
+from longjax.ops.remap import (Remap, dca_attention, dca_remap, logn_scale, remap_attention, rerope_attention,
+                               rerope_remap, self_extend_attention, self_extend_remap)
 from longjax.ops.s2 import s2_attention
 from longjax.ops.sink_cache import SinkCache, init_sink_cache, sink_cache_attention
 from longjax.ops.timestep_norm import TimestepNormState, init_timestep_norm_state, timestep_norm
@@ -21,3 +23,5 @@ __all__ = ["IMPLS", "InfiniCache", "InfiniState", "KVCache", "LandmarkCache", "S
            "naive_attention", "s2_attention", "sink_cache_attention", "TimestepNormState", "init_timestep_norm_state",
            "timestep_norm", "write_heads", "write_rows"]
 __all__ += ["context_parallel_attention", "load_balance", "unbalance"]
+__all__ += ["Remap", "dca_attention", "dca_remap", "logn_scale", "remap_attention", "rerope_attention", "rerope_remap",
+            "self_extend_attention", "self_extend_remap"]

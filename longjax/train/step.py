@@ -25,11 +25,15 @@ def model_inputs(model_config: ModelConfig, batch: dict) -> dict:
 
   With `attention.cross_documents` the packed row is one long sequence (positions
   0..T-1); otherwise documents are masked from each other and positions restart.
+  PoSE batches (data.pose_target_length) carry `pose_positions`, the row's skipped position ids, used instead.
   """
+  pose = {"positions": batch["pose_positions"]} if "pose_positions" in batch else {}
   if model_config.attention.cross_documents:
+    if pose:
+      return pose
     # A load-balanced row is permuted (`balance_batch`): then its positions must be given.
     return {"positions": batch["positions"]} if context_parallel.is_balanced() else {}
-  return {"positions": batch["positions"], "segment_ids": batch["segment_ids"]}
+  return {"positions": batch["positions"], "segment_ids": batch["segment_ids"], **pose}
 
 
 def balanced_shards(model_config: ModelConfig) -> int:
