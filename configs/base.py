@@ -63,16 +63,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.rope = rope_config()
 
   attention = model.attention = ml_collections.ConfigDict()
-  attention.type = "full"  # full | s2 | sliding | infini
+  attention.type = "full"  # full | s2 | sliding | infini | landmark | self_extend | dca | rerope
   attention.impl = "auto"  # auto | xla | cudnn | pallas | blockwise | naive
   attention.kernel_block = 512  # tile of the blockwise and KV-cache kernels: query and key block length
-  attention.window = config_dict.placeholder(int)  # sliding: keys with i - window < j <= i
+  # sliding: keys with i - window < j <= i; self_extend, rerope: neighbours i - j < window keep true positions
+  attention.window = config_dict.placeholder(int)
   attention.sinks = 0  # sliding: also keep the first `sinks` keys (StreamingLLM)
   attention.group_size_ratio = 0.25  # s2: group size = ratio * sequence length (LongLoRA)
   attention.s2_at_eval = False  # s2: LongLoRA trains sparse and evaluates full attention
   attention.segment_len = 256  # infini: tokens per segment
   attention.update = "linear"  # infini: linear | delta
   attention.cross_documents = True  # False: packed documents do not attend to each other
+  # Context parallelism when the mesh's sequence axis is > 1 (ops/context_parallel.py): none (XLA gathers K/V
+  # implicitly) | all_gather (gather K/V, local queries) | ring (K/V blocks passed around the ring).
+  attention.context_parallel = "none"
+  attention.load_balance = True  # with context_parallel: each shard holds a chunk from the front and one from the back
+  attention.landmark_block = 63  # landmark: ordinary tokens a block; packing and generate add a landmark after each
+  attention.landmark_topk = 4  # landmark: blocks each head retrieves at inference (the paper's k = 4)
+  # landmark: the reserved token id of the landmark token, one the tokenizer never produces (and < vocab_size)
+  attention.landmark_id = config_dict.placeholder(int)
+  attention.group_size = 8  # self_extend: beyond the window, query i // G + window - window // G, key j // G
+  attention.chunk_size = 0  # dca: chunk_size c <= pre-trained length; chunks of c - local_window tokens
+  attention.local_window = 0  # dca: the successive-chunk window w (chunk length c - w)
+  # log-n scaling, any type and rope: queries scaled by max(1, log(position + 1) / log(logn_length)); 0 is off
+  attention.logn_length = 0
 
   mega = model.megalodon = ml_collections.ConfigDict()  # block=megalodon only (longjax/nn/megalodon.py)
   mega.z_dim = 256  # shared query/key projection width, split over model.num_heads
@@ -118,6 +132,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.retrieval_digits = 5  # passkey: digits of the key
   data.retrieval_pairs = 8  # kv_recall: two-letter keys with two-digit values, an episode
   data.retrieval_queries = 4  # kv_recall: keys asked back, an episode (episodes repeat to fill the document)
+  # PoSE (Zhu et al. 2023): train rows get positions up to this target length, in pose_chunks chunks with
+  # uniformly sampled skips between them (train split only); 0 disables. Must exceed train.seq_len.
+  data.pose_target_length = 0
+  data.pose_chunks = 2  # PoSE: chunks a row (the paper's N; its code uses 2)
 
   # ---- training (longjax/train/) ----
   train = config.train = ml_collections.ConfigDict()
@@ -161,6 +179,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   evaluation.tasks = ()  # also run these every train.eval_every steps: passkey | needle | ruler | perplexity | ...
   evaluation.task_lengths = ()  # their lengths in tokens; () is the trained length x 1, 2, 4, 8
   evaluation.task_trials = 2  # prompts per (length, depth) cell of passkey / needle, samples per RULER task
+
+  # ---- multi-process runs (longjax/cli.py: initialize_distributed) ----
+  # Each key left at its default is taken from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
+  # (launch/local.py and launch/k8s.py set them; JOB_COMPLETION_INDEX of an indexed Kubernetes Job gives the
+  # process id), else from the cluster itself: jax.distributed.initialize() detects TPU pods and SLURM.
+  distributed = config.distributed = ml_collections.ConfigDict()
+  distributed.initialize = "auto"  # auto: when the environment names a multi-process run | always | never
+  distributed.coordinator_address = ""  # host:port of process 0; "" for the environment's
+  distributed.num_processes = 0  # 0 for the environment's
+  distributed.process_id = -1  # -1 for the environment's (set it per process: --config.distributed.process_id=3)
+  distributed.initialization_timeout = 300  # seconds to wait for every process to join
 
   config.lock()
   return config

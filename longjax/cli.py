@@ -4,17 +4,18 @@ A user error (a bad flag, a config file or value, a path, a checkpoint) prints o
 to stderr and exits with status 2, without a traceback.
 """
 
+import glob
 import logging
 import os
 import sys
-from typing import Callable
+from typing import Callable, Mapping
 
 from absl import app, flags
 from absl import logging as absl_logging
 
 from ml_collections import config_flags
 
-from longjax.config import ConfigError, load_file
+from longjax.config import ConfigError, DistributedConfig, load_file
 
 USAGE_ERROR = 2
 
@@ -76,18 +77,75 @@ def run(main: Callable[[list[str]], None]) -> None:
   app.run(guarded, flags_parser=_parse_flags)
 
 
-def initialize_distributed() -> None:
-  """Join a multi-process run when the launcher says so (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+def _env_int(environ: Mapping[str, str], name: str) -> int | None:
+  value = environ.get(name)
+  if value is None or value == "":
+    return None
+  if not value.lstrip("-").isdigit():
+    raise ConfigError(f"environment variable {name}={value!r} is invalid: expected an integer")
+  return int(value)
 
-  On TPU pods and SLURM/Kubernetes GPU clusters jax.distributed.initialize() finds these itself;
-  the variables make local CPU runs (launch/local.py, gloo collectives on loopback) work too.
+
+def detect_cluster(environ: Mapping[str, str]) -> str | None:
+  """The multi-host cluster that jax.distributed.initialize() finds by itself here: "slurm", "tpu" or None.
+
+  SLURM: a job step of several tasks (srun; a batch script's own step has no SLURM_STEP_NODELIST).
+  TPU: GKE's worker list or Multislice's coordinator, or a Cloud TPU VM's accelerator devices (JAX then
+  asks the VM's metadata server for its peers; a single-host VM is a cluster of one).
+  """
+  if "SLURM_JOB_ID" in environ and "SLURM_STEP_NODELIST" in environ and (_env_int(environ, "SLURM_NTASKS") or 1) > 1:
+    return "slurm"
+  if any(name in environ for name in ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES",
+                                      "MEGASCALE_COORDINATOR_ADDRESS")):
+    return "tpu"
+  if glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"):  # TPU v2-v4 / v5e and later
+    return "tpu"
+  return None
+
+
+def distributed_arguments(config: DistributedConfig, environ: Mapping[str, str]) -> dict | None:
+  """jax.distributed.initialize's keyword arguments for this process, or None for a single-process run.
+
+  Each of coordinator, count and id comes from the config, else from JAX_COORDINATOR_ADDRESS /
+  JAX_NUM_PROCESSES / JAX_PROCESS_ID (JOB_COMPLETION_INDEX for the id in an indexed Kubernetes Job),
+  else it stays None for JAX to read from the detected cluster (TPU metadata, SLURM variables).
+  """
+  if config.initialize == "never":
+    return None
+  address = config.coordinator_address or environ.get("JAX_COORDINATOR_ADDRESS") or None
+  count = config.num_processes or _env_int(environ, "JAX_NUM_PROCESSES")
+  index = config.process_id if config.process_id >= 0 else _env_int(environ, "JAX_PROCESS_ID")
+  if index is None:
+    index = _env_int(environ, "JOB_COMPLETION_INDEX")
+  cluster = detect_cluster(environ)
+  if config.initialize == "auto" and address is None and cluster is None:
+    return None
+  if cluster is None and (address is None or count is None or index is None):
+    missing = [name for name, value in (("coordinator_address", address), ("num_processes", count),
+                                        ("process_id", index)) if value is None]
+    raise ConfigError(f"distributed.{missing[0]} is not set and no TPU or SLURM cluster is detected: give "
+                      f"{', '.join(f'distributed.{name}' for name in missing)} (or JAX_COORDINATOR_ADDRESS, "
+                      "JAX_NUM_PROCESSES, JAX_PROCESS_ID)")
+  if count is not None and index is not None and not 0 <= index < count:
+    raise ConfigError(f"distributed.process_id={index} is invalid: must be in [0, num_processes={count})")
+  return {"coordinator_address": address, "num_processes": count, "process_id": index,
+          "initialization_timeout": config.initialization_timeout}
+
+
+def initialize_distributed(config: DistributedConfig, environ: Mapping[str, str] | None = None) -> None:
+  """Join a multi-process run (jax.distributed.initialize) when the config or environment names one.
+
+  Process 0 alone logs at INFO, as it alone writes metrics, config.json and TensorBoard files; the other
+  processes log warnings and errors.
   """
   import jax
 
-  if "JAX_COORDINATOR_ADDRESS" not in os.environ:
+  arguments = distributed_arguments(config, os.environ if environ is None else environ)
+  if arguments is None:
     return
   # CPU collectives over loopback/TCP; accelerators use their own (ICI, NCCL) and ignore this.
   # (Asking for the backend here would initialise it too early.)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"], int(os.environ["JAX_NUM_PROCESSES"]),
-                             int(os.environ["JAX_PROCESS_ID"]))
+  jax.distributed.initialize(**arguments)
+  if jax.process_index() != 0:
+    logging.getLogger("longjax").setLevel(logging.WARNING)

@@ -24,16 +24,20 @@ ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "dynamic_yarn", "ll
 # Each is a registry's keys (tests/nn/test_registries.py keeps them equal): longjax.nn.BLOCKS and
 # longjax.nn.ATTENTION_TYPES own the modules, their state and the checks below that are theirs.
 BLOCK_TYPES = ("llama", "megalodon")
-ATTENTION_TYPES = ("full", "s2", "sliding", "infini")
+ATTENTION_TYPES = ("full", "s2", "sliding", "infini", "landmark", "self_extend", "dca", "rerope")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "blockwise", "naive")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 INFINI_UPDATES = ("linear", "delta")
+CONTEXT_PARALLEL = ("none", "all_gather", "ring")  # longjax.ops.context_parallel.STRATEGIES, and none
+# The attention types whose AttentionType.sequence_parallel is True (a test keeps them equal).
+SEQUENCE_PARALLEL_TYPES = ("full", "sliding")
 # longjax.evaluate.tasks.TASKS (a test keeps them equal); the ones train.eval_every can run in training.
 EVAL_TASKS = ("perplexity", "passkey", "needle", "loss_by_position", "kv_cache", "ruler")
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 TOKENIZERS = ("byte", "sentencepiece", "hf")
 RETRIEVAL_TASKS = ("passkey", "kv_recall")
+DISTRIBUTED_MODES = ("auto", "always", "never")
 TOKENIZER_FILES = {"sentencepiece": "the path of a .model file",
                    "hf": "the path of a tokenizer.json file or of the directory holding it"}
 
@@ -140,6 +144,15 @@ class AttentionConfig:
   segment_len: int = 256
   update: str = "linear"
   cross_documents: bool = True
+  context_parallel: str = "none"
+  load_balance: bool = True
+  landmark_block: int = 63
+  landmark_topk: int = 4
+  landmark_id: int | None = None
+  group_size: int = 8
+  chunk_size: int = 0
+  local_window: int = 0
+  logn_length: int = 0
 
   def validate(self, key: str = "model.attention") -> None:
     _choice(f"{key}.type", self.type, ATTENTION_TYPES)
@@ -149,14 +162,36 @@ class AttentionConfig:
     if self.type == "sliding":
       _require(self.window is not None and self.window > 0, f"{key}.window", self.window,
                "type=sliding needs a positive window")
+    if self.type in ("self_extend", "rerope"):
+      _require(self.window is not None and self.window > 0, f"{key}.window", self.window,
+               f"type={self.type} needs a positive window (the neighbour window, in tokens)")
     if self.window is not None:
       _positive(f"{key}.window", self.window)
+    _require(isinstance(self.group_size, int) and self.group_size >= 1, f"{key}.group_size", self.group_size,
+             "must be an integer >= 1")
+    if self.type == "dca":
+      _require(isinstance(self.chunk_size, int) and self.chunk_size > 0, f"{key}.chunk_size", self.chunk_size,
+               "type=dca needs a positive chunk_size (at most the pre-trained length)")
+      _require(isinstance(self.local_window, int) and 0 <= self.local_window < self.chunk_size,
+               f"{key}.local_window", self.local_window, f"must be in [0, chunk_size={self.chunk_size})")
+    _require(isinstance(self.logn_length, int) and self.logn_length >= 0 and self.logn_length != 1,
+             f"{key}.logn_length", self.logn_length, "must be 0 (off) or the pre-trained length >= 2")
     _require(0 < self.group_size_ratio <= 1, f"{key}.group_size_ratio", self.group_size_ratio, "must be in (0, 1]")
     _positive(f"{key}.segment_len", self.segment_len)
     _choice(f"{key}.update", self.update, INFINI_UPDATES)
-    _require(self.cross_documents or self.type in ("full", "sliding"), f"{key}.cross_documents",
-             self.cross_documents, f"False (documents masked from each other) needs type full or sliding, "
-             f"not {self.type}")
+    _require(self.cross_documents or self.type in ("full", "sliding", "landmark"), f"{key}.cross_documents",
+             self.cross_documents, f"False (documents masked from each other) needs type full, sliding or "
+             f"landmark, not {self.type}")
+    _positive(f"{key}.landmark_block", self.landmark_block)
+    _positive(f"{key}.landmark_topk", self.landmark_topk)
+    if self.type == "landmark":
+      _require(isinstance(self.landmark_id, int) and self.landmark_id >= 0, f"{key}.landmark_id", self.landmark_id,
+               "type=landmark needs the reserved token id of the landmark (>= 0)")
+    _choice(f"{key}.context_parallel", self.context_parallel, CONTEXT_PARALLEL)
+    _require(self.context_parallel == "none" or self.type in SEQUENCE_PARALLEL_TYPES, f"{key}.type", self.type,
+             f"context_parallel={self.context_parallel} needs a type that runs sequence-parallel: "
+             f"{', '.join(SEQUENCE_PARALLEL_TYPES)} (infini is a recurrence over segments, s2 trains on shifted "
+             f"groups)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -257,11 +292,18 @@ class ModelConfig:
              "must be an int >= 0 (0: the plain loss over all logits)")
     self.rope.validate(self.resolved_head_dim, f"{key}.rope")
     self.attention.validate(f"{key}.attention")
+    if self.attention.type == "landmark":
+      landmark_id = self.attention.landmark_id
+      _require(landmark_id < self.vocab_size, f"{key}.attention.landmark_id", landmark_id,
+               f"must be < model.vocab_size={self.vocab_size} (reserve a row of the embedding for it)")
     self.lora.validate(f"{key}.lora")
     if self.block == "megalodon":
       self.megalodon.validate(self.hidden_size, self.num_heads, f"{key}.megalodon")
       _require(self.attention.type == "full", f"{key}.attention.type", self.attention.type,
                "model.block=megalodon brings its own chunked attention; allowed: full")
+      _require(self.attention.context_parallel == "none", f"{key}.attention.context_parallel",
+               self.attention.context_parallel, "model.block=megalodon (CEMA is a recurrence over the sequence) "
+               "runs no context parallelism; allowed: none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,6 +328,8 @@ class DataConfig:
   retrieval_digits: int = 5
   retrieval_pairs: int = 8
   retrieval_queries: int = 4
+  pose_target_length: int = 0
+  pose_chunks: int = 2
 
   def validate(self, key: str = "data") -> None:
     _choice(f"{key}.source", self.source, ("textdir", "tfds"))
@@ -309,6 +353,10 @@ class DataConfig:
     _require(isinstance(self.retrieval_queries, int) and 1 <= self.retrieval_queries <= self.retrieval_pairs,
              f"{key}.retrieval_queries", self.retrieval_queries,
              f"must be an integer in [1, retrieval_pairs={self.retrieval_pairs}]")
+    _require(isinstance(self.pose_target_length, int) and self.pose_target_length >= 0, f"{key}.pose_target_length",
+             self.pose_target_length, "must be 0 (off) or the target context length > train.seq_len")
+    _require(isinstance(self.pose_chunks, int) and self.pose_chunks >= 2, f"{key}.pose_chunks", self.pose_chunks,
+             "must be an integer >= 2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -388,6 +436,27 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  initialize: str = "auto"
+  coordinator_address: str = ""
+  num_processes: int = 0
+  process_id: int = -1
+  initialization_timeout: int = 300
+
+  def validate(self, key: str = "distributed") -> None:
+    _choice(f"{key}.initialize", self.initialize, DISTRIBUTED_MODES)
+    address = self.coordinator_address
+    _require(not address or address.rpartition(":")[2].isdigit(), f"{key}.coordinator_address", address,
+             "expected host:port (or \"\" for JAX_COORDINATOR_ADDRESS or the cluster's own)")
+    _require(self.num_processes >= 0, f"{key}.num_processes", self.num_processes,
+             "must be >= 1, or 0 for JAX_NUM_PROCESSES or the cluster's own")
+    _require(self.process_id >= -1 and (not self.num_processes or self.process_id < self.num_processes),
+             f"{key}.process_id", self.process_id,
+             f"must be in [0, num_processes={self.num_processes}), or -1 for JAX_PROCESS_ID or the cluster's own")
+    _positive(f"{key}.initialization_timeout", self.initialization_timeout)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   seed: int = 0
   model: ModelConfig = ModelConfig()
@@ -395,6 +464,7 @@ class Config:
   train: TrainConfig = TrainConfig()
   mesh: MeshConfig = MeshConfig()
   eval: EvalConfig = EvalConfig()
+  distributed: DistributedConfig = DistributedConfig()
 
   def validate(self) -> None:
     self.model.validate()
@@ -402,11 +472,32 @@ class Config:
     self.train.validate()
     self.mesh.validate()
     self.eval.validate()
+    self.distributed.validate()
+    self._validate_mesh_fit()
     if self.model.attention.type == "s2":
       group = self.model.attention.group_size_ratio * self.train.seq_len
       _require(group == int(group) and int(group) % 2 == 0 and self.train.seq_len % int(group) == 0,
                "model.attention.group_size_ratio", self.model.attention.group_size_ratio,
                f"group_size_ratio * train.seq_len={self.train.seq_len} must be an even divisor of seq_len")
+    if self.data.pose_target_length:
+      _require(self.data.pose_target_length > self.train.seq_len and self.data.pose_chunks <= self.train.seq_len,
+               "data.pose_target_length", self.data.pose_target_length,
+               f"must exceed train.seq_len={self.train.seq_len}, with data.pose_chunks={self.data.pose_chunks} "
+               "at most seq_len")
+
+  def _validate_mesh_fit(self) -> None:
+    """The mesh axes given explicitly (not -1) must divide what they shard."""
+    sequence, tensor, attention = self.mesh.sequence, self.mesh.tensor, self.model.attention
+    if sequence > 1:
+      balanced = attention.context_parallel != "none" and attention.load_balance
+      chunks = sequence * (2 if balanced else 1)
+      _require(self.train.seq_len % chunks == 0, "train.seq_len", self.train.seq_len,
+               f"must divide into mesh.sequence={sequence} shards" +
+               (" of two chunks each (model.attention.load_balance)" if balanced else ""))
+    if tensor > 1:
+      for name in ("num_heads", "num_kv_heads"):
+        _require(getattr(self.model, name) % tensor == 0, f"model.{name}", getattr(self.model, name),
+                 f"must be divisible by mesh.tensor={tensor}")
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
@@ -415,7 +506,8 @@ class Config:
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig, "eval": EvalConfig}
+_SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig, "eval": EvalConfig,
+             "distributed": DistributedConfig}
 _MODEL_SECTIONS = {"rope": RopeConfig, "attention": AttentionConfig, "lora": LoraConfig,
                    "megalodon": MegalodonConfig}
 _TUPLE_FIELDS = {"short_factor", "long_factor", "targets", "lengths", "tasks", "task_lengths"}
@@ -531,13 +623,9 @@ def _first_line(error: BaseException) -> str:
   return f"{type(error).__name__}: {message.splitlines()[0]}" if message else type(error).__name__
 
 
-def load_file(spec: str) -> ml_collections.ConfigDict:
-  """The ConfigDict of `path/to/config.py` or `path/to/config.py:arg`: the file's `get_config(arg)` (big_vision style).
-
-  Works from any working directory: a config file may import the config files beside it and above it up to
-  configs/ (configs/extend/pi_x4.py imports `common` and, through it, `tiny` and `base`). Any failure is a
-  ConfigError of one line naming the file.
-  """
+@contextlib.contextmanager
+def _config_module(spec: str) -> Iterator[tuple[Any, str | None]]:
+  """(module, argument or None) of `path/to/config.py[:arg]`; its sibling config modules import while inside."""
   path, has_arg, arg = spec.partition(":")
   if not path.endswith(".py") or not os.path.isfile(path):
     raise ConfigError(f"config file {path!r} is invalid: expected an existing path/to/config.py[:arg]")
@@ -551,11 +639,22 @@ def load_file(spec: str) -> ml_collections.ConfigDict:
       module_spec.loader.exec_module(module)
     except Exception as e:  # a config file is user code: report what broke, in one line
       raise ConfigError(f"config file {spec!r} does not load: {_first_line(e)}") from e
+    yield module, (arg if has_arg else None)
+
+
+def load_file(spec: str) -> ml_collections.ConfigDict:
+  """The ConfigDict of `path/to/config.py` or `path/to/config.py:arg`: the file's `get_config(arg)` (big_vision style).
+
+  Works from any working directory: a config file may import the config files beside it and above it up to
+  configs/ (configs/extend/pi_x4.py imports `common` and, through it, `tiny` and `base`). Any failure is a
+  ConfigError of one line naming the file.
+  """
+  with _config_module(spec) as (module, arg):
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
       raise ConfigError(f"config file {spec!r} is invalid: it defines no get_config(arg=None)")
     try:
-      config = get_config(arg) if has_arg else get_config()
+      config = get_config(arg) if arg is not None else get_config()
     except ConfigError as e:
       raise ConfigError(f"config file {spec!r}: {e}") from None
     except Exception as e:
@@ -564,3 +663,22 @@ def load_file(spec: str) -> ml_collections.ConfigDict:
     raise ConfigError(f"config file {spec!r} is invalid: get_config returned {type(config).__name__}, "
                       "not a ConfigDict")
   return config
+
+
+def load_sweep(spec: str) -> list[dict[str, Any]]:
+  """The runs of a config file's `get_sweep(add)` (big_vision style): each `add(**{"train.learning_rate": 1e-3,
+  ...})` call is one run, a dict of dotted config keys to values that override the file's get_config."""
+  runs: list[dict[str, Any]] = []
+  with _config_module(spec) as (module, _):
+    get_sweep = getattr(module, "get_sweep", None)
+    if not callable(get_sweep):
+      raise ConfigError(f"config file {spec!r} is invalid for a sweep: it defines no get_sweep(add)")
+    try:
+      get_sweep(lambda **overrides: runs.append(overrides))
+    except ConfigError as e:
+      raise ConfigError(f"config file {spec!r}: {e}") from None
+    except Exception as e:
+      raise ConfigError(f"config file {spec!r}: get_sweep failed: {_first_line(e)}") from e
+  if not runs:
+    raise ConfigError(f"config file {spec!r} is invalid for a sweep: get_sweep called add() for no run")
+  return runs

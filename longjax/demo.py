@@ -5,7 +5,8 @@
 1. Pre-train at 256 tokens with plain RoPE on the standard library's source, 95% of its documents replaced by
    2-digit passkey documents (configs/demo.py).
 2. Training-free extension: the same weights at 1x, 2x, 4x and 8x the trained length under each positional
-   method: passkey accuracy (lengths x depths), loss by position in 8x windows, perplexity against length.
+   method (RoPE scaling, and Self-Extend, DCA, ReRoPE remapping positions inside attention): passkey
+   accuracy (lengths x depths), loss by position in 8x windows, perplexity against length.
 3. Fine-tune at 4x with YaRN, Position Interpolation and plain RoPE (the control); evaluate again.
 4. Write demo_out/report.md (tables, heatmaps, curves) and demo_out/results.json; every conclusion sentence
    of the report is computed from results.json (`conclusions`).
@@ -23,7 +24,7 @@ import time
 from absl import flags
 
 from longjax import cli, load
-from longjax.config import Config, RopeConfig, from_config_dict, load_file
+from longjax.config import AttentionConfig, Config, RopeConfig, from_config_dict, load_file
 from longjax.evaluate import (eval_documents, evaluate_passkey, evaluate_perplexity, loss_by_position, plots,
                               write_json)
 from longjax.evaluate.tasks import EvalRun
@@ -61,15 +62,25 @@ def _demo_config(arg: str) -> Config:
   return from_config_dict(load_file(f"{DEMO_CONFIG}:{arg}"))
 
 
-def _training_free_ropes(pretrain_length: int, factor: float) -> dict[str, RopeConfig]:
+def training_free_methods(pretrain_length: int, factor: float) -> dict[str, tuple[RopeConfig, AttentionConfig]]:
+  """Name -> (rope, attention) of each training-free method: RoPE scaling, then position remapping in attention."""
   common = dict(original_max_position_embeddings=pretrain_length)
+  plain = AttentionConfig()
+  # Remapping settings keep every relative position below the trained length up to `factor` x that length:
+  # Self-Extend's largest is (factor * L - 1) // G + W - W // G, DCA's chunk_size - 1, ReRoPE's the window.
+  window = pretrain_length // 4
   return {
-      BASELINE: RopeConfig(),
-      f"PI x{factor:g}": RopeConfig(rope_type="linear", factor=factor),
-      f"NTK-aware alpha {factor:g}": RopeConfig(rope_type="ntk", alpha=factor),
-      "Dynamic NTK": RopeConfig(rope_type="dynamic", factor=2.0, **common),
-      f"YaRN x{factor:g}": RopeConfig(rope_type="yarn", factor=factor, **common),
-      "Dynamic YaRN": RopeConfig(rope_type="dynamic_yarn", **common),
+      BASELINE: (RopeConfig(), plain),
+      f"PI x{factor:g}": (RopeConfig(rope_type="linear", factor=factor), plain),
+      f"NTK-aware alpha {factor:g}": (RopeConfig(rope_type="ntk", alpha=factor), plain),
+      "Dynamic NTK": (RopeConfig(rope_type="dynamic", factor=2.0, **common), plain),
+      f"YaRN x{factor:g}": (RopeConfig(rope_type="yarn", factor=factor, **common), plain),
+      "Dynamic YaRN": (RopeConfig(rope_type="dynamic_yarn", **common), plain),
+      f"Self-Extend G{2 * factor:g}": (RopeConfig(), AttentionConfig(type="self_extend", group_size=int(2 * factor),
+                                                                     window=window)),
+      "DCA": (RopeConfig(), AttentionConfig(type="dca", chunk_size=3 * pretrain_length // 4, local_window=window)),
+      "ReRoPE + log-n": (RopeConfig(), AttentionConfig(type="rerope", window=pretrain_length // 2,
+                                                       logn_length=pretrain_length)),
   }
 
 
@@ -246,9 +257,12 @@ def run_demo(out: str, settings: DemoSettings = DemoSettings()) -> dict:
 
   print(f"[2/4] training-free extension at {', '.join(f'{f}x' for f in settings.factors)}", flush=True)
   training_free = {}
-  for name, rope in _training_free_ropes(pretrain_length, float(max(settings.factors))).items():
+  for name, (rope, attention) in training_free_methods(pretrain_length, float(max(settings.factors))).items():
     t0 = time.time()
-    config = dataclasses.replace(base_config, model=dataclasses.replace(base_config.model, rope=rope))
+    attention = dataclasses.replace(attention, impl=base_config.model.attention.impl,
+                                    kernel_block=base_config.model.attention.kernel_block)
+    config = dataclasses.replace(base_config, model=dataclasses.replace(base_config.model, rope=rope,
+                                                                        attention=attention))
     training_free[name] = _evaluate(config, base_config, base_run.params, base_run.tokenizer, documents, settings)
     print(report_line(name, training_free[name], t0), flush=True)
 

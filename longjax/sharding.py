@@ -4,7 +4,13 @@ This is the only module (with configs) that names mesh axes. Model code names
 logical axes (`batch`, `length`, `embed`, `heads`, `kv_heads`, `head_dim`,
 `mlp`, `vocab`, `layers`, `lora`); RULES maps them onto the mesh axes `data`,
 `fsdp`, `tensor` and `sequence`. Where two logical axes of one array want the
-same mesh axis, the first wins and the other is replicated (flax's rule).
+same mesh axis, the rule listed first wins and the other tries its next rule or is replicated
+(flax's rule).
+
+Parameters and optimizer state are cut over `fsdp` and `sequence` together (their `embed` axis), as
+MaxText's rules put `embed` on its fsdp and context axes: a device of fsdp=4 x sequence=2 then holds
+the same parameter bytes as one of fsdp=8. Activations `[batch, length, embed]` are not cut twice:
+`batch` takes `fsdp` and `length` takes `sequence` first, so their `embed` stays whole.
 """
 
 import math
@@ -19,7 +25,8 @@ from longjax.config import MESH_AXES, ConfigError, MeshConfig
 RULES = (
     ("batch", ("data", "fsdp")),
     ("length", "sequence"),
-    ("embed", "fsdp"),
+    ("embed", ("fsdp", "sequence")),
+    ("embed", "fsdp"),  # where `length` took `sequence` and nothing took `fsdp`
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
@@ -61,16 +68,25 @@ def _mesh_size(mesh: Mesh, axes) -> int:
   return math.prod(mesh.shape[name] for name in ((axes,) if isinstance(axes, str) else axes))
 
 
+def _cut(mesh: Mesh, axes, size: int | None):
+  """The mesh axes of one dimension, without size-1 axes; with its `size`, the longest leading part of `axes`
+  that cuts it evenly (None: it stays whole)."""
+  names = [name for name in ((axes,) if isinstance(axes, str) else axes or ()) if mesh.shape[name] > 1]
+  while names and size is not None and size % _mesh_size(mesh, tuple(names)):
+    names.pop()
+  return None if not names else names[0] if len(names) == 1 else tuple(names)
+
+
 def logical_sharding(mesh: Mesh, logical_axes: PartitionSpec | tuple, shape: tuple[int, ...] | None = None
                      ) -> NamedSharding:
-  """NamedSharding of logical axis names; with `shape`, a dimension the mesh would cut unevenly stays whole.
+  """NamedSharding of logical axis names, naming only the mesh axes of size > 1 that cut each dimension; with
+  `shape`, a dimension is cut only by the leading mesh axes that split it evenly, or stays whole.
 
   Arguments of a jitted function must split evenly: a 259-token byte vocabulary over tensor=2 is replicated.
   """
   spec = nn.logical_to_mesh_axes(tuple(logical_axes), RULES)
-  if shape is not None:
-    spec = PartitionSpec(*(axes if size % _mesh_size(mesh, axes) == 0 else None for axes, size in zip(spec, shape)))
-  return NamedSharding(mesh, spec)
+  sizes = (None,) * len(spec) if shape is None else shape
+  return NamedSharding(mesh, PartitionSpec(*(_cut(mesh, axes, size) for axes, size in zip(spec, sizes))))
 
 
 def tree_shardings(mesh: Mesh, logical_tree, abstract_tree=None):
@@ -83,6 +99,22 @@ def tree_shardings(mesh: Mesh, logical_tree, abstract_tree=None):
     return jax.tree.map(lambda spec: logical_sharding(mesh, spec), logical_tree, is_leaf=is_spec)
   return jax.tree.map(lambda spec, x: logical_sharding(mesh, spec, x.shape), logical_tree, abstract_tree,
                       is_leaf=is_spec)
+
+
+def sequence_axis() -> str | None:
+  """The mesh axis that logical `length` maps to under RULES, when the current mesh cuts it; else None.
+
+  Model code asks this rather than naming a mesh axis (context-parallel attention runs over it).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  axes = nn.logical_to_mesh_axes(("length",), RULES)[0]
+  if isinstance(axes, tuple):
+    if len(axes) != 1:
+      raise ValueError(f"sharding.RULES maps `length` to {axes}; context parallelism runs over one mesh axis")
+    axes = axes[0]
+  if mesh.empty or axes is None or axes not in mesh.axis_names or mesh.shape[axes] == 1:
+    return None
+  return axes
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -1,7 +1,7 @@
 """Tokenizers, document sources (the text-file TFDS builder, named TFDS datasets), packed and shuffled batches,
 and synthetic retrieval documents."""
 
-from longjax.data.packing import PackedBatches, make_batches
+from longjax.data.packing import PackedBatches, insert_landmarks, make_batches
 from longjax.data.sources import Documents, open_documents
 from longjax.data.synthetic import kv_recall_document, passkey_document, retrieval_generator
 from longjax.data.textdir import TextDir, TextDirConfig, build_text_dir
@@ -19,6 +19,7 @@ __all__ = [
     "Tokenizer",
     "build_text_dir",
     "get_tokenizer",
+    "insert_landmarks",
     "kv_recall_document",
     "make_batches",
     "open_documents",

@@ -20,6 +20,17 @@ With `retrieval_rate` > 0, each document is replaced, with that probability, by 
 document sized to a row (`retrieval(rng, n_chars)`, see synthetic.py); the draw and the document are
 seeded by (seed, epoch, document index), so they need no state.
 
+With `landmarks` = (landmark_block, landmark_id) (landmark attention, Mohtashami & Jaggi 2023), each document's
+tokens get the landmark id after every landmark_block ordinary tokens (`insert_landmarks`), so positions count
+landmarks and a landmark sits where position % (landmark_block + 1) == landmark_block, as in the reference's
+`add_mem_tokens`. A target that is a landmark has loss_mask 0: the reference (non-flash path) trains the token
+before a landmark to predict it, a deterministic token that generation inserts anyway; the landmark itself keeps
+its target, the next ordinary token, which is what generation samples from after inserting it.
+
+With `pose_target_length` > 0 (PoSE, see pose.py), batches also carry `pose_positions`: each row, as one
+sequence, cut into `pose_chunks` chunks with skipped position ids between them, seeded by (seed, process,
+the row's stream position), so they need no state.
+
 The state is the stream position of the packer's next row (epoch, document, offset) and, for the buffer,
 the position at which it was filled, its number and how many of its rows were emitted: a restore refills
 it from that position (the rows themselves, up to 256 x 128K tokens, are never saved).
@@ -34,12 +45,27 @@ import numpy as np
 
 from longjax.config import ConfigError, DataConfig
 from longjax.data import synthetic
+from longjax.data.pose import pose_positions
 from longjax.data.sources import open_documents, split_key
 from longjax.data.tokenizer import Tokenizer, get_tokenizer
 
 # Tags that keep the seeded random streams apart (the epoch's document order is seeded by (seed, epoch)).
-_SHUFFLE_STREAM, _RETRIEVAL_STREAM = 1, 2
+_SHUFFLE_STREAM, _RETRIEVAL_STREAM, _POSE_STREAM = 1, 2, 3
 _BUFFER_KEYS = ("buffer_epoch", "buffer_document", "buffer_offset", "buffer_block", "buffer_taken")
+
+
+def insert_landmarks(ids, block: int, landmark_id: int, start: int = 0) -> np.ndarray:
+  """int32 ids with landmark_id after every `block` ordinary tokens, counted from stream position `start` (a
+  position that already counts landmarks, e.g. a cache's length): the landmark slots are p % (block + 1) == block."""
+  ids = np.asarray(ids, np.int32)
+  before = start - start // (block + 1)  # ordinary tokens before `start`
+  ordinal = before + np.arange(len(ids))
+  closes = (ordinal + 1) % block == 0
+  out = np.empty(len(ids) + int(closes.sum()), np.int32)
+  places = np.arange(len(ids)) + np.cumsum(closes) - closes  # each token shifted by the landmarks before it
+  out[places] = ids
+  out[places[closes] + 1] = landmark_id
+  return out
 
 
 class PackedBatches:
@@ -50,13 +76,16 @@ class PackedBatches:
   where the target is a real token. A target across a document boundary (eos -> next bos) keeps its
   loss, as in LLaMA's packing. `num_epochs` None reads forever; otherwise the last batch is padded
   and iteration stops. `shuffle_buffer` rows are shuffled together (0: rows in stream order);
-  `retrieval(rng, n_chars) -> text` replaces a document with probability `retrieval_rate`.
+  `retrieval(rng, n_chars) -> text` replaces a document with probability `retrieval_rate`; `landmarks`
+  (landmark_block, landmark_id) inserts landmark tokens (see the module docstring).
+  `pose_target_length` > 0 adds pose_positions: int32 PoSE ids of the row (below that length).
   """
 
   def __init__(self, documents: Sequence[str], tokenizer: Tokenizer, *, seq_len: int, batch_size: int, seed: int,
                shuffle: bool = True, add_bos: bool = True, add_eos: bool = True, process_index: int = 0,
                process_count: int = 1, num_epochs: int | None = None, shuffle_buffer: int = 0,
-               retrieval: Callable[[np.random.Generator, int], str] | None = None, retrieval_rate: float = 0.0):
+               retrieval: Callable[[np.random.Generator, int], str] | None = None, retrieval_rate: float = 0.0,
+               landmarks: tuple[int, int] | None = None, pose_target_length: int = 0, pose_chunks: int = 2):
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
     if len(documents) < process_count:
@@ -65,6 +94,9 @@ class PackedBatches:
       raise ValueError(f"seq_len={seq_len} and batch_size={batch_size} must be >= 1")
     if shuffle_buffer < 0 or not 0 <= retrieval_rate <= 1:
       raise ValueError(f"shuffle_buffer={shuffle_buffer} must be >= 0 and retrieval_rate={retrieval_rate} in [0, 1]")
+    if pose_target_length and not (pose_target_length > seq_len and 2 <= pose_chunks <= seq_len):
+      raise ValueError(f"pose_target_length={pose_target_length} must exceed seq_len={seq_len} and pose_chunks="
+                       f"{pose_chunks} be in [2, seq_len]")
     self.documents = documents
     self.tokenizer = tokenizer
     self.seq_len = seq_len
@@ -79,6 +111,9 @@ class PackedBatches:
     self.shuffle_buffer = shuffle_buffer
     self.retrieval = retrieval if retrieval_rate > 0 else None
     self.retrieval_rate = retrieval_rate
+    self.landmarks = landmarks
+    self.pose_target_length = pose_target_length
+    self.pose_chunks = pose_chunks
     self._position = (0, 0, 0)  # (epoch, document place in this process's share, token offset)
     self._share_cache: tuple[int, np.ndarray] | None = None
     self._token_cache: dict[tuple[int, int], np.ndarray] = {}
@@ -135,8 +170,10 @@ class PackedBatches:
         text = self.retrieval(rng, self._retrieval_length())
       else:
         text = self.documents[index]
-      ids = self.tokenizer.encode(text, bos=self.add_bos, eos=self.add_eos)
-      self._token_cache[key] = np.asarray(ids, np.int32)
+      ids = np.asarray(self.tokenizer.encode(text, bos=self.add_bos, eos=self.add_eos), np.int32)
+      if self.landmarks is not None:
+        ids = insert_landmarks(ids, *self.landmarks)
+      self._token_cache[key] = ids
     return self._token_cache[key]
 
   def _retrieval_length(self) -> int:
@@ -144,7 +181,10 @@ class PackedBatches:
     if self._retrieval_chars is None:
       sample = synthetic.PASSKEY_FILLER * 8
       chars_per_token = len(sample) / max(len(self.tokenizer.encode(sample, bos=False, eos=False)), 1)
-      tokens = self.seq_len + 1 - int(self.add_bos) - int(self.add_eos)
+      tokens = self.seq_len + 1
+      if self.landmarks is not None:  # landmarks take a row's slots too
+        tokens -= tokens // (self.landmarks[0] + 1)
+      tokens -= int(self.add_bos) + int(self.add_eos)
       self._retrieval_chars = max(int(tokens * chars_per_token), 1)
     return self._retrieval_chars
 
@@ -228,26 +268,43 @@ class PackedBatches:
     segments = np.zeros(shape, np.int32)
     positions = np.zeros(shape, np.int32)
     next_row = self._buffered_row if self.shuffle_buffer else self._row
+    # PoSE draws are seeded by the state the batch starts from, so a resumed run draws the same ones.
+    pose_seed = (self.seed, _POSE_STREAM, self.process_index, *self.get_state().values())
     rows = 0
     while rows < self.batch_size and next_row(tokens[rows], segments[rows], positions[rows]):
       rows += 1
     if rows == 0:
       raise StopIteration
-    return {
+    batch = {
         "inputs": np.ascontiguousarray(tokens[:, :-1]),
         "targets": np.ascontiguousarray(tokens[:, 1:]),
         "segment_ids": np.ascontiguousarray(segments[:, :-1]),
         "positions": np.ascontiguousarray(positions[:, :-1]),
-        "loss_mask": (segments[:, 1:] > 0).astype(np.float32),
+        "loss_mask": self._loss_mask(tokens[:, 1:], segments[:, 1:]),
     }
+    if self.pose_target_length:
+      rng = np.random.default_rng(pose_seed)
+      batch["pose_positions"] = np.stack([pose_positions(rng, self.seq_len, self.pose_target_length, self.pose_chunks)
+                                          for _ in range(self.batch_size)])
+    return batch
+
+
+  def _loss_mask(self, targets: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    real = segments > 0
+    if self.landmarks is not None:
+      real &= targets != self.landmarks[1]
+    return real.astype(np.float32)
 
 
 def make_batches(data: DataConfig, *, split: str, seq_len: int, global_batch_size: int, seed: int,
                  process_index: int | None = None, process_count: int | None = None,
-                 num_epochs: int | None = None) -> PackedBatches:
+                 num_epochs: int | None = None, landmarks: tuple[int, int] | None = None) -> PackedBatches:
   """This process's PackedBatches of `split`: global_batch_size / process_count rows a batch.
 
-  Retrieval documents (data.retrieval_rate) are mixed into data.train_split only; every split is shuffled.
+  `landmarks` (landmark_block, landmark_id) inserts landmark tokens; the id must be one the tokenizer never makes.
+
+  Retrieval documents (data.retrieval_rate) and PoSE positions (data.pose_target_length) are for
+  data.train_split only; every split is shuffled.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -255,6 +312,10 @@ def make_batches(data: DataConfig, *, split: str, seq_len: int, global_batch_siz
     raise ConfigError(f"train.global_batch_size={global_batch_size} is invalid: must be divisible by the "
                       f"process count {process_count}")
   tokenizer = get_tokenizer(data)
+  if landmarks is not None and landmarks[1] < tokenizer.vocab_size:
+    raise ConfigError(f"model.attention.landmark_id={landmarks[1]} is invalid: the tokenizer makes ids below "
+                      f"{tokenizer.vocab_size}; reserve one it never produces (>= {tokenizer.vocab_size}, "
+                      "< model.vocab_size)")
   documents = open_documents(data, split)
   if len(documents) < process_count:
     raise ConfigError(f"{split_key(data, split)}={split!r} is invalid: its {len(documents)} documents are fewer "
@@ -263,4 +324,7 @@ def make_batches(data: DataConfig, *, split: str, seq_len: int, global_batch_siz
                        seed=seed, shuffle=data.shuffle, add_bos=data.add_bos, add_eos=data.add_eos,
                        process_index=process_index, process_count=process_count, num_epochs=num_epochs,
                        shuffle_buffer=data.shuffle_buffer, retrieval=synthetic.retrieval_generator(data),
-                       retrieval_rate=data.retrieval_rate if split == data.train_split else 0.0)
+                       retrieval_rate=data.retrieval_rate if split == data.train_split else 0.0,
+                       landmarks=landmarks,
+                       pose_target_length=data.pose_target_length if split == data.train_split else 0,
+                       pose_chunks=data.pose_chunks)

@@ -7,6 +7,12 @@ such (segment id 0) so that nothing of it is cached, and each row continues from
 The prompt is read in chunks of `prefill_chunk` tokens, so a long prompt never materializes
 [T, T] scores (the cached kernel walks key blocks). The decode loop is one `lax.while_loop`
 under `jax.jit` with the cache donated; it stops early once every row has produced a stop token.
+
+With landmark attention, prompts get a landmark token after every `landmark_block` ordinary tokens
+before prefill, and each decode step feeds the sampled token plus, when that token closes a block,
+the landmark (else the second slot is padding); the next token is sampled from the landmark's logits,
+the landmark id is never sampled, and the returned tokens hold no landmarks (the reference's
+`prepare_inputs_for_generation` inserts them the same way).
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longjax.nn import Llama, init_cache
+from longjax.data import insert_landmarks
+from longjax.nn import Llama, cache_lengths, init_cache
+from longjax.nn.landmark import landmark_spec
 
 DEFAULT_PREFILL_CHUNK = 1024
 _PROMPT_ROUNDING = 16  # prompt buffers grow in these steps, so nearby lengths share one compiled prefill
@@ -100,7 +108,12 @@ def _decode(model: Llama, params, cache, logits, rng, stop_tokens, pad_id, *, ma
             temperature: float, top_k: int, top_p: float):
   """Sample token 0 from the prefill logits, then feed each token and sample the next; int32[B, max_new_tokens]."""
   batch = logits.shape[0]
-  sample = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+  landmarks = landmark_spec(model.config)
+
+  def sample(logits, key):
+    if landmarks is not None:  # generation inserts landmarks itself
+      logits = logits.at[:, landmarks[1]].set(-jnp.inf)
+    return sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
 
   def emit(i, logits, rng, out, done):
     rng, key = jax.random.split(rng)
@@ -117,9 +130,18 @@ def _decode(model: Llama, params, cache, logits, rng, stop_tokens, pad_id, *, ma
 
   def body(carry):
     i, cache, token, rng, out, done = carry
-    logits, cache = model.apply({"params": params}, token[:, None], segment_ids=(~done)[:, None].astype(jnp.int32),
-                                cache=cache)
-    token, rng, out, done = emit(i, logits[:, 0], rng, out, done)
+    if landmarks is None:
+      logits, cache = model.apply({"params": params}, token[:, None],
+                                  segment_ids=(~done)[:, None].astype(jnp.int32), cache=cache)
+      logits = logits[:, 0]
+    else:  # the token, then the landmark where the token closes a block (slot % (block + 1) == block - 1)
+      block, landmark_id = landmarks
+      closes = (cache_lengths(cache) % (block + 1) == block - 1) & ~done
+      tokens = jnp.stack([token, jnp.full_like(token, landmark_id)], axis=1)
+      segment_ids = jnp.stack([~done, closes], axis=1).astype(jnp.int32)
+      logits, cache = model.apply({"params": params}, tokens, segment_ids=segment_ids, cache=cache,
+                                  logits_at=closes.astype(jnp.int32))
+    token, rng, out, done = emit(i, logits, rng, out, done)
     return i + 1, cache, token, rng, out, done
 
   carry = jax.lax.while_loop(cond, body, (jnp.int32(1), cache, token, rng, out, done))
@@ -133,17 +155,22 @@ def generate(model: Llama, params, prompts, max_new_tokens: int, *, temperature:
   """int32[B, max_new_tokens] continuing each prompt (a list of token lists of any lengths, or int[B, P]).
 
   temperature 0 is greedy; after a row emits one of `stop_tokens` its remaining tokens are `pad_id`.
-  The cache holds `max_length` tokens (default: the longest prompt plus max_new_tokens); the sliding
-  and infini types keep constant memory whatever it is.
+  The cache holds `max_length` tokens (default: the longest prompt plus max_new_tokens, plus the landmarks
+  landmark attention inserts); the sliding and infini types keep constant memory whatever it is.
   """
   if max_new_tokens < 1:
     raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
   tokens, lengths = pad_prompts(prompts, pad_id)
-  needed = int(lengths.max()) + max_new_tokens
+  landmarks = landmark_spec(model.config)
+  new_slots = max_new_tokens
+  if landmarks is not None:
+    tokens, lengths = pad_prompts([insert_landmarks(row[:n], *landmarks) for row, n in zip(tokens, lengths)], pad_id)
+    new_slots += max_new_tokens // landmarks[0] + 1
+  needed = int(lengths.max()) + new_slots
   max_length = needed if max_length is None else max_length
   if max_length < needed:
     raise ValueError(f"generate: max_length={max_length} is shorter than the longest prompt plus max_new_tokens "
-                     f"({needed})")
+                     f"(with landmarks, if any: {needed})")
   cache = init_cache(model.config, tokens.shape[0], max_length, cache_dtype)
   logits, cache = prefill(model, params, cache, tokens, lengths, chunk=prefill_chunk)
   out, cache = _decode(model, params, cache, logits, jax.random.key(seed), jnp.asarray(list(stop_tokens) or [-1],

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from longjax.config import AttentionConfig, LoraConfig, RopeConfig
 from longjax.nn.attention_types import ATTENTION_TYPES, AttentionInputs
 from longjax.nn.layers import Dense, Dtype
+from longjax.ops import logn_scale
 
 
 class Attention(nn.Module):
@@ -45,6 +46,8 @@ class Attention(nn.Module):
     v = self._proj("v", (kv_heads, head_dim), ("embed",), ("kv_heads", "head_dim"))(x)
     q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
     k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
+    if self.attention.logn_length:  # log-n scaling: a scale on q is a scale on its logits, before or after RoPE
+      q = q * logn_scale(positions, self.attention.logn_length)[..., None, None].astype(q.dtype)
     inputs = AttentionInputs(q, k, v, positions, seq_len, segment_ids)
     out, state = ATTENTION_TYPES[self.attention.type].apply(self, self.attention, self.rope, inputs, state,
                                                             self.train)

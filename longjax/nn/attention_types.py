@@ -10,6 +10,15 @@ whole-sequence call: training, evaluation) or its cache (inference), and returns
             with positions inside the cache (`ops.SinkCache`), constant memory.
   infini    Infini-attention with its per-head gate; cache: the compressive memory plus the open
             segment (`ops.InfiniCache`), so streaming equals one long call.
+  landmark  landmark attention (longjax.nn.landmark); cache: every block with its landmark key
+            (`ops.LandmarkCache`), each head retrieving its top-k blocks per step.
+  self_extend, dca, rerope
+            training-free position remapping (`nn.remap`); cache: the full K/V cache, keys before RoPE.
+
+With `attention.context_parallel` and a mesh whose sequence axis is > 1, the whole-sequence calls of
+the types marked `sequence_parallel` (full, sliding) run `ops.context_parallel_attention` over that
+axis; infini cannot (a sequential recurrence over segments), nor s2 (it trains on shifted groups; its
+evaluation path is full's), and config validation says so.
 
 In a cached call, `segment_ids` mark real tokens (non-zero; padding is 0, as in packed batches):
 padding is neither cached nor counted, and each row's real tokens come first. Keys are cached
@@ -25,8 +34,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from longjax import ops, positional
+from longjax import ops, positional, sharding
 from longjax.config import AttentionConfig, RopeConfig
+from longjax.ops import context_parallel
+from longjax.nn.landmark import landmark_apply, landmark_init_state
 
 
 class AttentionInputs(NamedTuple):
@@ -44,10 +55,12 @@ class AttentionInputs(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class AttentionType:
   """`apply(module, cfg, rope, inputs, state, train) -> (out [B, T, H, D], state)`, run inside the Attention
-  module (so it may own parameters); `init_state(cfg, batch, max_length, kv_heads, head_dim, dtype) -> state`."""
+  module (so it may own parameters); `init_state(cfg, batch, max_length, kv_heads, head_dim, dtype) -> state`;
+  `sequence_parallel`: its training call can run context-parallel (config.SEQUENCE_PARALLEL_TYPES)."""
 
   apply: Callable[..., tuple[jax.Array, Any]]
   init_state: Callable[..., Any]
+  sequence_parallel: bool = False
 
 
 def _frequencies(rope: RopeConfig, head_dim: int, seq_len) -> positional.Frequencies:
@@ -68,9 +81,24 @@ def _rotated(rope, x: AttentionInputs):
   return freqs, positional.apply_rope(x.q, x.positions, freqs), positional.apply_rope(x.k, x.positions, freqs)
 
 
+def _context_axis(cfg: AttentionConfig, length: int) -> str | None:
+  """The mesh axis to run context-parallel over, or None: off, no sequence axis, or (contiguous layout only)
+  a length the shards do not divide, which XLA's partitioner then handles (evaluation at odd lengths)."""
+  axis = None if cfg.context_parallel == "none" else sharding.sequence_axis()
+  if axis is None or (not context_parallel.is_balanced() and length % jax.sharding.get_abstract_mesh().shape[axis]):
+    return None
+  return axis
+
+
 def _dense(cfg: AttentionConfig, q, k, v, segment_ids, *, window=None, sinks=0):
-  return ops.attention(q, k, v, causal=True, impl=cfg.impl, window=window, sinks=sinks,
-                       segment_ids=None if cfg.cross_documents else segment_ids, block_size=cfg.kernel_block)
+  segment_ids = None if cfg.cross_documents else segment_ids
+  axis = _context_axis(cfg, q.shape[1])
+  if axis is not None:
+    return ops.context_parallel_attention(q, k, v, axis_name=axis, strategy=cfg.context_parallel,
+                                          balanced=context_parallel.is_balanced(), window=window, sinks=sinks,
+                                          segment_ids=segment_ids, block_size=cfg.kernel_block)
+  return ops.attention(q, k, v, causal=True, impl=cfg.impl, window=window, sinks=sinks, segment_ids=segment_ids,
+                       block_size=cfg.kernel_block)
 
 
 def _cached_full(cfg: AttentionConfig, rope: RopeConfig, x: AttentionInputs, state: ops.KVCache):
@@ -144,9 +172,21 @@ def _init_infini(cfg, batch, max_length, kv_heads, head_dim, dtype):
   return ops.init_infini_cache(batch, kv_heads, head_dim, head_dim, segment_len=cfg.segment_len, dtype=dtype)
 
 
+def _landmark(module, cfg, rope, x: AttentionInputs, state, train):
+  del module, train
+  freqs = _frequencies(rope, x.q.shape[-1], x.seq_len)
+  return landmark_apply(cfg, x.q, x.k, x.v, x.positions, x.segment_ids, freqs, state, _valid(x))
+
+# nn.remap reads the helpers above (frequencies, valid tokens), so it is imported after them.
+from longjax.nn.remap import remap_apply  # pylint: disable=wrong-import-position
+
 ATTENTION_TYPES: dict[str, AttentionType] = {
-    "full": AttentionType(_full, _init_kv),
+    "full": AttentionType(_full, _init_kv, sequence_parallel=True),
     "s2": AttentionType(_s2, _init_kv),
-    "sliding": AttentionType(_sliding, _init_sinks),
+    "sliding": AttentionType(_sliding, _init_sinks, sequence_parallel=True),
     "infini": AttentionType(_infini, _init_infini),
+    "landmark": AttentionType(_landmark, landmark_init_state),
+    "self_extend": AttentionType(remap_apply, _init_kv),
+    "dca": AttentionType(remap_apply, _init_kv),
+    "rerope": AttentionType(remap_apply, _init_kv),
 }

@@ -75,7 +75,11 @@ class Llama(nn.Module):
     block = BLOCKS[cfg.block]
     embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
                      embedding_init=block.embedding_init(cfg), name="embed_tokens")
-    x = embed(tokens)
+    # Look up in the table gathered over its embed shards (FSDP's all-gather of one weight): a lookup into an
+    # embed-sharded table yields embed-sharded rows, which XLA cannot reshard to batch x length shards (it
+    # replicates the whole [B, T, E] activation first).
+    table = nn.with_logical_constraint(embed.embedding, ("vocab", None))
+    x = jnp.take(table, tokens, axis=0).astype(dtype)
 
     if cfg.remat_policy != "none":
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat_policy], prevent_cse=not cfg.scan_layers)

@@ -5,14 +5,24 @@ from longjax.ops.blockwise import blockwise_attention
 from longjax.ops.cema import cema
 from longjax.ops.cached import KVCache, cached_attention, init_kv_cache, write_heads, write_rows
 from longjax.ops.infini import InfiniCache, InfiniState, infini_attention, infini_cache_attention, init_infini_cache
+from longjax.ops.landmark import (LandmarkCache, init_landmark_cache, is_landmark_position, landmark_attention,
+                                  landmark_cache_attention)
 from longjax.ops.loss import chunked_cross_entropy, cross_entropy
 from longjax.ops.reference import attention_mask, naive_attention
+from longjax.ops.remap import (Remap, dca_attention, dca_remap, logn_scale, remap_attention, rerope_attention,
+                               rerope_remap, self_extend_attention, self_extend_remap)
 from longjax.ops.s2 import s2_attention
 from longjax.ops.sink_cache import SinkCache, init_sink_cache, sink_cache_attention
 from longjax.ops.timestep_norm import TimestepNormState, init_timestep_norm_state, timestep_norm
+from longjax.ops.context_parallel import context_parallel_attention, load_balance, unbalance
 
-__all__ = ["IMPLS", "InfiniCache", "InfiniState", "KVCache", "SinkCache", "attention", "attention_mask",
-           "blockwise_attention", "cached_attention", "cema", "choose_impl", "chunked_cross_entropy", "cross_entropy",
-           "infini_attention", "infini_cache_attention", "init_infini_cache", "init_kv_cache", "init_sink_cache",
+__all__ = ["IMPLS", "InfiniCache", "InfiniState", "KVCache", "LandmarkCache", "SinkCache", "attention",
+           "attention_mask", "blockwise_attention", "cached_attention", "cema", "choose_impl", "cross_entropy",
+           "infini_attention", "infini_cache_attention", "init_infini_cache", "init_kv_cache", "init_landmark_cache",
+           "init_sink_cache", "is_landmark_position", "landmark_attention", "landmark_cache_attention",
            "naive_attention", "s2_attention", "sink_cache_attention", "TimestepNormState", "init_timestep_norm_state",
            "timestep_norm", "write_heads", "write_rows"]
+__all__ += ["chunked_cross_entropy"]
+__all__ += ["context_parallel_attention", "load_balance", "unbalance"]
+__all__ += ["Remap", "dca_attention", "dca_remap", "logn_scale", "remap_attention", "rerope_attention", "rerope_remap",
+            "self_extend_attention", "self_extend_remap"]

@@ -19,8 +19,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and 
 
 def main(argv):
   del argv
-  cli.initialize_distributed()
-  result = train_and_evaluate(from_config_dict(_CONFIG.value), _WORKDIR.value)
+  config = from_config_dict(_CONFIG.value)
+  cli.initialize_distributed(config.distributed)
+  result = train_and_evaluate(config, _WORKDIR.value)
   print(f"done: {result}")
 
 

@@ -51,8 +51,27 @@ def load_source(init_from: str) -> tuple[ModelConfig, dict]:
 
 
 def adopt_shapes(model: ModelConfig, source: ModelConfig) -> ModelConfig:
-  """The run's model config with the source's shape-defining fields (rope, attention, LoRA stay the run's)."""
-  return dataclasses.replace(model, **{name: getattr(source, name) for name in SHAPE_FIELDS})
+  """The run's model config with the source's shape-defining fields (rope, attention, LoRA stay the run's); a
+  larger vocab_size of the run is kept (new token rows, e.g. a landmark token, see `merge_into`)."""
+  shapes = {name: getattr(source, name) for name in SHAPE_FIELDS}
+  shapes["vocab_size"] = max(model.vocab_size, source.vocab_size)
+  return dataclasses.replace(model, **shapes)
+
+
+# (path, vocabulary axis) of the parameters that grow when a run adds tokens to its source's vocabulary.
+_VOCAB_AXES = {("embed_tokens", "embedding"): 0, ("lm_head",): 1}
+
+
+def _grow_vocab(path: tuple, value, like_shape: tuple):
+  """The source embedding with new token rows set to the mean of its rows (the reference of landmark attention,
+  `smart_tokenizer_and_embedding_resize`), when only the vocabulary axis differs and grows; else None."""
+  axis = _VOCAB_AXES.get(tuple(path))
+  if axis is None or value.ndim != len(like_shape) or value.shape[axis] > like_shape[axis] or any(
+      a != b for i, (a, b) in enumerate(zip(value.shape, like_shape)) if i != axis):
+    return None
+  value = np.asarray(value)
+  extra = np.repeat(value.mean(axis=axis, keepdims=True), like_shape[axis] - value.shape[axis], axis=axis)
+  return np.concatenate([value, extra.astype(value.dtype)], axis=axis)
 
 
 def merge_into(fresh: dict, source: dict, scan_layers: bool, num_layers: int, place=None) -> dict:
@@ -71,6 +90,10 @@ def merge_into(fresh: dict, source: dict, scan_layers: bool, num_layers: int, pl
     if path not in flat:
       raise ConfigError(f"train.init_from: parameter {'/'.join(path)} has no place in this model")
     if tuple(value.shape) != tuple(flat[path].shape):
+      grown = _grow_vocab(path, value, tuple(flat[path].shape))
+      if grown is not None:
+        flat[path] = place(grown, flat[path])
+        continue
       raise ConfigError(f"train.init_from: parameter {'/'.join(path)} has shape {tuple(value.shape)}; "
                         f"this model expects {tuple(flat[path].shape)}")
     flat[path] = place(value, flat[path])

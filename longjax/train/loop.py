@@ -29,6 +29,7 @@ from longjax import checkpoint, sharding
 from longjax.config import Config, ConfigError
 from longjax.data import get_tokenizer, make_batches
 from longjax.nn import Llama, abstract_params
+from longjax.nn.landmark import landmark_spec
 from longjax.train import data_state as data_state_lib
 from longjax.train import init as init_lib
 from longjax.train.metrics import MetricWriter
@@ -190,13 +191,15 @@ class Trainer:
 
   def train_batches(self):
     return make_batches(self.config.data, split=self.config.data.train_split, seq_len=self.config.train.seq_len,
-                        global_batch_size=self.config.train.global_batch_size, seed=self.config.seed)
+                        global_batch_size=self.config.train.global_batch_size, seed=self.config.seed,
+                        landmarks=landmark_spec(self.config.model))
 
   def evaluate(self, params) -> dict:
     """Token-weighted loss and perplexity over the first `eval_batches` batches of the eval split."""
     cfg = self.config
     batches = make_batches(cfg.data, split=cfg.data.eval_split, seq_len=cfg.train.seq_len,
-                           global_batch_size=cfg.train.global_batch_size, seed=cfg.seed)
+                           global_batch_size=cfg.train.global_batch_size, seed=cfg.seed,
+                           landmarks=landmark_spec(cfg.model))
     loss_sum = tokens = 0.0
     for _ in range(cfg.train.eval_batches):
       out = jax.device_get(self.eval_step(params, _global_batch(next(batches), self.batch_sharding)))

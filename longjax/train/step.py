@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from longjax import sharding
 from longjax.config import ModelConfig
 from longjax.nn import lm_head_kernel
-from longjax.ops import chunked_cross_entropy, cross_entropy
+from longjax.ops import chunked_cross_entropy, context_parallel, cross_entropy
 from longjax.train.optimizer import FROZEN
 
 TrainState = dict[str, Any]  # {"step": int32[], "params": tree, "opt_state": tree}
@@ -25,10 +26,44 @@ def model_inputs(model_config: ModelConfig, batch: dict) -> dict:
 
   With `attention.cross_documents` the packed row is one long sequence (positions
   0..T-1); otherwise documents are masked from each other and positions restart.
+  PoSE batches (data.pose_target_length) carry `pose_positions`, the row's skipped position ids, used instead.
   """
+  pose = {"positions": batch["pose_positions"]} if "pose_positions" in batch else {}
   if model_config.attention.cross_documents:
-    return {}
-  return {"positions": batch["positions"], "segment_ids": batch["segment_ids"]}
+    if pose:
+      return pose
+    # A load-balanced row is permuted (`balance_batch`): then its positions must be given.
+    return {"positions": batch["positions"]} if context_parallel.is_balanced() else {}
+  return {"positions": batch["positions"], "segment_ids": batch["segment_ids"], **pose}
+
+
+def balanced_shards(model_config: ModelConfig) -> int:
+  """How many sequence shards the batch is load-balanced over (0: it is not), under the current mesh."""
+  attention = model_config.attention
+  axis = None if attention.context_parallel == "none" or not attention.load_balance else sharding.sequence_axis()
+  return 0 if axis is None else jax.sharding.get_abstract_mesh().shape[axis]
+
+
+def balance_batch(model_config: ModelConfig, batch: dict, shards: int) -> dict:
+  """Every [B, T] array of the batch permuted once into the balanced layout of ops.context_parallel, with
+  explicit positions (0..T-1 for cross-document rows); the loss, a token sum, needs no permuting back."""
+  if model_config.attention.cross_documents:
+    batch = {**batch, "positions": jnp.broadcast_to(jnp.arange(batch["inputs"].shape[1], dtype=jnp.int32),
+                                                    batch["inputs"].shape)}
+  return {name: context_parallel.load_balance(value, shards) for name, value in batch.items()}
+
+
+def _in_layout(model_config: ModelConfig, step_fn):
+  """step_fn(first, batch) run on the batch in the layout context parallelism wants (see `balance_batch`)."""
+
+  def step(first, batch):
+    shards = balanced_shards(model_config)
+    if not shards:
+      return step_fn(first, batch)
+    with context_parallel.balanced_layout():
+      return step_fn(first, balance_batch(model_config, batch, shards))
+
+  return step
 
 
 def loss_fn(params, model: nn.Module, batch: dict, train: bool):
@@ -93,7 +128,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
     metrics = {"loss": total / count, "grad_norm": optax.tree.norm(grads), "tokens": count}
     return {"step": state["step"] + 1, "params": new_params, "opt_state": opt_state}, metrics
 
-  return step
+  return _in_layout(model.config, step)
 
 
 def make_eval_step(model: nn.Module):
@@ -101,7 +136,7 @@ def make_eval_step(model: nn.Module):
     _, (total, count) = loss_fn(params, model, batch, False)
     return {"loss_sum": total, "tokens": count}
 
-  return step
+  return _in_layout(model.config, step)
 
 
 # Dense bf16 peak FLOP/s per chip (vendor datasheets), for the MFU estimate; unknown kinds report no MFU.

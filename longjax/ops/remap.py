@@ -1,0 +1,163 @@
+"""Position-remapping attention: Self-Extend, Dual Chunk Attention, ReRoPE, and log-n query scaling.
+
+Training-free context extension that keeps every query-key distance inside what the model saw in
+pre-training by giving each (query, key) pair positions from one of a few maps ("passes"):
+
+  Self-Extend (Jin et al. 2024, arXiv 2401.01325; datamllab/LongLM):
+    pass 0 (neighbours, i - j < window): true positions i, j;
+    pass 1 (grouped, beyond):            query i // G + window - window // G, key j // G.
+  Dual Chunk Attention (An et al. 2024, arXiv 2402.17463; HKUNLP/ChunkLlama), chunk length
+  s = chunk_size - local_window, c = chunk_size:
+    pass 0 (same chunk):                 query i mod s, key j mod s;
+    pass 1 (previous chunk):             query min(s + i mod s, c - 1), key j mod s;
+    pass 2 (earlier chunks):             query c - 1, key j mod s
+    (the paper's maps; ChunkLlama's code caps the query at c instead, with c = 3/4 of the pre-trained length).
+  ReRoPE (Su 2023, bojone/rerope):
+    pass 0 (i - j < window):             true positions i, j;
+    pass 1 (beyond):                     query `window`, key 0 (the relative position clipped at window).
+
+i and j are the tokens' positions (int32, per row). Each pass rotates q and k with RoPE at its own
+positions; one softmax runs over the merged logits, which is the log-sum-exp merge of the passes'
+separate softmaxes. The kernel walks key blocks with an online softmax (float32 statistics), so
+memory is linear in length; `block_size=None` reads all keys as one block (the direct form).
+Query heads are grouped over key/value heads by reshaping, never by repeating K and V.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from longjax.positional import Frequencies, apply_rope
+
+
+class Remap(NamedTuple):
+  """`passes(q_pos [B, T], k_pos [B, S]) -> [(q positions [B, T], k positions [B, S]), ...]` and
+  `region(q_pos [B, T, 1], k_pos [B, 1, S]) -> int32[B, T, S]`, the pass each pair reads."""
+
+  passes: Callable[[jax.Array, jax.Array], list[tuple[jax.Array, jax.Array]]]
+  region: Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def self_extend_remap(group_size: int, window: int) -> Remap:
+  """Self-Extend: neighbours inside `window` at true positions, floor-divided positions beyond."""
+  def passes(q_pos, k_pos):
+    return [(q_pos, k_pos), (q_pos // group_size + window - window // group_size, k_pos // group_size)]
+
+  return Remap(passes, lambda i, j: (i - j >= window).astype(jnp.int32))
+
+
+def dca_remap(chunk_size: int, local_window: int) -> Remap:
+  """Dual Chunk Attention: intra-chunk, successive-chunk and inter-chunk position maps."""
+  chunk_len = chunk_size - local_window
+
+  def passes(q_pos, k_pos):
+    inner, k_inner = q_pos % chunk_len, k_pos % chunk_len
+    return [(inner, k_inner), (jnp.minimum(chunk_len + inner, chunk_size - 1), k_inner),
+            (jnp.full_like(q_pos, chunk_size - 1), k_inner)]
+
+  return Remap(passes, lambda i, j: jnp.minimum(i // chunk_len - j // chunk_len, 2).astype(jnp.int32))
+
+
+def rerope_remap(window: int) -> Remap:
+  """ReRoPE: true positions inside `window`, the relative position clipped at `window` beyond it."""
+  def passes(q_pos, k_pos):
+    return [(q_pos, k_pos), (jnp.full_like(q_pos, window), jnp.zeros_like(k_pos))]
+
+  return Remap(passes, lambda i, j: (i - j >= window).astype(jnp.int32))
+
+
+def logn_scale(positions: jax.Array, length: int) -> jax.Array:
+  """float32[B, T] query scale max(1, log(position + 1) / log(length)) (Qwen-1's logn_attn, ReRoPE's log-n)."""
+  scale = jnp.log(positions.astype(jnp.float32) + 1.0) / np.log(length)
+  return jnp.maximum(scale, 1.0)
+
+
+def remap_attention(q, k, v, *, q_positions, k_positions, freqs: Frequencies, remap: Remap, q_slots, kv_lengths=None,
+                    block_size: int | None = None):
+  """q [B, T, H, D] and head-major k [B, Hkv, S, D], v [B, Hkv, S, Dv], all before RoPE -> [B, T, H, Dv].
+
+  q_positions int32[B, T], k_positions int32[B, S]: the positions the maps read. Causal in slots:
+  query t of row b sits at slot q_slots[b, t] and sees key slots j <= q_slots[b, t], j < kv_lengths[b].
+  kv_lengths None: every slot is filled, and the loop over key blocks has a static length (differentiable);
+  int32[B] (a cache): the loop stops at the last filled block (forward only). A query that sees no key gives 0.
+  """
+  batch, q_len, heads, head_dim = q.shape
+  kv_heads, k_len, value_dim = k.shape[1], k.shape[2], v.shape[-1]
+  if heads % kv_heads:
+    raise ValueError(f"remap_attention: query heads {heads} must be a multiple of key/value heads {kv_heads}")
+  group = heads // kv_heads
+  pairs = remap.passes(q_positions, k_positions)
+  qs = jnp.stack([apply_rope(q, qp, freqs) for qp, _ in pairs]).reshape(len(pairs), batch, q_len, kv_heads, group,
+                                                                          head_dim)
+  k_rows = jnp.swapaxes(k, 1, 2)  # apply_rope reads [B, S, Hkv, D]
+  ks = jnp.stack([jnp.swapaxes(apply_rope(k_rows, kp, freqs), 1, 2) for _, kp in pairs])  # [P, B, Hkv, S, D]
+  block = k_len if block_size is None or block_size >= k_len else block_size
+  padded = -(-k_len // block) * block
+  ks = jnp.pad(ks, [(0, 0)] * 3 + [(0, padded - k_len), (0, 0)])
+  v = jnp.pad(v, [(0, 0)] * 2 + [(0, padded - k_len), (0, 0)])
+  k_positions = jnp.pad(k_positions, [(0, 0), (0, padded - k_len)])
+  num_blocks = padded // block
+  if kv_lengths is not None:
+    kv_lengths = jnp.asarray(kv_lengths, jnp.int32)
+    # Blocks past the furthest filled slot hold nothing any query may see (a decode step reads only those).
+    num_blocks = jnp.minimum((jnp.max(kv_lengths) + block - 1) // block, num_blocks)
+  else:
+    kv_lengths = jnp.full((batch,), k_len, jnp.int32)
+  scale = 1.0 / np.sqrt(head_dim)
+
+  @jax.checkpoint  # the backward recomputes each block's logits instead of storing [T, S] of them
+  def body(i, carry):
+    out, row_max, row_sum = carry
+    start = i * block
+    k_blk = jax.lax.dynamic_slice_in_dim(ks, start, block, axis=3)
+    v_blk = jax.lax.dynamic_slice_in_dim(v, start, block, axis=2)
+    k_pos = jax.lax.dynamic_slice_in_dim(k_positions, start, block, axis=1)
+    logits = jnp.einsum("PBTKGD,PBKSD->PBKGTS", qs, k_blk, preferred_element_type=jnp.float32) * scale
+    region = remap.region(q_positions[:, :, None], k_pos[:, None, :])[:, None, None]  # [B, 1, 1, T, bk]
+    merged = logits[-1]
+    for p in range(len(pairs) - 2, -1, -1):
+      merged = jnp.where(region == p, logits[p], merged)
+    k_slots = start + jnp.arange(block, dtype=jnp.int32)
+    mask = (k_slots[None, None] <= q_slots[:, :, None]) & (k_slots[None, None] < kv_lengths[:, None, None])
+    merged = jnp.where(mask[:, None, None], merged, -jnp.inf)
+    new_max = jnp.maximum(row_max, jnp.max(merged, axis=-1))
+    safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+    probs = jnp.exp(merged - safe_max[..., None])
+    correction = jnp.exp(jnp.where(jnp.isfinite(row_max), row_max - safe_max, -jnp.inf))
+    row_sum = row_sum * correction + jnp.sum(probs, axis=-1)
+    update = jnp.einsum("BKGTS,BKSE->BKGTE", probs.astype(v.dtype), v_blk, preferred_element_type=jnp.float32)
+    return out * correction[..., None] + update, new_max, row_sum
+
+  stats_shape = (batch, kv_heads, group, q_len)
+  init = (jnp.zeros(stats_shape + (value_dim,), jnp.float32), jnp.full(stats_shape, -jnp.inf, jnp.float32),
+          jnp.zeros(stats_shape, jnp.float32))
+  out, _, row_sum = jax.lax.fori_loop(0, num_blocks, body, init)
+  out = out / jnp.where(row_sum > 0, row_sum, 1.0)[..., None]
+  return jnp.moveaxis(out, 3, 1).reshape(batch, q_len, heads, value_dim).astype(q.dtype)
+
+
+def _whole_sequence(q, k, v, positions, freqs, remap, block_size):
+  """Causal attention of a whole sequence q [B, T, H, D], k/v [B, T, Hkv, D] (token t at slot t)."""
+  slots = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), positions.shape)
+  return remap_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), q_positions=positions,
+                         k_positions=positions, freqs=freqs, remap=remap, q_slots=slots, block_size=block_size)
+
+
+def self_extend_attention(q, k, v, *, positions, freqs: Frequencies, group_size: int, window: int,
+                          block_size: int | None = None):
+  """Self-Extend, q [B, T, H, D] and k/v [B, T, Hkv, D] before RoPE, positions int32[B, T] -> [B, T, H, D]."""
+  return _whole_sequence(q, k, v, positions, freqs, self_extend_remap(group_size, window), block_size)
+
+
+def dca_attention(q, k, v, *, positions, freqs: Frequencies, chunk_size: int, local_window: int,
+                  block_size: int | None = None):
+  """Dual Chunk Attention, q [B, T, H, D] and k/v [B, T, Hkv, D] before RoPE, positions int32[B, T] -> [B, T, H, D]."""
+  return _whole_sequence(q, k, v, positions, freqs, dca_remap(chunk_size, local_window), block_size)
+
+
+def rerope_attention(q, k, v, *, positions, freqs: Frequencies, window: int, block_size: int | None = None):
+  """ReRoPE, q [B, T, H, D] and k/v [B, T, Hkv, D] before RoPE, positions int32[B, T] -> [B, T, H, D]."""
+  return _whole_sequence(q, k, v, positions, freqs, rerope_remap(window), block_size)
