@@ -87,7 +87,6 @@ def cached_attention(q, k, v, *, q_offsets, kv_lengths, window: int | None = Non
   q_grouped = q.reshape(batch, q_len, kv_heads, group, head_dim)
 
   def body(i, carry):
-    out, row_max, row_sum = carry
     start = i * block
     k_blk = jax.lax.dynamic_slice_in_dim(k, start, block, axis=2)
     if freqs is not None:
@@ -97,19 +96,42 @@ def cached_attention(q, k, v, *, q_offsets, kv_lengths, window: int | None = Non
     logits = jnp.einsum("BTKGD,BKSD->BKGTS", q_grouped, k_blk, preferred_element_type=jnp.float32) * scale
     mask = visible(q_slots, start + jnp.arange(block, dtype=jnp.int32), kv_lengths, window=window, sinks=sinks)
     logits = jnp.where(mask[:, None, None], logits, -jnp.inf)
-    new_max = jnp.maximum(row_max, jnp.max(logits, axis=-1))
-    safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-    probs = jnp.exp(logits - safe_max[..., None])
-    correction = jnp.exp(jnp.where(jnp.isfinite(row_max), row_max - safe_max, -jnp.inf))
-    row_sum = row_sum * correction + jnp.sum(probs, axis=-1)
-    update = jnp.einsum("BKGTS,BKSE->BKGTE", probs.astype(v.dtype), v_blk, preferred_element_type=jnp.float32)
-    return out * correction[..., None] + update, new_max, row_sum
+    return online_softmax_step(carry, logits, v_blk)
 
-  stats_shape = (batch, kv_heads, group, q_len)
-  init = (jnp.zeros(stats_shape + (value_dim,), jnp.float32), jnp.full(stats_shape, -jnp.inf, jnp.float32),
-          jnp.zeros(stats_shape, jnp.float32))
+  init = online_softmax_init(batch, kv_heads, group, q_len, value_dim)
   # Blocks past the furthest filled slot hold nothing any query may see.
   last_block = (jnp.max(kv_lengths) + block - 1) // block
-  out, _, row_sum = jax.lax.fori_loop(0, jnp.minimum(last_block, num_blocks), body, init)
+  return online_softmax_output(jax.lax.fori_loop(0, jnp.minimum(last_block, num_blocks), body, init), q.dtype)
+
+
+def online_softmax_init(batch: int, kv_heads: int, group: int, q_len: int, value_dim: int):
+  """The float32 carry of `online_softmax_step` before any key: out [B, Hkv, G, T, Dv], row_max and row_sum
+  [B, Hkv, G, T]."""
+  stats_shape = (batch, kv_heads, group, q_len)
+  return (jnp.zeros(stats_shape + (value_dim,), jnp.float32), jnp.full(stats_shape, -jnp.inf, jnp.float32),
+          jnp.zeros(stats_shape, jnp.float32))
+
+
+def online_softmax_step(carry, logits, v_blk):
+  """One key block of the online softmax (FlashAttention's running max and sum, float32).
+
+  logits float32[B, Hkv, G, T, S] with masked keys at -inf; v_blk [B, Hkv, S, Dv]. A row that has seen
+  only masked keys keeps max -inf and sum 0.
+  """
+  out, row_max, row_sum = carry
+  new_max = jnp.maximum(row_max, jnp.max(logits, axis=-1))
+  safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+  probs = jnp.exp(logits - safe_max[..., None])
+  correction = jnp.exp(jnp.where(jnp.isfinite(row_max), row_max - safe_max, -jnp.inf))
+  row_sum = row_sum * correction + jnp.sum(probs, axis=-1)
+  update = jnp.einsum("BKGTS,BKSE->BKGTE", probs.astype(v_blk.dtype), v_blk, preferred_element_type=jnp.float32)
+  return out * correction[..., None] + update, new_max, row_sum
+
+
+def online_softmax_output(carry, dtype):
+  """The finished carry -> [B, T, H, Dv] in `dtype` (query head h = kv head h // G, group member h % G); a row
+  that saw no key gives 0."""
+  out, _, row_sum = carry
+  batch, kv_heads, group, q_len, value_dim = out.shape
   out = out / jnp.where(row_sum > 0, row_sum, 1.0)[..., None]
-  return jnp.moveaxis(out, 3, 1).reshape(batch, q_len, heads, value_dim).astype(q.dtype)
+  return jnp.moveaxis(out, 3, 1).reshape(batch, q_len, kv_heads * group, value_dim).astype(dtype)

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from longjax.ops.cached import online_softmax_init, online_softmax_output, online_softmax_step
 from longjax.positional import Frequencies, apply_rope
 
 
@@ -110,7 +111,6 @@ def remap_attention(q, k, v, *, q_positions, k_positions, freqs: Frequencies, re
 
   @jax.checkpoint  # the backward recomputes each block's logits instead of storing [T, S] of them
   def body(i, carry):
-    out, row_max, row_sum = carry
     start = i * block
     k_blk = jax.lax.dynamic_slice_in_dim(ks, start, block, axis=3)
     v_blk = jax.lax.dynamic_slice_in_dim(v, start, block, axis=2)
@@ -122,21 +122,10 @@ def remap_attention(q, k, v, *, q_positions, k_positions, freqs: Frequencies, re
       merged = jnp.where(region == p, logits[p], merged)
     k_slots = start + jnp.arange(block, dtype=jnp.int32)
     mask = (k_slots[None, None] <= q_slots[:, :, None]) & (k_slots[None, None] < kv_lengths[:, None, None])
-    merged = jnp.where(mask[:, None, None], merged, -jnp.inf)
-    new_max = jnp.maximum(row_max, jnp.max(merged, axis=-1))
-    safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
-    probs = jnp.exp(merged - safe_max[..., None])
-    correction = jnp.exp(jnp.where(jnp.isfinite(row_max), row_max - safe_max, -jnp.inf))
-    row_sum = row_sum * correction + jnp.sum(probs, axis=-1)
-    update = jnp.einsum("BKGTS,BKSE->BKGTE", probs.astype(v.dtype), v_blk, preferred_element_type=jnp.float32)
-    return out * correction[..., None] + update, new_max, row_sum
+    return online_softmax_step(carry, jnp.where(mask[:, None, None], merged, -jnp.inf), v_blk)
 
-  stats_shape = (batch, kv_heads, group, q_len)
-  init = (jnp.zeros(stats_shape + (value_dim,), jnp.float32), jnp.full(stats_shape, -jnp.inf, jnp.float32),
-          jnp.zeros(stats_shape, jnp.float32))
-  out, _, row_sum = jax.lax.fori_loop(0, num_blocks, body, init)
-  out = out / jnp.where(row_sum > 0, row_sum, 1.0)[..., None]
-  return jnp.moveaxis(out, 3, 1).reshape(batch, q_len, heads, value_dim).astype(q.dtype)
+  init = online_softmax_init(batch, kv_heads, group, q_len, value_dim)
+  return online_softmax_output(jax.lax.fori_loop(0, num_blocks, body, init), q.dtype)
 
 
 def _whole_sequence(q, k, v, positions, freqs, remap, block_size):
