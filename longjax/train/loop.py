@@ -179,6 +179,12 @@ class Trainer:
     with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
       yield
 
+  def initial_state(self) -> dict:
+    """A fresh train state: step 0, the initial parameters and their optimizer state, sharded (under context())."""
+    params = self.initial_params()
+    opt_state = jax.jit(self.optimizer.init, out_shardings=self.opt_shardings)(params)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+
   def initial_params(self):
     init = jax.jit(lambda rng: nn.meta.unbox(self.model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"]),
                    out_shardings=self.param_shardings)
@@ -230,16 +236,15 @@ def _train(trainer: Trainer) -> dict:
   peak = peak_flops(jax.devices()[0].device_kind)
   with trainer.context():
     if trainer.checkpointer.latest_step() is None:
-      step, saved_step, params = 0, None, trainer.initial_params()
-      opt_state = jax.jit(trainer.optimizer.init, out_shardings=trainer.opt_shardings)(params)
+      step, saved_step, state = 0, None, trainer.initial_state()
     else:
       step, params, opt_state, data_state = trainer.checkpointer.restore(trainer.abstract_params, trainer.abstract_opt)
       saved_step = step
+      state = {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state}
       reader.set_state(data_state_lib.own(data_state))
       log.info("resumed from %s at step %d", trainer.checkpointer.directory, step)
     # Only now: a rerun whose model does not fit the workdir's checkpoints must not overwrite its config.json.
     _write_config(config, trainer.workdir)
-    state = {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state}
     writer = MetricWriter(trainer.workdir, total_steps=train.num_steps, initial_step=step,
                           enabled=jax.process_index() == 0)
     last: dict = {}

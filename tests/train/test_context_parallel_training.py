@@ -22,9 +22,7 @@ for strategy, config_json in zip(("all_gather", "ring"), sys.argv[1:3]):
   trainer = Trainer(from_config_dict(json.loads(config_json)), sys.argv[3] + "/" + strategy)
   try:
     with trainer.context():
-      params = trainer.initial_params()
-      opt_state = jax.jit(trainer.optimizer.init, out_shardings=trainer.opt_shardings)(params)
-      state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+      state = trainer.initial_state()
       batches = trainer.train_batches()
       losses = []
       for step in range(3):

@@ -24,9 +24,7 @@ def spec(x):
 trainer = Trainer(from_config_dict(json.loads(sys.argv[1])), sys.argv[2])
 try:
   with trainer.context():
-    params = trainer.initial_params()
-    opt_state = jax.jit(trainer.optimizer.init, out_shardings=trainer.opt_shardings)(params)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+    state = trainer.initial_state()
     batches = trainer.train_batches()
     losses = []
     for _ in range(3):

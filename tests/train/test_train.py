@@ -7,7 +7,6 @@ import os
 import struct
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import TRAINED_STEPS, checkpoint_steps, read_metrics
@@ -107,10 +106,8 @@ def _run_steps(runner, workdir, extra, steps=2):
   trainer = Trainer(runner.config(extra), workdir)
   try:
     with trainer.context():
-      params = trainer.initial_params()
-      initial = jax.device_get(params)
-      opt_state = jax.jit(trainer.optimizer.init, out_shardings=trainer.opt_shardings)(params)
-      state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
+      state = trainer.initial_state()
+      initial = jax.device_get(state["params"])
       batches = trainer.train_batches()
       losses, grad_norms = [], []
       for _ in range(steps):
