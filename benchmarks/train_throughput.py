@@ -9,6 +9,8 @@ both frameworks (same model sizes, same optimizer, float32 on CPU, torch given a
 CPU pool). On a shared machine the load changes from second to second, so the two are interleaved:
 each of `--rounds` rounds times `--steps` longjax steps, then `--steps` transformers steps. Reported:
 the median step time over all rounds, tokens/s, and the median of the per-round ratios.
+Both run in one process with malloc set as every longjax main sets it (`longjax.cli.keep_host_buffers`;
+LONGJAX_KEEP_HOST_BUFFERS=0 for glibc's default).
 Writes benchmarks/results/train_throughput.json (XLA_FLAGS, if set, recorded with it).
 """
 
@@ -26,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from longjax import cli  # noqa: E402
 from longjax.config import ModelConfig, TrainConfig  # noqa: E402
 from longjax.nn import abstract_params, init_params  # noqa: E402
 from longjax.nn import Llama  # noqa: E402
@@ -175,6 +178,7 @@ def main():
   parser.add_argument("--no-hf", action="store_true", help="skip transformers")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "train_throughput.json"))
   args = parser.parse_args()
+  kept = cli.keep_host_buffers()  # as every longjax main does (LONGJAX_KEEP_HOST_BUFFERS=0: glibc's default)
   rows = []
   for name in args.shapes.split(","):
     config, batch, seq_len = SHAPES[name]
@@ -192,7 +196,7 @@ def main():
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({"device": jax.devices()[0].device_kind, "backend": jax.default_backend(), "cpus": os.cpu_count(),
-               "xla_flags": os.environ.get("XLA_FLAGS", ""),
+               "xla_flags": os.environ.get("XLA_FLAGS", ""), "keep_host_buffers": kept,
                "jax": jax.__version__, "platform": platform.platform(), "rows": rows}, f, indent=2)
   print(f"wrote {args.out}")
 

@@ -10,6 +10,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from longjax import ops
+
 Dtype = jnp.dtype
 
 
@@ -59,7 +61,7 @@ class Dense(nn.Module):
                         in_shape + tuple(self.features), self.param_dtype)
     contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
     x = x.astype(self.dtype)
-    y = jax.lax.dot_general(x, kernel.astype(self.dtype), (contract, ((), ())))
+    y = ops.dense(x, kernel.astype(self.dtype), n_in)
     if self.lora_rank:
       lora_a = self.param("lora_a", normal_init(1.0 / self.lora_rank, self.in_axes + ("lora",)),
                           in_shape + (self.lora_rank,), self.param_dtype)

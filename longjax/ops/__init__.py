@@ -7,6 +7,7 @@ from longjax.ops.cached import KVCache, cached_attention, init_kv_cache, write_h
 from longjax.ops.infini import InfiniCache, InfiniState, infini_attention, infini_cache_attention, init_infini_cache
 from longjax.ops.landmark import (LandmarkCache, init_landmark_cache, is_landmark_position, landmark_attention,
                                   landmark_cache_attention)
+from longjax.ops.matmul import dense
 from longjax.ops.loss import chunked_cross_entropy, cross_entropy
 from longjax.ops.reference import attention_mask, naive_attention
 from longjax.ops.remap import (Remap, dca_attention, dca_remap, logn_scale, remap_attention, rerope_attention,
@@ -26,3 +27,4 @@ __all__ += ["chunked_cross_entropy"]
 __all__ += ["context_parallel_attention", "load_balance", "unbalance"]
 __all__ += ["Remap", "dca_attention", "dca_remap", "logn_scale", "remap_attention", "rerope_attention", "rerope_remap",
             "self_extend_attention", "self_extend_remap"]
+__all__ += ["dense"]
