@@ -5,6 +5,8 @@ Each takes q [B, T, H, D], k/v [B, S, Hkv, D] and the mask rule of `reference.at
 the kernel still runs, with an explicit [B, 1, T, S] mask, which is exact but quadratic in memory.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,48 +36,108 @@ def _zero_unseen_rows(out, mask):
 # Causal queries are cut into chunks that each meet only the keys up to their last position, so about half
 # the [T, S] logits are never computed; chunks are unrolled (static shapes), at most XLA_MAX_CHUNKS of them.
 # 64 measured best on CPU at T = 256 and 512 (single-thread CPU time of forward + backward: 128 costs
-# 10-15% more, 32 the same as 64); a hand-written softmax backward measured slower than autodiff's.
+# 10-15% more, 32 the same as 64).
 XLA_QUERY_CHUNK = 64
 XLA_MAX_CHUNKS = 16
-# On CPU, above this many bytes of float32 probabilities per batch row (about a core's L2), rows go one at a
-# time. Measured on the benchmark shapes (8 x 256 and 8 x 512): 8-20% less step time than all rows at once.
-XLA_ROW_BYTES = 256 << 10
+# On CPU, above this many bytes of float32 logits per batch row, rows go one at a time (forward and backward)
+# so that a row's logits stay in cache. Measured forward + backward on 2 cores: 8 x 512 tokens, 8 heads
+# (4.5 MiB a row) 48.5 -> 38.7 ms with rows one at a time; 8 x 256, 4 heads (0.6 MiB) 5.0 ms all rows at
+# once against 6.7 ms one at a time.
+XLA_ROW_BYTES = 2 << 20
+_MASKED = float(jnp.finfo(jnp.float32).min)  # a finite fill: a row without keys gets no NaN
 
 
-def _query_chunks(q_len: int, k_len: int, causal: bool) -> list[tuple[int, int, int]]:
+def _query_chunks(q_len: int, k_len: int, causal: bool) -> tuple[tuple[int, int, int], ...]:
   """(start, stop, keys) per query chunk: queries [start, stop) see at most the first `keys` keys."""
   if not causal:
-    return [(0, q_len, k_len)]
+    return ((0, q_len, k_len),)
   chunk = max(XLA_QUERY_CHUNK, -(-q_len // XLA_MAX_CHUNKS))
   chunks = []
   for start in range(0, q_len, chunk):
     stop = min(start + chunk, q_len)
     # query stop - 1 sits at key position S - T + stop - 1; a chunk before every key keeps one (masked) key
     chunks.append((start, stop, max(1, min(k_len, k_len - q_len + stop))))
-  return chunks
+  return tuple(chunks)
 
 
-def _chunked_softmax(q, k, v, mask, chunks):
-  """q [B, Hkv, G, T, D] (pre-scaled), k/v [B, Hkv, S, D], mask bool[B|1, 1, T, S] -> [B, Hkv, G, T, D]."""
-  outs = []
-  for start, stop, keys in chunks:
-    logits = jnp.einsum("BKGTD,BKSD->BKGTS", q[:, :, :, start:stop], k[:, :, :keys],
-                        preferred_element_type=jnp.float32)
-    # A finite fill: a row that sees no key averages the values and is zeroed by the caller, with no NaN in its
-    # gradient.
-    logits = jnp.where(mask[:, :, None, start:stop, :keys], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    outs.append(jnp.einsum("BKGTS,BKSD->BKGTD", probs, v[:, :, :keys]))
-  return jnp.concatenate(outs, axis=3)
+def _chunk_logits(q, k, mask, chunk):
+  """Masked float32 logits of one query chunk: q [B, Hkv, G, T, D] (pre-scaled), k [B, Hkv, S, D]."""
+  start, stop, keys = chunk
+  logits = jnp.einsum("BKGTD,BKSD->BKGTS", q[:, :, :, start:stop], k[:, :, :keys],
+                      preferred_element_type=jnp.float32)
+  return jnp.where(mask[:, :, None, start:stop, :keys], logits, _MASKED)
+
+
+def _softmax_forward(q, k, v, mask, chunks):
+  """(out [B, Hkv, G, T, D], float32 log-sum-exp [B, Hkv, G, T, 1]) with mask bool[B|1, 1, T, S]."""
+  outs, lses = [], []
+  for chunk in chunks:
+    logits = _chunk_logits(q, k, mask, chunk)
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    probs = jnp.exp(logits - peak)
+    total = jnp.sum(probs, axis=-1, keepdims=True)
+    out = jnp.einsum("BKGTS,BKSD->BKGTD", probs.astype(v.dtype), v[:, :, :chunk[2]],
+                     preferred_element_type=jnp.float32) / total
+    outs.append(out.astype(v.dtype))
+    lses.append(peak + jnp.log(total))
+  return jnp.concatenate(outs, axis=3), jnp.concatenate(lses, axis=3)
+
+
+def _softmax_backward(q, k, v, mask, out, lse, d_out, chunks):
+  """dq, dk, dv of `_softmax_forward`, the probabilities recomputed from the log-sum-exp (FlashAttention-2's
+  backward, one query chunk at a time): dS = P * (dP - rowsum(dO * O)), with no reduction over the keys."""
+  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+  dq = []
+  dk = jnp.zeros(k.shape, jnp.float32)
+  dv = jnp.zeros(v.shape, jnp.float32)
+  for chunk in chunks:
+    start, stop, keys = chunk
+    probs = jnp.exp(_chunk_logits(q, k, mask, chunk) - lse[:, :, :, start:stop])
+    d_out_chunk = d_out[:, :, :, start:stop]
+    d_probs = jnp.einsum("BKGTD,BKSD->BKGTS", d_out_chunk, v[:, :, :keys], preferred_element_type=jnp.float32)
+    d_logits = (probs * (d_probs - delta[:, :, :, start:stop])).astype(q.dtype)
+    dq.append(jnp.einsum("BKGTS,BKSD->BKGTD", d_logits, k[:, :, :keys], preferred_element_type=jnp.float32))
+    dk = dk.at[:, :, :keys].add(jnp.einsum("BKGTS,BKGTD->BKSD", d_logits, q[:, :, :, start:stop],
+                                           preferred_element_type=jnp.float32))
+    dv = dv.at[:, :, :keys].add(jnp.einsum("BKGTS,BKGTD->BKSD", probs.astype(v.dtype), d_out_chunk,
+                                           preferred_element_type=jnp.float32))
+  return jnp.concatenate(dq, axis=3).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+def _by_rows(fn, rows: bool):
+  """fn over the batch at once, or (rows) one batch row at a time with lax.map; every argument batched."""
+  if not rows:
+    return fn
+  return lambda *args: jax.lax.map(lambda row: jax.tree.map(lambda x: x[0], fn(*(x[None] for x in row))), args)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _chunked_attention(q, k, v, mask, chunks, rows):
+  return _by_rows(lambda *a: _softmax_forward(*a, chunks), rows)(q, k, v, mask)[0]
+
+
+def _chunked_attention_fwd(q, k, v, mask, chunks, rows):
+  out, lse = _by_rows(lambda *a: _softmax_forward(*a, chunks), rows)(q, k, v, mask)
+  return out, (q, k, v, mask, out, lse)
+
+
+def _chunked_attention_bwd(chunks, rows, residuals, d_out):
+  grads = _by_rows(lambda *a: _softmax_backward(*a, chunks), rows)(*residuals, d_out)
+  return (*grads, None)
+
+
+_chunked_attention.defvjp(_chunked_attention_fwd, _chunked_attention_bwd)
 
 
 def xla(q, k, v, *, causal, window, sinks, segment_ids):
-  """Materialized float32 softmax in head-major layout [B, Hkv, G, T, S] (no transposes of the logits), GQA
-  without repeating K/V; causal queries in chunks that skip the keys after them.
+  """Softmax attention materialized one query chunk at a time, in head-major layout [B, Hkv, G, T, S] (no
+  transposes of the logits), GQA without repeating K/V; causal chunks skip the keys after them.
 
-  On CPU, when one batch row's probabilities pass XLA_ROW_BYTES, rows run one at a time (lax.map) under remat:
-  the backward pass recomputes a row's probabilities while they are in cache instead of reading back all rows'
-  (an accelerator keeps every row at once: a loop over rows would leave it idle).
+  Its VJP is written by hand (FlashAttention-2's): the forward keeps only the output and the float32
+  log-sum-exp, and the backward recomputes each chunk's probabilities; autodiff of a softmax would keep every
+  probability for the backward pass and reduce dP * P over the keys (on CPU, 12 of a 135 ms demo step).
+  On CPU, when one batch row's logits pass XLA_ROW_BYTES, rows run one at a time (lax.map) in both passes,
+  each row's logits in cache (an accelerator keeps every row at once: a loop over rows would leave it idle).
   """
   batch, q_len, heads, head_dim = q.shape
   k_len, kv_heads = k.shape[1], k.shape[2]
@@ -86,12 +148,10 @@ def xla(q, k, v, *, causal, window, sinks, segment_ids):
   k_heads, v_heads = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, Hkv, S, D]
   chunks = _query_chunks(q_len, k_len, causal)
   row_bytes = 4 * heads * sum((stop - start) * keys for start, stop, keys in chunks)
-  if jax.default_backend() == "cpu" and batch > 1 and row_bytes > XLA_ROW_BYTES:
-    row_mask = mask if mask.shape[0] == batch else jnp.broadcast_to(mask, (batch,) + mask.shape[1:])
-    one_row = jax.checkpoint(lambda row: _chunked_softmax(*(x[None] for x in row), chunks)[0])
-    out = jax.lax.map(one_row, (q_heads, k_heads, v_heads, row_mask))
-  else:
-    out = _chunked_softmax(q_heads, k_heads, v_heads, mask, chunks)
+  rows = jax.default_backend() == "cpu" and batch > 1 and row_bytes > XLA_ROW_BYTES
+  if rows and mask.shape[0] != batch:
+    mask = jnp.broadcast_to(mask, (batch,) + mask.shape[1:])
+  out = _chunked_attention(q_heads, k_heads, v_heads, mask, chunks, rows)
   out = out.transpose(0, 3, 1, 2, 4).reshape(batch, q_len, heads, head_dim)
   return out * jnp.any(mask, axis=-1)[:, 0, :, None, None].astype(out.dtype)
 
