@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longjax.nn import Llama
+from longjax.nn import Llama, lm_head_kernel
+from longjax.ops import chunked_token_nll
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,10 +32,19 @@ class PositionLoss:
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def token_losses(model: Llama, params, tokens):
-  """tokens int32[B, T + 1] -> float32[B, T]: the loss of target t + 1 given tokens 0..t."""
-  logits = model.apply({"params": params}, tokens[:, :-1], seq_len=tokens.shape[1] - 1)
+  """tokens int32[B, T + 1] -> float32[B, T]: the loss of target t + 1 given tokens 0..t.
+
+  With `model.loss_chunk` the LM head runs chunk by chunk (`ops.chunked_token_nll`), so [B, T, vocab] logits
+  never exist at once: at 32K tokens and a 32K vocabulary they would take 4 GiB a sequence.
+  """
+  config = model.config
+  inputs, targets = tokens[:, :-1], tokens[:, 1:]
+  if config.loss_chunk:
+    hidden = model.apply({"params": params}, inputs, seq_len=inputs.shape[1], hidden_only=True)
+    return chunked_token_nll(hidden, lm_head_kernel(config, params), targets, chunk=config.loss_chunk)
+  logits = model.apply({"params": params}, inputs, seq_len=inputs.shape[1])
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+  return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
 
 def loss_by_position(model: Llama, params, documents: Sequence[np.ndarray], length: int, num_bins: int = 16,

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from longjax.nn import Llama
-from longjax.ops import cross_entropy
+from longjax.evaluate.loss_by_position import token_losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +52,8 @@ def windows(num_tokens: int, max_len: int, stride: int) -> list[tuple[int, int]]
 @functools.partial(jax.jit, static_argnames=("model",))
 def _window_loss(model: Llama, params, tokens, first_new):
   """tokens int32[B, T]; first_new int32[B] (window index of the first scored target) -> (sum NLL, count)."""
-  logits = model.apply({"params": params}, tokens[:, :-1], seq_len=tokens.shape[1] - 1)
-  target_index = jnp.arange(1, tokens.shape[1])[None, :]
-  return cross_entropy(logits, tokens[:, 1:], target_index >= first_new[:, None])
+  scored = (jnp.arange(1, tokens.shape[1])[None, :] >= first_new[:, None]).astype(jnp.float32)
+  return jnp.sum(token_losses(model, params, tokens) * scored), jnp.sum(scored)
 
 
 def perplexity_at_length(model: Llama, params, documents: Sequence[np.ndarray], max_len: int, stride: int,

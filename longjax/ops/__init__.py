@@ -8,7 +8,7 @@ from longjax.ops.infini import InfiniCache, InfiniState, infini_attention, infin
 from longjax.ops.landmark import (LandmarkCache, init_landmark_cache, is_landmark_position, landmark_attention,
                                   landmark_cache_attention)
 from longjax.ops.matmul import dense
-from longjax.ops.loss import chunked_cross_entropy, cross_entropy
+from longjax.ops.loss import chunked_cross_entropy, chunked_token_nll, cross_entropy
 from longjax.ops.reference import attention_mask, naive_attention
 from longjax.ops.remap import (Remap, dca_attention, dca_remap, logn_scale, remap_attention, rerope_attention,
                                rerope_remap, self_extend_attention, self_extend_remap)
@@ -23,7 +23,7 @@ __all__ = ["IMPLS", "InfiniCache", "InfiniState", "KVCache", "LandmarkCache", "S
            "init_sink_cache", "is_landmark_position", "landmark_attention", "landmark_cache_attention",
            "naive_attention", "s2_attention", "sink_cache_attention", "TimestepNormState", "init_timestep_norm_state",
            "timestep_norm", "write_heads", "write_rows"]
-__all__ += ["chunked_cross_entropy"]
+__all__ += ["chunked_cross_entropy", "chunked_token_nll"]
 __all__ += ["context_parallel_attention", "load_balance", "unbalance"]
 __all__ += ["Remap", "dca_attention", "dca_remap", "logn_scale", "remap_attention", "rerope_attention", "rerope_remap",
             "self_extend_attention", "self_extend_remap"]

@@ -30,24 +30,43 @@ def chunked_cross_entropy(hidden: jax.Array, kernel: jax.Array, targets: jax.Arr
   """
   if chunk < 1:
     raise ValueError(f"chunked_cross_entropy: chunk must be >= 1, got {chunk}")
-  batch, length, _ = hidden.shape
-  num_chunks = -(-length // chunk)
-  rows = -(-length // num_chunks)  # positions per chunk, <= chunk
-  pad = num_chunks * rows - length
+  num_chunks = -(-hidden.shape[1] // chunk)
   mask = mask.astype(jnp.float32)
-
-  def split(x):  # [B, T, ...] -> [n, B, rows, ...]: chunk c takes positions r * n + c
-    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-    return jnp.moveaxis(x.reshape((batch, rows, num_chunks) + x.shape[2:]), 2, 0)
 
   @jax.checkpoint
   def chunk_loss(total, chunk_inputs):
     chunk_hidden, chunk_targets, chunk_mask = chunk_inputs
-    # Cast inside the body: the kernel's gradient then adds up over chunks in the kernel's dtype (float32),
-    # not in a bfloat16 compute dtype.
-    logits = jnp.einsum("BTE,EV->BTV", chunk_hidden, kernel.astype(chunk_hidden.dtype)).astype(jnp.float32)
-    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits, chunk_targets)
-    return total + jnp.sum(token_loss * chunk_mask), None
+    return total + jnp.sum(_token_nll(chunk_hidden, kernel, chunk_targets) * chunk_mask), None
 
+  split = lambda x: _strided_chunks(x, num_chunks)  # noqa: E731
   total, _ = jax.lax.scan(chunk_loss, jnp.zeros((), jnp.float32), (split(hidden), split(targets), split(mask)))
   return total, jnp.sum(mask)
+
+
+def chunked_token_nll(hidden: jax.Array, kernel: jax.Array, targets: jax.Array, *, chunk: int) -> jax.Array:
+  """float32[B, T]: each position's negative log-likelihood of its target under hidden [B, T, E] @ kernel [E, V],
+  with at most [B, chunk, V] logits alive at once (the per-token losses evaluation needs; same chunking as
+  `chunked_cross_entropy`, no custom gradient)."""
+  if chunk < 1:
+    raise ValueError(f"chunked_token_nll: chunk must be >= 1, got {chunk}")
+  batch, length = targets.shape
+  num_chunks = -(-length // chunk)
+  losses = jax.lax.map(lambda xs: _token_nll(xs[0], kernel, xs[1]),
+                       (_strided_chunks(hidden, num_chunks), _strided_chunks(targets, num_chunks)))
+  return jnp.moveaxis(losses, 0, 2).reshape(batch, -1)[:, :length]  # [n, B, rows] -> position r * n + c
+
+
+def _token_nll(hidden, kernel, targets):
+  """float32 NLL of each target: the matmul in hidden's dtype, the softmax in float32 (as the plain path)."""
+  # Cast inside: under a scan, the kernel's gradient then adds up over chunks in the kernel's dtype (float32),
+  # not in a bfloat16 compute dtype.
+  logits = jnp.einsum("BTE,EV->BTV", hidden, kernel.astype(hidden.dtype)).astype(jnp.float32)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+
+
+def _strided_chunks(x: jax.Array, num_chunks: int) -> jax.Array:
+  """[B, T, ...] -> [n, B, ceil(T / n), ...]: chunk c holds positions c, c + n, c + 2n, ... (zero-padded)."""
+  batch, length = x.shape[:2]
+  rows = -(-length // num_chunks)
+  x = jnp.pad(x, [(0, 0), (0, num_chunks * rows - length)] + [(0, 0)] * (x.ndim - 2))
+  return jnp.moveaxis(x.reshape((batch, rows, num_chunks) + x.shape[2:]), 2, 0)

@@ -1,11 +1,13 @@
 """The sliding-window perplexity protocol: every token after the first is scored exactly once."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
 
 from longjax.config import ModelConfig
-from longjax.evaluate import perplexity_at_length, windows
+from longjax.evaluate import loss_by_position, perplexity_at_length, windows
 from longjax.nn import Llama, init_params
 
 CONFIG = ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=2)
@@ -64,3 +66,16 @@ def test_loss_with_a_stride_equals_a_hand_computation():
   result = perplexity_at_length(Llama(CONFIG), params, [document], 16, 8)
   assert result.tokens == len(nll) == 39
   np.testing.assert_allclose(result.loss, np.mean(nll), rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss_chunk", [5, 16])  # 5 does not divide 16 (padded); 16: one chunk
+def test_chunked_head_gives_the_same_perplexity_and_position_losses(loss_chunk):
+  """model.loss_chunk: evaluation runs the LM head chunk by chunk (no [B, T, vocab] logits), same numbers."""
+  chunked = dataclasses.replace(CONFIG, loss_chunk=loss_chunk)
+  params = init_params(CONFIG, jax.random.key(5))
+  documents = [np.random.default_rng(6).integers(0, CONFIG.vocab_size, n).astype(np.int32) for n in (40, 57)]
+  plain, fused = (perplexity_at_length(Llama(c), params, documents, 16, 8) for c in (CONFIG, chunked))
+  assert plain.tokens == fused.tokens
+  np.testing.assert_allclose(fused.loss, plain.loss, rtol=1e-6)
+  plain, fused = (loss_by_position(Llama(c), params, documents, 16, num_bins=4).loss for c in (CONFIG, chunked))
+  np.testing.assert_allclose(fused, plain, rtol=1e-6)

@@ -8,7 +8,7 @@ import pytest
 
 from longjax.config import ConfigError, ModelConfig
 from longjax.nn import Llama, init_params
-from longjax.ops import chunked_cross_entropy, cross_entropy
+from longjax.ops import chunked_cross_entropy, chunked_token_nll, cross_entropy
 from longjax.train.step import loss_fn
 
 BATCH, LENGTH, HIDDEN, VOCAB = 2, 12, 8, 19
@@ -106,3 +106,16 @@ def test_train_loss_with_loss_chunk_equals_the_plain_loss_with_tied_embeddings()
   np.testing.assert_allclose(total, expected_total, rtol=1e-6)
   assert count == expected_count
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), grads, expected_grads)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 12, 50])
+def test_chunked_token_nll_is_each_positions_loss(chunk):
+  hidden, kernel, targets, _ = _inputs(2)
+  logits = hidden.astype(np.float64) @ kernel
+  logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+  expected = -np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  got = chunked_token_nll(hidden, kernel, targets, chunk=chunk)
+  assert got.shape == targets.shape and got.dtype == np.float32
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="chunk must be >= 1"):
+    chunked_token_nll(hidden, kernel, targets, chunk=0)
