@@ -88,8 +88,10 @@ def _softmax_backward(q, k, v, mask, out, lse, d_out, chunks):
   backward, one query chunk at a time): dS = P * (dP - rowsum(dO * O)), with no reduction over the keys."""
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
   dq = []
-  dk = jnp.zeros(k.shape, jnp.float32)
-  dv = jnp.zeros(v.shape, jnp.float32)
+  # dK and dV are accumulated transposed, [B, Hkv, D, S]: dK^T = Q^T dS contracts dS over its major dims (G, T)
+  # in place, where dK = dS^T Q would make XLA CPU copy each chunk's dS into a transposed layout first.
+  dk = jnp.zeros(k.shape[:2] + k.shape[:1:-1], jnp.float32)
+  dv = jnp.zeros(v.shape[:2] + v.shape[:1:-1], jnp.float32)
   for chunk in chunks:
     start, stop, keys = chunk
     probs = jnp.exp(_chunk_logits(q, k, mask, chunk) - lse[:, :, :, start:stop])
@@ -97,10 +99,11 @@ def _softmax_backward(q, k, v, mask, out, lse, d_out, chunks):
     d_probs = jnp.einsum("BKGTD,BKSD->BKGTS", d_out_chunk, v[:, :, :keys], preferred_element_type=jnp.float32)
     d_logits = (probs * (d_probs - delta[:, :, :, start:stop])).astype(q.dtype)
     dq.append(jnp.einsum("BKGTS,BKSD->BKGTD", d_logits, k[:, :, :keys], preferred_element_type=jnp.float32))
-    dk = dk.at[:, :, :keys].add(jnp.einsum("BKGTS,BKGTD->BKSD", d_logits, q[:, :, :, start:stop],
-                                           preferred_element_type=jnp.float32))
-    dv = dv.at[:, :, :keys].add(jnp.einsum("BKGTS,BKGTD->BKSD", probs.astype(v.dtype), d_out_chunk,
-                                           preferred_element_type=jnp.float32))
+    dk = dk.at[..., :keys].add(jnp.einsum("BKGTD,BKGTS->BKDS", q[:, :, :, start:stop], d_logits,
+                                          preferred_element_type=jnp.float32))
+    dv = dv.at[..., :keys].add(jnp.einsum("BKGTD,BKGTS->BKDS", d_out_chunk, probs.astype(v.dtype),
+                                          preferred_element_type=jnp.float32))
+  dk, dv = jnp.swapaxes(dk, -1, -2), jnp.swapaxes(dv, -1, -2)
   return jnp.concatenate(dq, axis=3).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
