@@ -23,6 +23,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from train_throughput import SHAPES, setup_longjax  # noqa: E402
+from longjax import cli  # noqa: E402
 from longjax.nn import REMAT_POLICIES  # noqa: E402
 
 
@@ -32,6 +33,7 @@ def main():
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "remat.json"))
   args = parser.parse_args()
+  cli.keep_host_buffers()  # as every longjax main does
   config, batch, seq_len = SHAPES[args.shape]
   if jax.default_backend() == "cpu":
     config = dataclasses.replace(config, dtype="float32")

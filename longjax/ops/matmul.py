@@ -13,8 +13,9 @@ The custom VJP below writes both gradients in the forms XLA CPU runs fastest:
   dx = dy . kernel^T    (contract the out dims; the small kernel is what gets transposed)
   dW = x^T . dy         (contract every leading token dim of both, in place)
 
-On GPU and TPU (whose compilers choose layouts well) `dense` is plain `dot_general`, so remat policies that
-look for dots (`checkpoint_dots`, `dots_with_no_batch_dims_saveable`) see the same program as before.
+On GPU and TPU (whose compilers choose layouts well) `dense` is plain `dot_general`. On every backend remat
+policies that look for dots (`checkpoint_dots`, `dots_with_no_batch_dims_saveable`) see the forward
+`dot_general` and save its output as before.
 """
 
 import functools
