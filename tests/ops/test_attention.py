@@ -213,3 +213,19 @@ def test_block_size_reaches_the_blockwise_kernel():
     np.testing.assert_allclose(ops.attention(q, q, q, impl="blockwise", block_size=block), ref, atol=1e-5)
   jaxpr = str(jax.make_jaxpr(lambda q: ops.attention(q, q, q, impl="blockwise", block_size=16))(q))
   assert "length=21" in jaxpr  # 96 / 16 = 6 blocks: the 6 * 7 / 2 causal block pairs are scanned
+
+
+@pytest.mark.parametrize("rows", [False, True])
+def test_xla_in_bfloat16_keeps_dtypes_and_tracks_float32(rows, monkeypatch):
+  """The hand-written VJP of the xla impl in bfloat16 (the accelerator compute dtype), batch rows at once and
+  one at a time: outputs and gradients stay bfloat16 and within bfloat16 error of the float32 computation."""
+  monkeypatch.setattr(backends, "XLA_ROW_BYTES", 0 if rows else 1 << 40)
+  inputs, rule, _, _ = _case("causal_segments_ragged")
+  f32 = _value_and_grads(functools.partial(ops.attention, **rule, impl="xla"), *inputs)
+  bf16_inputs = [x.astype(jnp.bfloat16) for x in inputs[:3]] + [inputs[3].astype(jnp.bfloat16)]
+  out, grads = _value_and_grads(functools.partial(ops.attention, **rule, impl="xla"), *bf16_inputs)
+  assert out.dtype == jnp.bfloat16 and all(g.dtype == jnp.bfloat16 for g in grads)
+  np.testing.assert_allclose(out.astype(np.float32), f32[0], atol=3e-2, rtol=3e-2)
+  for grad, expected in zip(grads, f32[1]):
+    scale = float(np.abs(expected).max())
+    np.testing.assert_allclose(grad.astype(np.float32) / scale, np.asarray(expected) / scale, atol=3e-2)
