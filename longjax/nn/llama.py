@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from longjax import ops
 from longjax.config import ModelConfig
 from longjax.nn.blocks import BLOCKS
 from longjax.nn.layers import normal_init
@@ -110,7 +111,7 @@ class Llama(nn.Module):
     else:
       kernel = self.param("lm_head", normal_init(cfg.initializer_range, ("embed", "vocab")),
                           (cfg.hidden_size, cfg.vocab_size), param_dtype)
-      logits = jnp.einsum("BTE,EV->BTV", x, kernel.astype(dtype))
+      logits = ops.dense(x, kernel.astype(dtype))
     logits = nn.with_logical_constraint(logits.astype(jnp.float32), ("batch", "length", "vocab"))
     if logits_at is not None:
       logits = logits[:, 0]

@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from longjax.ops.matmul import dense
+
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
   """logits [B, T, V], targets int32[B, T], mask [B, T] (1 scores a token) -> (sum of masked NLL, token count).
@@ -60,7 +62,7 @@ def _token_nll(hidden, kernel, targets):
   """float32 NLL of each target: the matmul in hidden's dtype, the softmax in float32 (as the plain path)."""
   # Cast inside: under a scan, the kernel's gradient then adds up over chunks in the kernel's dtype (float32),
   # not in a bfloat16 compute dtype.
-  logits = jnp.einsum("BTE,EV->BTV", hidden, kernel.astype(hidden.dtype)).astype(jnp.float32)
+  logits = dense(hidden, kernel.astype(hidden.dtype)).astype(jnp.float32)
   return optax.softmax_cross_entropy_with_integer_labels(logits, targets)
 
 
