@@ -79,8 +79,10 @@ def keep_host_buffers(environ: Mapping[str, str] | None = None) -> bool:
   kept for the next instead of going back to the OS, so resident memory stays at its peak.
 
   Must run before JAX starts its CPU backend (its worker threads pick their malloc arena at their first
-  allocation); `cli.run` calls it for every `python -m longjax.*` main. Skipped where an accelerator is
-  present or named (JAX_PLATFORMS), off glibc, or with LONGJAX_KEEP_HOST_BUFFERS=0.
+  allocation); `cli.run` calls it for the mains that run steps (train, evaluate, generate, demo), not for
+  convert and plan, whose large host arrays are short-lived one-offs that glibc's default returns to the OS.
+  Skipped where an accelerator is present or named (JAX_PLATFORMS), off glibc, or with
+  LONGJAX_KEEP_HOST_BUFFERS=0.
   """
   import ctypes
 
@@ -90,21 +92,24 @@ def keep_host_buffers(environ: Mapping[str, str] | None = None) -> bool:
   platforms = environ.get("JAX_PLATFORMS", "")
   if platforms and set(platforms.split(",")) != {"cpu"}:
     return False
-  if not platforms and (glob.glob("/dev/nvidia[0-9]*") or glob.glob("/dev/accel[0-9]*")
-                        or glob.glob("/dev/vfio/[0-9]*")):
-    return False
+  if not platforms and any(glob.glob(pattern) for pattern in
+                           ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/accel[0-9]*", "/dev/vfio/[0-9]*")):
+    return False  # an NVIDIA or AMD GPU, or a TPU
   try:
     libc = ctypes.CDLL(None)
     libc.gnu_get_libc_version  # glibc only (musl has no mallopt arenas)
   except (OSError, AttributeError):
     return False
-  return all(libc.mallopt(option, value) == 1 for option, value in
-             ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+  applied = [libc.mallopt(option, value) == 1 for option, value in
+             ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))]
+  return all(applied)
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """absl's app.run, with user errors reported as one line and exit status 2 (and `keep_host_buffers`)."""
-  keep_host_buffers()
+def run(main: Callable[[list[str]], None], *, keep_buffers: bool = True) -> None:
+  """absl's app.run, with user errors reported as one line and exit status 2; `keep_buffers`: call
+  `keep_host_buffers` first (the mains that run train, evaluation or decode steps)."""
+  if keep_buffers:
+    keep_host_buffers()
 
   def guarded(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax and TFDS log every file at INFO

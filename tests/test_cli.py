@@ -47,5 +47,7 @@ def test_skipped_where_an_accelerator_is_named_or_when_turned_off(monkeypatch):
   assert not cli.keep_host_buffers({"LONGJAX_KEEP_HOST_BUFFERS": "0"})
   assert not cli.keep_host_buffers({"JAX_PLATFORMS": "cuda"})
   assert not cli.keep_host_buffers({"JAX_PLATFORMS": "cpu,tpu"})
-  monkeypatch.setattr(cli.glob, "glob", lambda pattern: ["/dev/nvidia0"] if "nvidia" in pattern else [])
-  assert not cli.keep_host_buffers({})
+  for device, pattern in (("/dev/nvidia0", "nvidia"), ("/dev/kfd", "kfd"), ("/dev/accel0", "accel"),
+                          ("/dev/vfio/0", "vfio")):  # NVIDIA, AMD, TPU v4/v5 hosts
+    monkeypatch.setattr(cli.glob, "glob", lambda p, device=device, pattern=pattern: [device] if pattern in p else [])
+    assert not cli.keep_host_buffers({}), device

@@ -39,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(main)
+  cli.run(main, keep_buffers=False)  # one-off host arrays: glibc's default malloc

@@ -141,6 +141,7 @@ def xla(q, k, v, *, causal, window, sinks, segment_ids):
   probability for the backward pass and reduce dP * P over the keys (on CPU, 12 of a 135 ms demo step).
   On CPU, when one batch row's logits pass XLA_ROW_BYTES, rows run one at a time (lax.map) in both passes,
   each row's logits in cache (an accelerator keeps every row at once: a loop over rows would leave it idle).
+  Being a custom VJP it has no forward-mode rule (`jax.jvp`, `jax.jacfwd` raise, as for `blockwise`; `naive` has one).
   """
   batch, q_len, heads, head_dim = q.shape
   k_len, kv_heads = k.shape[1], k.shape[2]

@@ -15,7 +15,8 @@ The custom VJP below writes both gradients in the forms XLA CPU runs fastest:
 
 On GPU and TPU (whose compilers choose layouts well) `dense` is plain `dot_general`. On every backend remat
 policies that look for dots (`checkpoint_dots`, `dots_with_no_batch_dims_saveable`) see the forward
-`dot_general` and save its output as before.
+`dot_general` and save its output as before. A custom VJP has no forward-mode rule: on CPU, `jax.jvp`,
+`jax.jacfwd` and `jax.hessian` through `dense` raise (reverse mode, which training uses, is unaffected).
 """
 
 import functools

@@ -98,4 +98,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  cli.run(main)
+  cli.run(main, keep_buffers=False)  # one-off host arrays: glibc's default malloc

@@ -68,7 +68,7 @@ def test_loss_with_a_stride_equals_a_hand_computation():
   np.testing.assert_allclose(result.loss, np.mean(nll), rtol=1e-5)
 
 
-@pytest.mark.parametrize("loss_chunk", [5, 16])  # 5 does not divide 16 (padded); 16: one chunk
+@pytest.mark.parametrize("loss_chunk", [6, 16])  # 16 positions: 6 -> 3 chunks of 6, 2 padded; 16: one chunk
 def test_chunked_head_gives_the_same_perplexity_and_position_losses(loss_chunk):
   """model.loss_chunk: evaluation runs the LM head chunk by chunk (no [B, T, vocab] logits), same numbers."""
   chunked = dataclasses.replace(CONFIG, loss_chunk=loss_chunk)

@@ -14,12 +14,12 @@ from longjax.train.step import loss_fn
 BATCH, LENGTH, HIDDEN, VOCAB = 2, 12, 8, 19
 
 
-def _inputs(seed=0):
+def _inputs(seed=0, length=LENGTH):
   rng = np.random.default_rng(seed)
-  hidden = rng.standard_normal((BATCH, LENGTH, HIDDEN)).astype(np.float32)
+  hidden = rng.standard_normal((BATCH, length, HIDDEN)).astype(np.float32)
   kernel = rng.standard_normal((HIDDEN, VOCAB)).astype(np.float32)
-  targets = rng.integers(0, VOCAB, (BATCH, LENGTH)).astype(np.int32)
-  mask = (rng.random((BATCH, LENGTH)) < 0.7).astype(np.float32)
+  targets = rng.integers(0, VOCAB, (BATCH, length)).astype(np.int32)
+  mask = (rng.random((BATCH, length)) < 0.7).astype(np.float32)
   return hidden, kernel, targets, mask
 
 
@@ -44,10 +44,12 @@ def _chunked(chunk):
                                     argnums=(0, 1)))
 
 
-# 1: one position a chunk; 4 and 6 divide 12; 5 and 7 do not (padded with masked positions); 12 and 50: one chunk.
+# chunk 1: one position a chunk; 50: one chunk. Positions go to ceil(T / chunk) strided chunks of ceil(T / n) rows:
+# at T = 12 every chunk size fills them exactly, at T = 13 chunks 4, 5, 6, 7 and 12 pad the last rows (masked).
+@pytest.mark.parametrize("length", [12, 13])
 @pytest.mark.parametrize("chunk", [1, 4, 5, 6, 7, 12, 50])
-def test_chunked_loss_and_gradients_match_the_numpy_reference(chunk):
-  hidden, kernel, targets, mask = _inputs()
+def test_chunked_loss_and_gradients_match_the_numpy_reference(chunk, length):
+  hidden, kernel, targets, mask = _inputs(length=length)
   expected, expected_hidden, expected_kernel = _numpy_loss_and_grads(hidden, kernel, targets, mask)
   total, (d_hidden, d_kernel) = _chunked(chunk)(hidden, kernel, targets, mask)
   np.testing.assert_allclose(total, expected, rtol=1e-5)
@@ -108,9 +110,9 @@ def test_train_loss_with_loss_chunk_equals_the_plain_loss_with_tied_embeddings()
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), grads, expected_grads)
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 12, 50])
+@pytest.mark.parametrize("chunk", [1, 5, 7, 50])  # at T = 13, chunks 5 and 7 pad the last rows
 def test_chunked_token_nll_is_each_positions_loss(chunk):
-  hidden, kernel, targets, _ = _inputs(2)
+  hidden, kernel, targets, _ = _inputs(2, length=13)
   logits = hidden.astype(np.float64) @ kernel
   logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
   expected = -np.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
