@@ -33,7 +33,7 @@ def main():
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "remat.json"))
   args = parser.parse_args()
-  cli.keep_host_buffers()  # as every longjax main does
+  cli.keep_host_buffers()  # as the train main does
   config, batch, seq_len = SHAPES[args.shape]
   if jax.default_backend() == "cpu":
     config = dataclasses.replace(config, dtype="float32")

@@ -9,7 +9,7 @@ both frameworks (same model sizes, same optimizer, float32 on CPU, torch given a
 CPU pool). On a shared machine the load changes from second to second, so the two are interleaved:
 each of `--rounds` rounds times `--steps` longjax steps, then `--steps` transformers steps. Reported:
 the median step time over all rounds, tokens/s, and the median of the per-round ratios.
-Both run in one process with malloc set as every longjax main sets it (`longjax.cli.keep_host_buffers`;
+Both run in one process with malloc set as the train main sets it (`longjax.cli.keep_host_buffers`;
 LONGJAX_KEEP_HOST_BUFFERS=0 for glibc's default).
 Writes benchmarks/results/train_throughput.json (XLA_FLAGS, if set, recorded with it).
 """
@@ -178,7 +178,7 @@ def main():
   parser.add_argument("--no-hf", action="store_true", help="skip transformers")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "train_throughput.json"))
   args = parser.parse_args()
-  kept = cli.keep_host_buffers()  # as every longjax main does (LONGJAX_KEEP_HOST_BUFFERS=0: glibc's default)
+  kept = cli.keep_host_buffers()  # as the train main does (LONGJAX_KEEP_HOST_BUFFERS=0: glibc's default)
   rows = []
   for name in args.shapes.split(","):
     config, batch, seq_len = SHAPES[name]
