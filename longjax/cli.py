@@ -1,4 +1,5 @@
-"""What every `python -m longjax.*` main shares: flag parsing and user-error reporting.
+"""What every `python -m longjax.*` main shares: flag parsing, user-error reporting, and process set-up before
+JAX starts (joining a multi-process run, keeping host buffers).
 
 A user error (a bad flag, a config file or value, a path, a checkpoint) prints one line
 to stderr and exits with status 2, without a traceback.

@@ -59,7 +59,6 @@ class Dense(nn.Module):
     in_shape = x.shape[-n_in:]
     kernel = self.param("kernel", normal_init(self.init_std, self.in_axes + self.out_axes),
                         in_shape + tuple(self.features), self.param_dtype)
-    contract = (tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in)))
     x = x.astype(self.dtype)
     y = ops.dense(x, kernel.astype(self.dtype), n_in)
     if self.lora_rank:
@@ -67,8 +66,8 @@ class Dense(nn.Module):
                           in_shape + (self.lora_rank,), self.param_dtype)
       lora_b = self.param("lora_b", nn.with_logical_partitioning(nn.initializers.zeros, ("lora",) + self.out_axes),
                           (self.lora_rank,) + tuple(self.features), self.param_dtype)
-      low = jax.lax.dot_general(x, lora_a.astype(self.dtype), (contract, ((), ())))
-      y = y + jax.lax.dot_general(low, lora_b.astype(self.dtype), (((low.ndim - 1,), (0,)), ((), ()))) * self.lora_scale
+      low = ops.dense(x, lora_a.astype(self.dtype), n_in)
+      y = y + ops.dense(low, lora_b.astype(self.dtype)) * self.lora_scale
     return y
 
 

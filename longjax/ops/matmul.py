@@ -23,9 +23,6 @@ import functools
 
 import jax
 
-CPU_VJP = True  # False: autodiff's backward on CPU too (for A/B measurements)
-
-
 def _contract(x, kernel, n_in: int):
   return jax.lax.dot_general(x, kernel, ((tuple(range(x.ndim - n_in, x.ndim)), tuple(range(n_in))), ((), ())))
 
@@ -57,6 +54,6 @@ _dense_cpu.defvjp(_dense_cpu_fwd, _dense_cpu_bwd)
 
 def dense(x: jax.Array, kernel: jax.Array, n_in: int = 1) -> jax.Array:
   """x [..., *in] . kernel [*in, *out] -> [..., *out] (see the module docstring for the CPU backward)."""
-  if jax.default_backend() == "cpu" and CPU_VJP:
+  if jax.default_backend() == "cpu":
     return _dense_cpu(x, kernel, n_in)
   return _contract(x, kernel, n_in)
