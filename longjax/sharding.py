@@ -122,5 +122,34 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return logical_sharding(mesh, ("batch", "length"))
 
 
+def addressable_rows(sharding: NamedSharding, shape: tuple[int, ...]) -> list[int]:
+  """The rows (indices along dimension 0) of a global array of `shape` that this process's devices hold."""
+  rows: set[int] = set()
+  for index in sharding.addressable_devices_indices_map(shape).values():
+    rows.update(range(shape[0])[index[0]])
+  return sorted(rows)
+
+
+def global_array(sharding: NamedSharding, shape: tuple[int, ...], rows: list[int], local: np.ndarray) -> jax.Array:
+  """The global array of `shape` from this process's rows `rows` of it (`local[i]` is row `rows[i]`).
+
+  Each local device gets exactly the block its index under `sharding` names, whichever mesh axes span
+  processes: a process whose devices hold only some columns of a row (`length` over `sequence` across hosts)
+  still passes whole rows, and a row held by devices of several processes is passed by each of them.
+  """
+  place = {row: i for i, row in enumerate(rows)}
+
+  def block(index):
+    wanted = range(shape[0])[index[0]]
+    first = place[wanted[0]] if len(wanted) else 0
+    if [place[r] for r in wanted] == list(range(first, first + len(wanted))):  # contiguous: a view, no copy
+      picked = local[first:first + len(wanted)]
+    else:
+      picked = local[[place[r] for r in wanted]]
+    return picked[(slice(None), *index[1:])]
+
+  return jax.make_array_from_callback(shape, sharding, block)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())

@@ -1,7 +1,8 @@
 """Tokenizers, document sources (the text-file TFDS builder, named TFDS datasets), packed and shuffled batches,
 and synthetic retrieval documents."""
 
-from longjax.data.packing import PackedBatches, insert_landmarks, make_batches
+from longjax.data.global_batches import GlobalBatches, make_batches
+from longjax.data.packing import PackedBatches, insert_landmarks
 from longjax.data.sources import Documents, open_documents
 from longjax.data.synthetic import kv_recall_document, passkey_document, retrieval_generator
 from longjax.data.textdir import TextDir, TextDirConfig, build_text_dir
@@ -11,6 +12,7 @@ from longjax.data.tokenizer import (ByteTokenizer, HuggingFaceTokenizer, Sentenc
 __all__ = [
     "ByteTokenizer",
     "Documents",
+    "GlobalBatches",
     "HuggingFaceTokenizer",
     "PackedBatches",
     "SentencePieceTokenizer",

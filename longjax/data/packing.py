@@ -1,19 +1,19 @@
-"""Packed, per-process batches of tokens with a small exact resume state.
+"""Packed batches of tokens from one stream of documents, with a small exact resume state.
 
-Documents are tokenized (with bos/eos when asked) and concatenated into one stream per process, epoch
+Documents are tokenized (with bos/eos when asked) and concatenated into one stream, epoch
 after epoch. Each row holds `seq_len + 1` consecutive stream tokens: inputs are row[:-1] and targets
 row[1:]. Consecutive rows overlap by one token (row k starts at stream token k * seq_len), so every
 token after the first is a target exactly once and long documents continue into the next row, their
 positions still counting. Rows never pad, except after the last epoch when `num_epochs` is set.
 
-Sharding across processes is by document: epoch e orders all documents (a permutation seeded by
-(seed, e) when shuffling), and process p of P takes the documents at places p, p + P, p + 2P, ...
-of that order. Shares are disjoint, deterministic and need no communication; each process packs its
-own documents, so a process's rows differ from any slice of the single-process stream.
+Streams share the documents: epoch e orders all documents (a permutation seeded by (seed, e) when
+shuffling), and stream p of P (`process_index`, `process_count`) takes the documents at places p, p + P,
+p + 2P, ... of that order. Shares are disjoint, deterministic and need no communication. The global batch
+of a training step is made of such streams (see global_batches.py), whatever the number of processes.
 
 Rows then pass through a shuffle buffer (`shuffle_buffer` rows, 0 disables) so that a batch mixes
 documents: the packer fills the buffer with its next rows, which are emitted in the order of a permutation
-seeded by (seed, process, buffer number), and the buffer is refilled when it is empty. Each process
+seeded by (seed, stream, buffer number), and the buffer is refilled when it is empty. Each stream
 shuffles its own rows.
 
 With `retrieval_rate` > 0, each document is replaced, with that probability, by a synthetic retrieval
@@ -28,7 +28,7 @@ before a landmark to predict it, a deterministic token that generation inserts a
 its target, the next ordinary token, which is what generation samples from after inserting it.
 
 With `pose_target_length` > 0 (PoSE, see pose.py), batches also carry `pose_positions`: each row, as one
-sequence, cut into `pose_chunks` chunks with skipped position ids between them, seeded by (seed, process,
+sequence, cut into `pose_chunks` chunks with skipped position ids between them, seeded by (seed, stream,
 the row's stream position), so they need no state.
 
 The state is the stream position of the packer's next row (epoch, document, offset) and, for the buffer,
@@ -40,14 +40,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import jax
 import numpy as np
 
-from longjax.config import ConfigError, DataConfig
+from longjax.config import ConfigError
 from longjax.data import synthetic
 from longjax.data.pose import pose_positions
-from longjax.data.sources import open_documents, split_key
-from longjax.data.tokenizer import Tokenizer, get_tokenizer
+from longjax.data.tokenizer import Tokenizer
 
 # Tags that keep the seeded random streams apart (the epoch's document order is seeded by (seed, epoch)).
 _SHUFFLE_STREAM, _RETRIEVAL_STREAM, _POSE_STREAM = 1, 2, 3
@@ -141,8 +139,8 @@ class PackedBatches:
     ours = (len(self.documents), self.process_index, self.process_count)
     theirs = (state["num_documents"], state["process_index"], state["process_count"])
     if ours != theirs:
-      raise ConfigError(f"data iterator state (documents, process, processes)={theirs} does not match this run's "
-                        f"{ours}: resume with the same dataset and process count")
+      raise ConfigError(f"data iterator state (documents, stream, streams)={theirs} does not match this run's "
+                        f"{ours}: resume with the same dataset and stream count")
     self._position = (int(state["epoch"]), int(state["document"]), int(state["offset"]))
     # A state saved before the buffer existed has no buffer keys: its rows were all emitted.
     epoch, document, offset, block, taken = (int(state.get(k, 0)) for k in _BUFFER_KEYS)
@@ -294,37 +292,3 @@ class PackedBatches:
     if self.landmarks is not None:
       real &= targets != self.landmarks[1]
     return real.astype(np.float32)
-
-
-def make_batches(data: DataConfig, *, split: str, seq_len: int, global_batch_size: int, seed: int,
-                 process_index: int | None = None, process_count: int | None = None,
-                 num_epochs: int | None = None, landmarks: tuple[int, int] | None = None) -> PackedBatches:
-  """This process's PackedBatches of `split`: global_batch_size / process_count rows a batch.
-
-  `landmarks` (landmark_block, landmark_id) inserts landmark tokens; the id must be one the tokenizer never makes.
-
-  Retrieval documents (data.retrieval_rate) and PoSE positions (data.pose_target_length) are for
-  data.train_split only; every split is shuffled.
-  """
-  process_index = jax.process_index() if process_index is None else process_index
-  process_count = jax.process_count() if process_count is None else process_count
-  if global_batch_size % process_count:
-    raise ConfigError(f"train.global_batch_size={global_batch_size} is invalid: must be divisible by the "
-                      f"process count {process_count}")
-  tokenizer = get_tokenizer(data)
-  if landmarks is not None and landmarks[1] < tokenizer.vocab_size:
-    raise ConfigError(f"model.attention.landmark_id={landmarks[1]} is invalid: the tokenizer makes ids below "
-                      f"{tokenizer.vocab_size}; reserve one it never produces (>= {tokenizer.vocab_size}, "
-                      "< model.vocab_size)")
-  documents = open_documents(data, split)
-  if len(documents) < process_count:
-    raise ConfigError(f"{split_key(data, split)}={split!r} is invalid: its {len(documents)} documents are fewer "
-                      f"than the {process_count} processes that share them")
-  return PackedBatches(documents, tokenizer, seq_len=seq_len, batch_size=global_batch_size // process_count,
-                       seed=seed, shuffle=data.shuffle, add_bos=data.add_bos, add_eos=data.add_eos,
-                       process_index=process_index, process_count=process_count, num_epochs=num_epochs,
-                       shuffle_buffer=data.shuffle_buffer, retrieval=synthetic.retrieval_generator(data),
-                       retrieval_rate=data.retrieval_rate if split == data.train_split else 0.0,
-                       landmarks=landmarks,
-                       pose_target_length=data.pose_target_length if split == data.train_split else 0,
-                       pose_chunks=data.pose_chunks)

@@ -1,28 +1,27 @@
-"""The data-iterator state of every process, as one JSON item of a checkpoint.
+"""The data-iterator state of a run, as one JSON item of a checkpoint, the same whatever the process count.
 
-Each process reads its own share of the documents, so each has its own position
-in the stream. Saving gathers all positions (only process 0 writes the JSON);
-restoring takes this process's own. A state is a flat dict of integers whose keys are the same in
-every process (the packer's position and its shuffle buffer's, see longjax/data/packing.py).
+Each process packs the streams of the rows its devices hold (longjax/data/global_batches.py), so it knows
+the positions of those streams only. Saving gathers every stream's position from whichever process packs
+it (only process 0 writes the JSON); restoring hands each process the streams it packs under its own
+process count and mesh, so a checkpoint of P processes resumes under any P'.
 """
 
-import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
 
-def gather(state: dict[str, int]) -> dict:
-  """{"processes": [state of process 0, state of process 1, ...]} (a collective: every process calls it)."""
-  keys = sorted(state)
-  local = np.asarray([int(state[k]) for k in keys], np.int64)
-  rows = np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), len(keys))
-  return {"processes": [dict(zip(keys, map(int, row))) for row in rows]}
-
-
-def own(saved: dict) -> dict[str, int]:
-  """This process's state from a gathered one (a state saved by a single process is used as it is)."""
-  if "processes" not in saved:
-    return saved
-  states = saved["processes"]
-  index = jax.process_index()
-  return states[index] if index < len(states) else states[0]
+def gather(state: dict) -> dict:
+  """{"streams": {"s": state of stream s for every stream}, "num_streams": S} from each process's
+  `GlobalBatches.get_state()` (a collective: every process calls it)."""
+  count, streams = int(state["num_streams"]), state["streams"]
+  keys = sorted(next(iter(streams.values())))
+  local = np.zeros((count, 1 + len(keys)), np.int64)  # column 0: this process packs the stream
+  for s, values in streams.items():
+    local[int(s)] = [1, *(int(values[k]) for k in keys)]
+  every = np.asarray(multihost_utils.process_allgather(local)).reshape(-1, count, 1 + len(keys))
+  gathered = {}
+  for s in range(count):
+    holders = every[:, s][every[:, s, 0] == 1]
+    if len(holders):  # a stream that no device's rows need (never: the devices hold every row) stays out
+      gathered[str(s)] = dict(zip(keys, map(int, holders[0, 1:])))
+  return {"streams": gathered, "num_streams": count}

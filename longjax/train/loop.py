@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from longjax import checkpoint, sharding
 from longjax.config import Config, ConfigError
@@ -66,9 +67,16 @@ class _Preemption:
       signal.signal(sig, handler)
 
 
-def _global_batch(batch: dict, batch_sharding) -> dict:
-  """This process's rows -> one global array per key, sharded over the batch mesh axes."""
-  return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+def _any_process(flag: bool) -> bool:
+  """Whether `flag` is set in any process (a collective: every process calls it at the same step).
+
+  A signal reaches hosts at different steps; stopping where the first signalled host's flag is seen by all
+  makes every host save the same step and leave the loop together, instead of one waiting in a collective
+  that the others never enter. One all-gather of an int32 a step (measured in tests/train/test_multihost.py).
+  """
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
 class Prefetch:
@@ -162,6 +170,8 @@ class Trainer:
     self.abstract_params = _abstract(abstract, self.param_shardings)
     self.abstract_opt = _abstract(abstract_opt, self.opt_shardings)
     self.batch_sharding = sharding.batch_sharding(self.mesh)
+    self.batch_shape = (train.global_batch_size, train.seq_len)
+    self.batch_rows = sharding.addressable_rows(self.batch_sharding, self.batch_shape)
     self.num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract))
     state_shardings = {"step": replicated, "params": self.param_shardings, "opt_state": self.opt_shardings}
     self.train_step = jax.jit(
@@ -196,19 +206,26 @@ class Trainer:
                                place=lambda value, like: jax.device_put(np.asarray(value, like.dtype), like.sharding))
 
   def train_batches(self):
-    return make_batches(self.config.data, split=self.config.data.train_split, seq_len=self.config.train.seq_len,
-                        global_batch_size=self.config.train.global_batch_size, seed=self.config.seed,
-                        landmarks=landmark_spec(self.config.model))
+    return self.batches(self.config.data.train_split)
+
+  def batches(self, split: str):
+    """This process's rows (those its devices hold) of the global batches of `split`: GlobalBatches."""
+    cfg = self.config
+    return make_batches(cfg.data, split=split, seq_len=cfg.train.seq_len, global_batch_size=cfg.train.global_batch_size,
+                        seed=cfg.seed, rows=self.batch_rows, landmarks=landmark_spec(cfg.model))
+
+  def global_batch(self, batch: dict, rows: list[int]) -> dict:
+    """This process's rows `rows` of a global batch -> one global array per key, each device given its block."""
+    return {key: sharding.global_array(self.batch_sharding, self.batch_shape, rows, value)
+            for key, value in batch.items()}
 
   def evaluate(self, params) -> dict:
     """Token-weighted loss and perplexity over the first `eval_batches` batches of the eval split."""
     cfg = self.config
-    batches = make_batches(cfg.data, split=cfg.data.eval_split, seq_len=cfg.train.seq_len,
-                           global_batch_size=cfg.train.global_batch_size, seed=cfg.seed,
-                           landmarks=landmark_spec(cfg.model))
+    batches = self.batches(cfg.data.eval_split)
     loss_sum = tokens = 0.0
     for _ in range(cfg.train.eval_batches):
-      out = jax.device_get(self.eval_step(params, _global_batch(next(batches), self.batch_sharding)))
+      out = jax.device_get(self.eval_step(params, self.global_batch(next(batches), batches.rows)))
       loss_sum, tokens = loss_sum + float(out["loss_sum"]), tokens + float(out["tokens"])
     loss = loss_sum / max(tokens, 1.0)
     metrics = {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
@@ -241,7 +258,7 @@ def _train(trainer: Trainer) -> dict:
       step, params, opt_state, data_state = trainer.checkpointer.restore(trainer.abstract_params, trainer.abstract_opt)
       saved_step = step
       state = {"step": jnp.asarray(step, jnp.int32), "params": params, "opt_state": opt_state}
-      reader.set_state(data_state_lib.own(data_state))
+      reader.set_state(data_state)
       log.info("resumed from %s at step %d", trainer.checkpointer.directory, step)
     # Only now: a rerun whose model does not fit the workdir's checkpoints must not overwrite its config.json.
     _write_config(config, trainer.workdir)
@@ -250,7 +267,7 @@ def _train(trainer: Trainer) -> dict:
     last: dict = {}
     first_step, window_start, window_tokens = step, time.perf_counter(), 0.0
     window_loss_sum = window_loss_tokens = 0.0  # the logged loss is the token-weighted mean since the last log
-    batches = Prefetch(reader, lambda batch: _global_batch(batch, trainer.batch_sharding))
+    batches = Prefetch(reader, lambda batch: trainer.global_batch(batch, reader.rows))
     try:
       with _Preemption() as preemption:
         while step < train.num_steps:
@@ -281,12 +298,13 @@ def _train(trainer: Trainer) -> dict:
             writer.write(step, last)
             window_start, window_tokens = time.perf_counter(), 0.0
             window_loss_sum = window_loss_tokens = 0.0
-          if step % train.checkpoint_every == 0 or step == train.num_steps or preemption.requested:
+          stop = _any_process(preemption.requested)
+          if step % train.checkpoint_every == 0 or step == train.num_steps or stop:
             data_state = data_state_lib.gather(batches.get_state())
             trainer.checkpointer.save(step, state["params"], state["opt_state"], data_state, config,
                                       force=True)
             saved_step = step
-          if preemption.requested:
+          if stop:
             log.warning("preempted: saved step %d in %s", step, trainer.checkpointer.directory)
             break
     finally:

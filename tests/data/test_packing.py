@@ -1,6 +1,7 @@
 """PackedBatches: stream order, segment ids, positions, loss mask, determinism, resume and process shards."""
 
 import dataclasses
+import functools
 import json
 
 import numpy as np
@@ -146,21 +147,45 @@ def test_process_shards_are_disjoint_and_cover_the_documents():
 
 def test_make_batches_over_a_text_dir(corpus_config):
   config = dataclasses.replace(corpus_config, shuffle=False, shuffle_buffer=0)
-  first = make_batches(config, split="train", seq_len=32, global_batch_size=4, seed=0, process_index=0,
-                       process_count=2)
-  second = make_batches(config, split="train", seq_len=32, global_batch_size=4, seed=0, process_index=1,
-                        process_count=2)
-  assert first.batch_size == 2
-  batch, other = next(first), next(second)
-  assert batch["inputs"].shape == (2, 32) and batch["inputs"][0, 0] == other["inputs"][0, 0] == TOKENIZER.bos_id
-  assert not np.array_equal(batch["inputs"], other["inputs"])
-  with pytest.raises(ConfigError) as error:
-    make_batches(config, split="train", seq_len=32, global_batch_size=5, seed=0, process_index=0, process_count=2)
-  assert str(error.value).startswith("train.global_batch_size=5 is invalid")
-  with pytest.raises(ConfigError) as error:
-    make_batches(config, split="validation", seq_len=32, global_batch_size=64, seed=0, process_index=0,
-                 process_count=64)
-  assert str(error.value).startswith("data.eval_split='validation' is invalid")
+  every = make_batches(config, split="train", seq_len=32, global_batch_size=4, seed=0)
+  assert every.streams == 4 and every.rows == [0, 1, 2, 3]
+  batch = next(every)
+  assert batch["inputs"].shape == (4, 32) and (batch["inputs"][:, 0] == TOKENIZER.bos_id).all()
+  assert len({row.tobytes() for row in batch["inputs"]}) == 4  # each row a stream of its own documents
+
+
+def test_any_subset_of_rows_is_a_slice_of_the_global_batch(corpus_config):
+  """What a host packs (the rows its devices hold) is that slice of the one global batch, and a state gathered
+  from any split of the rows resumes any other split: the batch depends on (dataset, seed, step) only."""
+  config = dataclasses.replace(corpus_config, shuffle_buffer=4)
+  make = functools.partial(make_batches, config, split="train", seq_len=16, global_batch_size=6, seed=3)
+  every = make()
+  expected = take(every, 6)
+  halves = [make(rows=[0, 1, 2]), make(rows=[5, 4, 3])]
+  assert every.streams == 6 and halves[1].rows == [3, 4, 5]
+  firsts = [take(half, 3) for half in halves]
+  for step in range(3):
+    for key in expected[step]:
+      np.testing.assert_array_equal(np.concatenate([firsts[0][step][key], firsts[1][step][key]]), expected[step][key])
+  state = {"num_streams": 6, "streams": {str(k): v for half in halves for k, v in half.get_state()["streams"].items()}}
+  state = json.loads(json.dumps(state))
+  thirds = [make(rows=[0, 1]), make(rows=[2, 3]), make(rows=[4, 5])]
+  for third in thirds:
+    third.set_state(state)
+  rest = [take(third, 3) for third in thirds]
+  for step in range(3):
+    for key in expected[step]:
+      np.testing.assert_array_equal(np.concatenate([part[step][key] for part in rest]), expected[3 + step][key])
+  with pytest.raises(ConfigError, match="streams=7 does not match"):
+    make().set_state({**state, "num_streams": 7})
+
+
+def test_streams_divide_the_batch_when_documents_are_few(corpus_config):
+  from longjax.data.global_batches import num_streams
+  assert (num_streams(8, 100), num_streams(8, 5), num_streams(6, 5), num_streams(7, 3)) == (8, 4, 3, 1)
+  config = dataclasses.replace(corpus_config, shuffle_buffer=0)
+  few = make_batches(config, split="validation", seq_len=32, global_batch_size=64, seed=0)
+  assert few.streams < 64 and next(few)["inputs"].shape == (64, 32)
 
 
 def test_unusable_document_lists_are_refused():

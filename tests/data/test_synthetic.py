@@ -116,7 +116,6 @@ def test_exact_resume_with_mixing_and_shuffling(task):
 def test_make_batches_mixes_retrieval_into_the_train_split_only(corpus_config):
   config = dataclasses.replace(corpus_config, retrieval_rate=1.0, shuffle_buffer=8)
   def text(split):
-    batches = make_batches(config, split=split, seq_len=512, global_batch_size=2, seed=0, process_index=0,
-                           process_count=1)
+    batches = make_batches(config, split=split, seq_len=512, global_batch_size=2, seed=0)
     return TOKENIZER.decode(np.concatenate([b["inputs"].reshape(-1) for b in take(batches, 4)]))
   assert "The pass key is" in text("train") and "The pass key is" not in text("validation")

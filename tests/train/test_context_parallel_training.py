@@ -15,7 +15,7 @@ SCRIPT = """
 import json, sys
 import jax, jax.numpy as jnp
 from longjax.config import from_config_dict
-from longjax.train.loop import Trainer, _global_batch
+from longjax.train.loop import Trainer
 
 result = {}
 for strategy, config_json in zip(("all_gather", "ring"), sys.argv[1:3]):
@@ -26,7 +26,7 @@ for strategy, config_json in zip(("all_gather", "ring"), sys.argv[1:3]):
       batches = trainer.train_batches()
       losses = []
       for step in range(3):
-        batch = _global_batch(next(batches), trainer.batch_sharding)
+        batch = trainer.global_batch(next(batches), batches.rows)
         if step == 0:
           jaxpr = str(trainer.train_step.trace(state, batch).jaxpr)
         state, metrics = trainer.train_step(state, batch)

@@ -28,7 +28,6 @@ def test_target_must_exceed_the_training_length():
 @pytest.mark.parametrize("cross_documents", [True, False])
 def test_the_model_reads_the_pose_positions(runner, cross_documents):
   config = runner.config({"data.pose_target_length": 256, "model.attention.cross_documents": cross_documents})
-  batch = next(make_batches(config.data, split=config.data.train_split, seq_len=64, global_batch_size=4, seed=0,
-                            process_index=0, process_count=1))
+  batch = next(make_batches(config.data, split=config.data.train_split, seq_len=64, global_batch_size=4, seed=0))
   np.testing.assert_array_equal(model_inputs(config.model, batch)["positions"], batch["pose_positions"])
   assert batch["pose_positions"].max() >= 64

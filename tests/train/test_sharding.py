@@ -16,7 +16,7 @@ SCRIPT = """
 import json, sys
 import jax, jax.numpy as jnp
 from longjax.config import MESH_AXES, from_config_dict
-from longjax.train.loop import Trainer, _global_batch
+from longjax.train.loop import Trainer
 
 def spec(x):
   return [None if a is None else list(a) if isinstance(a, tuple) else a for a in x.sharding.spec]
@@ -28,7 +28,7 @@ try:
     batches = trainer.train_batches()
     losses = []
     for _ in range(3):
-      state, metrics = trainer.train_step(state, _global_batch(next(batches), trainer.batch_sharding))
+      state, metrics = trainer.train_step(state, trainer.global_batch(next(batches), batches.rows))
       losses.append(float(metrics["loss"]))
 finally:
   trainer.checkpointer.close()

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from conftest import TRAINED_STEPS, checkpoint_steps, read_metrics
 
-from longjax.train import data_state
 from longjax.train import metrics as metrics_lib
-from longjax.train.loop import Trainer, _global_batch, train_and_evaluate
+from longjax.train.loop import Trainer, train_and_evaluate
 from longjax.train.optimizer import learning_rate_schedule
 
 METRIC_KEYS = {"step", "loss", "learning_rate", "grad_norm", "tokens_per_s", "mfu"}
@@ -98,7 +97,7 @@ def test_resume_is_exact(runner, tmp_path, async_checkpointing):
   assert step_a == step_b == 6
   _assert_trees_equal(params_a, params_b)
   _assert_trees_equal(opt_a, opt_b)
-  assert data_a == data_b and data_state.own(data_a)["offset"] > 0, (data_a, data_b)
+  assert data_a == data_b and data_a["streams"]["0"]["offset"] > 0, (data_a, data_b)
 
 
 def _run_steps(runner, workdir, extra, steps=2):
@@ -111,7 +110,7 @@ def _run_steps(runner, workdir, extra, steps=2):
       batches = trainer.train_batches()
       losses, grad_norms = [], []
       for _ in range(steps):
-        state, metrics = trainer.train_step(state, _global_batch(next(batches), trainer.batch_sharding))
+        state, metrics = trainer.train_step(state, trainer.global_batch(next(batches), batches.rows))
         losses.append(float(metrics["loss"]))
         grad_norms.append(float(metrics["grad_norm"]))
       return losses, grad_norms, initial, jax.device_get(state["params"])
