@@ -128,7 +128,7 @@ def test_resume_with_a_new_batch_size_continues_the_stream():
 
 def test_state_from_another_topology_is_refused():
   state = packed(process_index=0, process_count=2).get_state()
-  with pytest.raises(ConfigError, match="process count"):
+  with pytest.raises(ConfigError, match="stream count"):
     packed(process_index=0, process_count=4).set_state(state)
 
 
