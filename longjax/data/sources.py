@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from longjax.config import ConfigError, DataConfig
 from longjax.data import textdir
@@ -53,11 +55,37 @@ def _builder(data: DataConfig) -> tfds.core.DatasetBuilder:
   return builder
 
 
+def _prepared_builder(data: DataConfig) -> tfds.core.DatasetBuilder:
+  """`_builder(data)`, prepared by process 0 first while the others wait (a collective in a multi-process run).
+
+  Every process preparing the same shared data_dir at once races on TFDS's temporary directories and final
+  rename, and reads (or downloads) everything P times. After process 0, the others find the data prepared and
+  only open it; on hosts without a shared data_dir each prepares its own copy then.
+  """
+  if jax.process_count() == 1:
+    return _builder(data)
+  error = None
+  if jax.process_index() == 0:
+    try:
+      builder = _builder(data)
+    except Exception as e:  # noqa: BLE001 - raised below, after the others have passed the barrier
+      error = e
+  prepared = np.asarray(multihost_utils.process_allgather(np.int32(error is None)))
+  if error is not None:
+    raise error
+  if not prepared.all():
+    raise ConfigError(f"{split_key(data, data.train_split)}: process 0 failed to prepare the dataset (its log has "
+                      "the error)")
+  return builder if jax.process_index() == 0 else _builder(data)
+
+
 def open_documents(data: DataConfig, split: str) -> Documents:
-  """The documents of `split` ('train', 'validation', or TFDS split syntax such as 'train[:1%]')."""
+  """The documents of `split` ('train', 'validation', or TFDS split syntax such as 'train[:1%]').
+
+  In a multi-process run every process calls it (process 0 prepares the dataset while the others wait)."""
   if data.source not in ("textdir", "tfds"):
     raise ConfigError(f"data.source={data.source!r} is invalid: allowed: textdir, tfds")
-  builder = _builder(data)
+  builder = _prepared_builder(data)
   dataset = f"data.tfds_name={data.tfds_name!r}" if data.source == "tfds" else f"data.text_dir={data.text_dir!r}"
   try:
     data_source = builder.as_data_source(split=split)

@@ -1,7 +1,7 @@
 """Real multi-process runs (jax.distributed, gloo CPU collectives on 127.0.0.1): 2 processes x 2 devices build the
 global batches and losses of 1 process x 4 devices on data=4, sequence=4 and fsdp=2 x sequence=2; a checkpoint of
 2 processes resumes on 1 and one of 1 on 2, as an uninterrupted run goes on; SIGTERM sent to one of two processes
-makes both save the same step, and the run resumes exactly.
+makes both save the same step, and the run resumes exactly; process 0 alone prepares a TFDS data_dir.
 
 Three launches (2, 1, then 2 processes) carry all the checks, since each pays imports and compilation.
 """
@@ -37,6 +37,14 @@ def config(overrides):
   return from_config_dict(json.loads(overrides))
 
 result = {"process": jax.process_index(), "processes": jax.process_count(), "batches": {}}
+if "prepare" in job:  # a fresh data_dir: who generates the dataset
+  import dataclasses
+  from longjax.data import open_documents, textdir
+  generated, original = [], textdir.TextDir._split_generators
+  textdir.TextDir._split_generators = lambda self, manager: generated.append(1) or original(self, manager)
+  data_dir, overrides = job["prepare"]
+  result["documents"] = len(open_documents(dataclasses.replace(config(overrides).data, data_dir=data_dir), "train"))
+  result["generated"] = len(generated)
 for name, workdir, overrides in job.get("meshes", []):
   trainer = Trainer(config(overrides), workdir)
   try:
@@ -115,11 +123,16 @@ def test_the_global_batch_and_losses_do_not_depend_on_the_process_count(runner, 
             for name, mesh in MESHES.items()]
 
   data4 = lambda steps, **extra: overrides({**MESHES["data4"], "train.num_steps": steps, **extra})  # noqa: E731
-  two = _run(runner, 2, {"meshes": meshes("two"), "time_flag": True})
+  two = _run(runner, 2, {"meshes": meshes("two"), "time_flag": True,
+                         "prepare": (str(tmp_path / "fresh_tfds"), overrides({}))})
   one = _run(runner, 1, {"meshes": meshes("one"), "train": [(str(tmp_path / "two_data4"), data4(LONGER)),
                                                              (str(tmp_path / "straight"), data4(STRAIGHT))]})
   preempt = (str(tmp_path / "preempted"), data4(100_000))
   two_again = _run(runner, 2, {"train": [(str(tmp_path / "one_data4"), data4(LONGER))], "preempt": preempt})
+
+  # Process 0 alone prepared the fresh data_dir; process 1 waited, then read it.
+  assert [(r["generated"], r["documents"] > 0) for r in two] == [(1, True), (0, True)], two
+  assert two[0]["documents"] == two[1]["documents"]
 
   # The same global batches, whatever process builds which rows; each of 2 processes packs only its rows.
   for name in MESHES:
