@@ -7,7 +7,8 @@ A step directory `workdir/checkpoints/<step>/` holds four items:
   config     the validated run config (JSON).
 A model imported from Hugging Face (python -m longjax.convert --hf_dir) is a workdir whose only
 step, 0, holds params and config: readers of parameters see no difference from a training run.
-Orbax writes each step to a temporary directory and renames it when complete,
+A workdir is any etils.epath path (local, gs://...): Orbax writes arrays through TensorStore, which
+reads gs:// itself. Orbax writes each step to a temporary directory and renames it when complete,
 so a failed or interrupted save never replaces the last good checkpoint.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
 from longjax.config import Config, ConfigError, from_config_dict
@@ -38,6 +40,12 @@ class _NoReadOnlyNotice(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_NoReadOnlyNotice())
+
+
+def workdir_path(workdir: str | os.PathLike) -> epath.Path:
+  """A workdir as an epath.Path: a local path made absolute (as before), a URL (gs://bucket/run) kept as it is."""
+  text = os.fspath(workdir)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
 class CheckpointError(ConfigError):
@@ -61,10 +69,11 @@ def _shape_mismatch(expected, stored) -> str | None:
 class Checkpointer:
   """Saves and restores training state under `workdir/checkpoints`, keeping the last `max_to_keep` steps."""
 
-  def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True, read_only: bool = False):
+  def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 3, async_save: bool = True,
+               read_only: bool = False):
     """`read_only` for readers of another run's workdir (a notebook, `train.init_from`): they must neither
     create directories nor clean up temporary ones, which may be a save of that run still in flight."""
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+    self.directory = str(workdir_path(workdir) / CHECKPOINTS)
     if read_only:
       options = ocp.CheckpointManagerOptions(read_only=True, create=False, max_to_keep=None, save_interval_steps=0,
                                              enable_async_checkpointing=False)
@@ -149,11 +158,11 @@ class Checkpointer:
     Orbax): otherwise the resumed run would fail when it reaches one of those steps and saves it again."""
     if jax.process_index() == 0:
       for step in steps:
-        path = os.path.join(self.directory, str(step))
-        target, copy = f"{path}.unrestorable", 1
-        while os.path.exists(target):
-          target, copy = f"{path}.unrestorable{copy}", copy + 1
-        os.rename(path, target)
+        path = epath.Path(self.directory) / str(step)
+        target, copy = path.with_name(f"{step}.unrestorable"), 1
+        while target.exists():
+          target, copy = path.with_name(f"{step}.unrestorable{copy}"), copy + 1
+        path.rename(target)
         logging.warning("moved the unrestorable checkpoint %s to %s", path, target)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("longjax.checkpoint.set_aside")
@@ -198,14 +207,13 @@ def _first_line(error: Exception | None, limit: int = 200) -> str:
   return line if len(line) <= limit else line[:limit] + "..."
 
 
-def read_config(workdir: str) -> Config:
-  """The validated config a run wrote to `workdir/config.json`."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
+def read_config(workdir: str | os.PathLike) -> Config:
+  """The validated config a run wrote to `workdir/config.json` (any epath: local, gs://)."""
+  path = workdir_path(workdir) / "config.json"
+  if not path.is_file():
     raise CheckpointError(f"{path}: file not found; allowed: a workdir that python -m longjax.train or "
                           "python -m longjax.convert --hf_dir wrote")
-  with open(path) as f:
-    given = json.load(f)
+  given = json.loads(path.read_text())
   for section, key in RETIRED_KEYS:
     given.get(section, {}).pop(key, None)
   return from_config_dict(given)

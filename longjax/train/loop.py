@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import os
 import queue
 import signal
 import threading
@@ -138,16 +137,15 @@ def _abstract(tree, shardings):
 
 def _write_config(config: Config, workdir: str) -> None:
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json())
+    (checkpoint.workdir_path(workdir) / "config.json").write_text(config.to_json())
 
 
 class Trainer:
   """Everything a run holds: the config, mesh, model, optimizer, compiled steps and checkpointer."""
 
   def __init__(self, config: Config, workdir: str):
-    self.workdir = os.path.abspath(workdir)
-    os.makedirs(self.workdir, exist_ok=True)
+    self.workdir = str(checkpoint.workdir_path(workdir))  # local paths absolute; gs://bucket/run as it is
+    checkpoint.workdir_path(self.workdir).mkdir(parents=True, exist_ok=True)
     self.source_params = None
     if config.train.init_from:
       source_model, self.source_params = init_lib.load_source(config.train.init_from)

@@ -1,9 +1,14 @@
-"""Run outputs: `workdir/metrics.jsonl`, TensorBoard event files (tensorboardX, no TensorFlow), a progress bar."""
+"""Run outputs: `workdir/metrics.jsonl`, TensorBoard event files (tensorboardX, no TensorFlow), a progress bar.
+
+The workdir is any etils.epath path. Object stores (gs://) have no append: there metrics.jsonl is rewritten
+whole at each write (a run's log lines are few), starting from what a resumed run's file already holds.
+"""
 
 import json
 import os
 import sys
 
+from etils import epath
 from tqdm import tqdm
 
 
@@ -26,8 +31,16 @@ class MetricWriter:
 
   def __init__(self, workdir: str, *, total_steps: int, initial_step: int, enabled: bool = True):
     self.enabled = enabled
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a") if enabled else None
-    self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard")) if enabled else None
+    workdir = os.fspath(workdir)
+    self._path = epath.Path(workdir) / "metrics.jsonl"
+    self._remote = "://" in workdir
+    self._lines: list[str] = []
+    self._jsonl = None
+    if enabled and self._remote:
+      self._lines = self._path.read_text().splitlines(keepends=True) if self._path.exists() else []
+    elif enabled:
+      self._jsonl = open(self._path, "a")
+    self._tb = _summary_writer_class()(f"{workdir.rstrip('/')}/tensorboard") if enabled else None
     show = enabled and sys.stdout.isatty()
     self._bar = tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True) if show else None
 
@@ -35,8 +48,13 @@ class MetricWriter:
     if not self.enabled:
       return
     record = {"step": step, **{k: (None if v is None else float(v)) for k, v in scalars.items()}}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    line = json.dumps(record) + "\n"
+    if self._remote:
+      self._lines.append(line)
+      self._path.write_text("".join(self._lines))
+    else:
+      self._jsonl.write(line)
+      self._jsonl.flush()
     for key, value in scalars.items():
       if value is not None:
         self._tb.add_scalar(key, float(value), step)
@@ -53,7 +71,8 @@ class MetricWriter:
 
   def close(self) -> None:
     if self.enabled:
-      self._jsonl.close()
+      if self._jsonl is not None:
+        self._jsonl.close()
       self._tb.close()
       if self._bar is not None:
         self._bar.close()
