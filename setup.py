@@ -31,7 +31,9 @@ setup(
         "matplotlib>=3.11",
     ],
     extras_require={
-        "test": ["pytest>=9.2", "pytest-xdist>=3.8", "filelock>=3.20", "torch==2.13.0", "transformers>=5.23"],
+        "test": ["pytest>=9.2", "pytest-xdist>=3.8", "filelock>=3.20", "torch==2.13.0", "transformers>=5.23",
+                 # a gs:// workdir against a local GCS emulator (tests/train/test_gcs_workdir.py)
+                 "gcp-storage-emulator>=2026.7.19", "gcsfs>=2026.10.1"],
         "tpu": ["jax[tpu]>=0.10.2"],
         "cuda": ["jax[cuda13]>=0.10.2"],
     },
