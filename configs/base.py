@@ -122,8 +122,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.add_bos = True
   data.add_eos = True
   data.shuffle = True  # shuffle documents each epoch (deterministic from config.seed)
-  # Packed rows pass through a buffer of this many rows, emitted in a seeded random order, so a batch mixes
-  # documents; 0 disables. Memory: 3 * shuffle_buffer * (seq_len + 1) int32 per process (lower it at 128K).
+  # Packed rows pass through a buffer of this many rows (shared out among the global batch's row streams), emitted
+  # in a seeded random order, so that consecutive rows of a stream mix documents; 0 disables. Memory: at most
+  # 3 * shuffle_buffer * (seq_len + 1) int32 per process (lower it at 128K).
   data.shuffle_buffer = 256
   # Synthetic retrieval documents replace real training documents with this probability (landmark attention
   # and Infini-attention fine-tune on passkey retrieval); 0 disables. The eval split stays real text.
