@@ -55,7 +55,8 @@ def gcs_env(runner):
     endpoint = f"http://127.0.0.1:{port}"
     # No credentials and no metadata server: google-auth and TensorStore must not look beyond loopback.
     # gcsfs's default file system asks the storage-control API for the bucket type on every call (3 s each).
-    yield {**runner.env, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "STORAGE_EMULATOR_HOST": endpoint, "TENSORSTORE_GCS_HTTP_URL": endpoint,
+    yield {**runner.env, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false", "STORAGE_EMULATOR_HOST": endpoint,
+           "TENSORSTORE_GCS_HTTP_URL": endpoint,
            "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "NO_GCE_CHECK": "True",
            "GCE_METADATA_HOST": "127.0.0.1:1", "GCE_METADATA_IP": "127.0.0.1:1"}
   finally:
