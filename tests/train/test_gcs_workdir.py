@@ -1,4 +1,4 @@
-"""A gs:// workdir: training writes config.json, metrics.jsonl and checkpoints there, restores from them, and
+"""A gs:// workdir: training writes config.json, metrics.jsonl and checkpoints there, resumes from them, and
 `longjax.checkpoint.read_config` / `longjax.load` read it. Against gcp-storage-emulator on 127.0.0.1 (epath
 through gcsfs, Orbax's arrays through TensorStore's GCS driver pointed at it); nothing leaves loopback."""
 
@@ -65,23 +65,26 @@ def gcs_env(runner):
 
 
 def test_train_and_resume_in_a_gs_workdir(runner, gcs_env, tmp_path):
-  def train(steps):
+  def train(steps, attempts=3):
     extra = {"train.num_steps": steps, "train.checkpoint_every": 2}
-    proc = subprocess.run(runner.train_command("gs://bucket/run", extra),
-                          env=gcs_env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    for _ in range(attempts):
+      proc = subprocess.run(runner.train_command("gs://bucket/run", extra), env=gcs_env, capture_output=True,
+                            text=True, timeout=600, cwd=tmp_path)
+      # The emulator intermittently fails one of TensorStore's OCDBT writes (about one save in three, most often
+      # "Malformed StorageGeneration" on a manifest); the same saves to a local workdir never fail. A failed save
+      # leaves the last good checkpoint in place, so the rerun goes on from it (and logs its steps again).
+      if proc.returncode == 0 or "ocdbt" not in proc.stderr:
+        break
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
   train(2)
-  # The rerun restores step 2 (parameters, optimizer and data state) from gs:// and has nothing left to do. Training
-  # on from there is not checked here: against the emulator, a save that follows a restore in one process fails
-  # in TensorStore's OCDBT manifest write ("Malformed StorageGeneration"), intermittently even with synchronous
-  # saves; saves without a restore before them (steps 2 and 4 of one run) succeed.
-  resumed = train(2)
+  resumed = train(3)
   assert "resumed from gs://bucket/run/checkpoints at step 2" in resumed.stderr, resumed.stderr[-3000:]
   proc = subprocess.run([sys.executable, "-c", READ_BACK], env=gcs_env, capture_output=True, text=True,
                         timeout=600, cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr[-4000:]
   got = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert got == {"steps": [1, 2], "seq_len": 64, "checkpoints": [2], "local": False}, got
+  assert got["steps"][-1] == 3 and sorted(set(got["steps"])) == [1, 2, 3], got
+  assert {**got, "steps": None} == {"steps": None, "seq_len": 64, "checkpoints": [2, 3], "local": False}, got
   assert not os.path.exists(tmp_path / "gs:")  # nothing under ./gs:/bucket/run
