@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["longjax", "longjax.*"]),
     package_data={"longjax.evaluate": ["data/words.txt"]},
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     # Lower bounds are the versions this code was tested with.
     install_requires=[
         "jax>=0.10.2",
