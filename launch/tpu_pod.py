@@ -116,6 +116,10 @@ def setup(args) -> list[list[str]]:
   return [pack, copy, _ssh(args, bootstrap)]
 
 
+# Whether pid $1 runs (a zombie, whose parent has not reaped it yet, does not: `kill -0` would say it does).
+ALIVE = "alive() { ps -o stat= -p \"$1\" 2>/dev/null | grep -q '^[^Z]'; }; "
+
+
 def _files(run_name: str) -> dict[str, str]:
   base = f"{REMOTE_LOGS}/{run_name}"
   return {"pid": f"{base}.pid", "status": f"{base}.status", "log": f"{base}.$(hostname).log"}
@@ -134,11 +138,11 @@ def start_line(args) -> str:
   refuse = (f"echo \"error: run $name is live on $(hostname) (pid $(cat $p)); stop it (tpu_pod.py stop --run_name"
             f" $name) or wait for it\" >&2; exit {LIVE}")
   check = (f"for p in {REMOTE_LOGS}/*.pid; do name=$(basename \"$p\" .pid); "
-           f"if test -f \"$p\" && kill -0 \"$(cat \"$p\")\" 2>/dev/null; then "
+           f"if test -f \"$p\" && alive \"$(cat \"$p\")\"; then "
            + (f"if test \"$name\" = {shlex.quote(args.run_name)}; then {own}; fi; " if own else "")
            + f"{refuse}; fi; done")
   wait_pid = f"for i in $(seq 100); do test -s {files['pid']} && break; sleep 0.1; done"
-  return (f"mkdir -p {REMOTE_LOGS} && {check}; rm -f {files['pid']} {files['status']}; "
+  return (f"{ALIVE}mkdir -p {REMOTE_LOGS} && {check}; rm -f {files['pid']} {files['status']}; "
           f"setsid nohup bash -c {shlex.quote(wrapper)} > {files['log']} 2>&1 < /dev/null & {wait_pid}; "
           f"echo \"started {args.run_name} on $(hostname): {files['log']}\"")
 
@@ -146,8 +150,8 @@ def start_line(args) -> str:
 def wait_line(args) -> str:
   """The shell line each worker runs: wait for the run to end, then exit with its status (the log's tail if not 0)."""
   files = _files(args.run_name)
-  alive = f"test -f {files['pid']} && kill -0 \"$(cat {files['pid']})\" 2>/dev/null"
-  return (f"while {alive}; do sleep {args.poll}; done; "
+  alive = f"test -f {files['pid']} && alive \"$(cat {files['pid']})\""
+  return (f"{ALIVE}while {alive}; do sleep {args.poll}; done; "
           f"if test -f {files['status']}; then status=$(cat {files['status']}); else status={LOST}; "
           f"echo \"run {args.run_name} on $(hostname) ended without an exit status (stopped, killed, or the VM "
           f"restarted)\" >&2; fi; "

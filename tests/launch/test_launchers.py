@@ -48,6 +48,72 @@ def _assert_usage_error(proc: subprocess.CompletedProcess, fragment: str) -> Non
 
 TPU = ["--name", "my-tpu", "--zone", "us-central2-b", "--project", "proj", "--dry_run"]
 
+# gcloud stand-in for one worker: `ssh` runs --command in bash (HOME is the worker's home), `scp` copies into
+# HOME, describe/create/delete keep the slice's state in $FAKE_STATE; every call is logged to $GCLOUD_LOG.
+# With $FAKE_PREEMPT present, the first `wait` (its ssh) preempts the slice: the run is killed, the state is
+# PREEMPTED and ssh fails as it does when the VM goes away.
+FAKE_GCLOUD = r"""#!PYTHON
+import json, os, shutil, signal, subprocess, sys
+args = sys.argv[1:]
+with open(os.environ["GCLOUD_LOG"], "a") as f:
+  f.write(json.dumps(["gcloud", *args]) + "\n")
+state = os.environ["FAKE_STATE"]
+option = lambda name: next(a.split("=", 1)[1] for a in args if a.startswith(f"--{name}="))
+if "describe" in args:
+  if not os.path.exists(state):
+    sys.exit("ERROR: NOT_FOUND")
+  print(open(state).read())
+elif "create" in args:
+  created = os.environ.get("FAKE_CREATED_STATE") or ("ACTIVE" if "queued-resources" in args else "READY")
+  open(state, "w").write(created)
+elif "delete" in args:
+  os.remove(state)
+elif "scp" in args:
+  source, destination = [a for a in args[4:] if not a.startswith("--")]
+  shutil.copy(source, os.path.join(os.environ["HOME"], destination.split(":", 1)[1]))
+elif "ssh" in args:
+  command = option("command")
+  preempt = os.environ.get("FAKE_PREEMPT", "")
+  if "; while " in command and os.path.exists(preempt):
+    os.remove(preempt)
+    pid_files = [n for n in os.listdir(os.path.expanduser("~/longjax_logs")) if n.endswith(".pid")]
+    for name in pid_files:
+      os.killpg(int(open(os.path.expanduser(f"~/longjax_logs/{name}")).read()), signal.SIGKILL)
+    open(state, "w").write("PREEMPTED")
+    sys.exit(255)
+  sys.exit(subprocess.run(["bash", "-c", command]).returncode)
+"""
+
+# uv stand-in: `uv venv DIR` makes DIR/bin/python (this Python) and an empty activate; every call is logged.
+FAKE_UV = """#!/usr/bin/env bash
+echo "$@" >> "$UV_LOG"
+if [ "$1" = venv ]; then
+  dir=${@: -1}
+  mkdir -p "$dir/bin" && ln -s PYTHON "$dir/bin/python" && touch "$dir/bin/activate"
+fi
+"""
+
+
+@pytest.fixture
+def worker(tmp_path):
+  """A fake TPU worker: a home directory, and gcloud and uv stand-ins first on PATH."""
+  home, bin_dir = tmp_path / "home", tmp_path / "bin"
+  home.mkdir()
+  bin_dir.mkdir()
+  for name, text in (("gcloud", FAKE_GCLOUD), ("uv", FAKE_UV)):
+    (bin_dir / name).write_text(text.replace("PYTHON", sys.executable))
+    (bin_dir / name).chmod(0o755)
+  env = {**os.environ, "HOME": str(home), "PATH": f"{bin_dir}:{os.environ['PATH']}",
+         "GCLOUD_LOG": str(tmp_path / "gcloud.log"), "UV_LOG": str(tmp_path / "uv.log"),
+         "FAKE_STATE": str(tmp_path / "state"), "FAKE_PREEMPT": str(tmp_path / "preempt")}
+  # A name of its own: the code's tarball is /tmp/longjax-NAME.tgz.
+  name = f"t{os.getpid()}-{tmp_path.name[-12:].lower().replace('_', '-')}".rstrip("-")
+  return {"home": home, "env": env, "tmp": tmp_path, "args": ["--name", name, "--zone", "z"]}
+
+
+def _calls(path) -> list[list[str]]:
+  return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
 
 def test_tpu_create_as_vm_or_queued_resource():
   [vm] = _lines(_launch("tpu_pod.py", "create", *TPU, "--accelerator_type", "v4-32", "--runtime_version",
@@ -55,60 +121,131 @@ def test_tpu_create_as_vm_or_queued_resource():
   assert vm[:6] == ["gcloud", "compute", "tpus", "tpu-vm", "create", "my-tpu"]
   assert _option(vm, "accelerator-type") == "v4-32" and _option(vm, "version") == "tpu-ubuntu2204-base"
   assert _option(vm, "zone") == "us-central2-b" and _option(vm, "project") == "proj" and "--preemptible" in vm
-  [queued] = _lines(_launch("tpu_pod.py", "create", *TPU, "--accelerator_type", "v5litepod-16", "--runtime_version",
-                            "v2-alpha-tpuv5-lite", "--spot", "--queued"))
+  # A queued resource is created, then described until ACTIVE.
+  queued, describe = _lines(_launch("tpu_pod.py", "create", *TPU, "--accelerator_type", "v5litepod-16",
+                                    "--runtime_version", "v2-alpha-tpuv5-lite", "--spot", "--queued"))
   assert queued[:6] == ["gcloud", "compute", "tpus", "queued-resources", "create", "my-tpu"]
   assert _option(queued, "node-id") == "my-tpu" and _option(queued, "runtime-version") == "v2-alpha-tpuv5-lite"
   assert "--spot" in queued
+  assert describe == ["gcloud", "compute", "tpus", "queued-resources", "describe", "my-tpu", "--zone=us-central2-b",
+                      "--project=proj", "--format=value(state.state)"]
   [delete] = _lines(_launch("tpu_pod.py", "delete", *TPU, "--queued"))
   assert delete[3:6] == ["queued-resources", "delete", "my-tpu"] and "--force" in delete
 
 
-def test_tpu_setup_copies_to_every_worker_then_installs_on_every_worker():
+def test_tpu_queued_create_polls_until_active_or_gives_up(worker):
+  env, args = worker["env"], worker["args"]
+  create = ["create", *args, "--accelerator_type", "v4-8", "--runtime_version", "r", "--queued", "--poll", "1"]
+  assert _launch("tpu_pod.py", *create, env=env).returncode == 0
+  calls = _calls(worker["tmp"] / "gcloud.log")
+  assert [c[3:5] for c in calls] == [["queued-resources", "create"], ["queued-resources", "describe"]]
+  for state, message in (("FAILED", "is FAILED"), ("WAITING_FOR_RESOURCES", "is WAITING_FOR_RESOURCES after 0 s")):
+    proc = _launch("tpu_pod.py", *create, "--wait_timeout", "0", env={**env, "FAKE_CREATED_STATE": state})
+    assert proc.returncode == 1 and message in proc.stderr, proc.stderr
+
+
+def test_tpu_setup_runs_in_bash_installs_python_3_12_and_is_idempotent(worker):
+  env, home = worker["env"], worker["home"]
   pack, copy, install = _lines(_launch("tpu_pod.py", "setup", *TPU))
   assert pack[0] == "tar" and _contains(pack, ["-C", REPO]) and "--exclude=./.git" in pack
   assert copy[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and "--worker=all" in copy
   # scp takes SOURCE then TPU_NAME:DESTINATION (the name belongs in the destination, not before the files).
-  positional = [arg for arg in copy[5:] if not arg.startswith("--")]
-  assert positional == [pack[pack.index("-czf") + 1], "my-tpu:/tmp/longjax.tgz"]
+  assert [arg for arg in copy[5:] if not arg.startswith("--")] == [pack[pack.index("-czf") + 1], "my-tpu:longjax.tgz"]
   assert install[4:6] == ["ssh", "my-tpu"] and "--worker=all" in install
-  bootstrap = _option(install, "command")
-  assert "tar -xzf /tmp/longjax.tgz -C ~/longjax" in bootstrap and "pip install -q -e '~/longjax[tpu]'" in bootstrap
-  assert "cmp -s ~/longjax/setup.py" in bootstrap  # reinstalls only when setup.py changed
+  # The real thing, in bash: the tarball unpacked in ~/longjax, a 3.12 venv from uv, the package installed with
+  # its extra from the expanded home directory.
+  for _ in range(2):
+    proc = _launch("tpu_pod.py", "setup", *worker["args"], env=env)
+    assert proc.returncode == 0, proc.stderr
+  assert (home / "longjax" / "setup.py").read_text() == open(os.path.join(REPO, "setup.py")).read()
+  assert (home / "longjax" / "configs" / "base.py").exists() and not (home / "longjax" / ".git").exists()
+  uv_calls = (worker["tmp"] / "uv.log").read_text().splitlines()
+  venv = f"{home}/longjax_venv"
+  # Once: the second setup found the venv's Python and an unchanged setup.py.
+  assert uv_calls == [f"venv -q --python 3.12 {venv}", f"pip install -q --python {venv}/bin/python -e {home}/longjax[tpu]"]
 
 
-def test_tpu_run_starts_the_command_verbatim_on_every_worker_in_the_background(tmp_path):
-  [ssh] = _lines(_launch("tpu_pod.py", "run", *TPU, "--env", "XLA_FLAGS=--xla_dump_to=/tmp/x y", "--", *TRAIN))
-  assert ssh[4:6] == ["ssh", "my-tpu"] and "--worker=all" in ssh
-  remote = _option(ssh, "command")
-  assert shlex.join(TRAIN) in remote and "nohup" in remote
-  # Run the remote line here, as a worker's shell would, with a stand-in venv and training command.
-  (tmp_path / "longjax").mkdir()
-  (tmp_path / "longjax_venv" / "bin").mkdir(parents=True)
-  (tmp_path / "longjax_venv" / "bin" / "activate").write_text("")
-  echo = [sys.executable, "-c", "import json, os, sys; print(json.dumps([sys.argv[1:], os.environ['XLA_FLAGS']]))"]
-  [ssh] = _lines(_launch("tpu_pod.py", "run", *TPU, "--env", "XLA_FLAGS=--xla_dump_to=/tmp/x y", "--",
-                         *echo, *TRAIN[3:]))
-  subprocess.run(["bash", "-c", _option(ssh, "command")], env={**os.environ, "HOME": str(tmp_path)}, check=True,
-                 timeout=30)
-  pid = int((tmp_path / "longjax_logs" / "longjax.pid").read_text())
-  for _ in range(300):  # the command runs in the background: wait for it to end
+def test_tpu_network_flags_reach_ssh_and_scp():
+  for action in ("setup", "run", "wait", "logs", "stop"):
+    tail = ["--", "python"] if action == "run" else []
+    for command in _lines(_launch("tpu_pod.py", action, *TPU, "--internal_ip", "--tunnel_through_iap", *tail)):
+      if command[0] == "gcloud":
+        assert "--internal-ip" in command and "--tunnel-through-iap" in command, command
+
+
+def _wait_gone(pid: int) -> None:
+  for _ in range(300):
     if not os.path.exists(f"/proc/{pid}"):
+      return
+    time.sleep(0.1)
+  raise AssertionError(f"process {pid} still runs")
+
+
+SAVES_ON_TERM = ("import os, signal, sys, time; "
+                 "signal.signal(signal.SIGTERM, lambda *a: (print('saved', os.environ['XLA_FLAGS'], sys.argv[1:],"
+                 " flush=True), sys.exit(0))); print('training', flush=True); time.sleep(60)")
+
+
+def test_tpu_run_is_detached_refuses_while_live_and_stop_saves(worker):
+  env, home, args = worker["env"], worker["home"], worker["args"]
+  (home / "longjax").mkdir()
+  (home / "longjax_venv" / "bin").mkdir(parents=True)
+  (home / "longjax_venv" / "bin" / "activate").write_text("")
+  train = [sys.executable, "-c", SAVES_ON_TERM, *TRAIN[3:]]
+  run = ["run", *args, "--run_name", "r1", "--env", "XLA_FLAGS=--xla_dump_to=/tmp/x y"]
+  [ssh] = _lines(_launch("tpu_pod.py", *run, "--dry_run", "--", *train))
+  assert "--worker=all" in ssh and "setsid nohup bash -c" in _option(ssh, "command")
+  started = _launch("tpu_pod.py", *run, "--", *train, env=env)
+  assert started.returncode == 0 and "started r1" in started.stdout, started.stderr
+  pid = int((home / "longjax_logs" / "r1.pid").read_text())
+  assert os.getpgid(pid) == pid  # its own process group (setsid): stop signals the group
+  # A second run while r1 is live is refused on every worker, and r1 keeps its pid file.
+  again = _launch("tpu_pod.py", "run", *args, "--run_name", "r2", "--", "true", env=env)
+  assert again.returncode == 3 and "error: run r1 is live" in again.stderr, again.stderr
+  assert int((home / "longjax_logs" / "r1.pid").read_text()) == pid
+  [log] = (home / "longjax_logs").glob("r1.*.log")
+  for _ in range(100):
+    if "training" in log.read_text():
       break
     time.sleep(0.1)
-  [log] = list((tmp_path / "longjax_logs").glob("longjax.*.log"))
-  assert json.loads(log.read_text()) == [TRAIN[3:], "--xla_dump_to=/tmp/x y"]
+  assert _launch("tpu_pod.py", "stop", *args, "--run_name", "r1", env=env).returncode == 0
+  waited = _launch("tpu_pod.py", "wait", *args, "--run_name", "r1", "--poll", "1", env=env)
+  assert waited.returncode == 0, waited.stderr
+  _wait_gone(pid)
+  assert log.read_text().splitlines() == ["training", f"saved --xla_dump_to=/tmp/x y {TRAIN[3:]}"]
+  assert (home / "longjax_logs" / "r1.status").read_text().strip() == "0"
+  # Nothing live now: a failing run starts, and `run --wait` reports its status and log.
+  failed = _launch("tpu_pod.py", "run", *args, "--run_name", "r3", "--wait", "--poll", "1", "--",
+                   sys.executable, "-c", "import sys; sys.exit('error: bad config')", env=env)
+  assert failed.returncode == 1 and "error: bad config" in failed.stderr, failed.stderr
 
 
-def test_tpu_run_wait_logs_and_stop():
-  [ssh] = _lines(_launch("tpu_pod.py", "run", *TPU, "--wait", "--run_name", "r1", "--", *TRAIN))
-  remote = _option(ssh, "command")
-  assert "--worker=all" in ssh and shlex.join(TRAIN) in remote and "nohup" not in remote
-  assert "| tee ~/longjax_logs/r1.$(hostname).log" in remote
+def test_tpu_submit_recreates_a_preempted_slice_and_reruns(worker):
+  env, home, args = worker["env"], worker["home"], worker["args"]
+  (worker["tmp"] / "preempt").write_text("")
+  starts = worker["tmp"] / "starts"
+  train = [sys.executable, "-c", f"import time; open({str(starts)!r}, 'a').write('start\\n'); time.sleep(1)"]
+  proc = _launch("tpu_pod.py", "submit", *args, "--accelerator_type", "v4-8", "--runtime_version", "base",
+                 "--spot", "--poll", "1", "--", *train, env=env)
+  assert proc.returncode == 0, proc.stderr
+  assert starts.read_text() == "start\nstart\n"  # once before the preemption, once after
+  actions = [c[3:5] for c in _calls(worker["tmp"] / "gcloud.log") if c[4] in ("create", "delete")]
+  assert actions == [["tpu-vm", "create"], ["tpu-vm", "delete"], ["tpu-vm", "create"]]
+  assert "preempted" in proc.stderr
+  # Its dry run: look, create, copy, install, start, wait.
+  lines = _lines(_launch("tpu_pod.py", "submit", *TPU, "--accelerator_type", "v4-8", "--runtime_version", "base",
+                         "--", *TRAIN))
+  assert [line[3:5] if line[0] == "gcloud" else line[:1] for line in lines] == [
+      ["tpu-vm", "describe"], ["tpu-vm", "create"], ["tpu-vm", "describe"], ["tar"], ["tpu-vm", "scp"],
+      ["tpu-vm", "ssh"], ["tpu-vm", "ssh"], ["tpu-vm", "ssh"]]
+  assert shlex.join(TRAIN) in shlex.split(_option(lines[-2], "command").split("bash -c ", 1)[1])[0]
+
+
+def test_tpu_logs_and_stop_commands():
   [tail] = _lines(_launch("tpu_pod.py", "logs", *TPU, "--worker", "all", "--follow"))
   assert "--worker=all" in tail and _option(tail, "command") == "tail -n 100 -F ~/longjax_logs/longjax.*.log"
   [stop] = _lines(_launch("tpu_pod.py", "stop", *TPU))
-  assert "--worker=all" in stop and "kill -TERM $(cat ~/longjax_logs/longjax.pid)" in _option(stop, "command")
+  assert "--worker=all" in stop and "kill -TERM -- -$(cat ~/longjax_logs/longjax.pid)" in _option(stop, "command")
 
 
 @pytest.mark.parametrize("args,fragment", [
@@ -118,6 +255,7 @@ def test_tpu_run_wait_logs_and_stop():
       "--preemptible"], "--spot and --preemptible exclude each other"),
     (["create", "--name", "t", "--zone", "z", "--accelerator_type", "v4-8", "--runtime_version", "r", "--queued",
       "--preemptible"], "--preemptible is invalid with --queued"),
+    (["create", "--name", "t", "--zone", "z"], "give --accelerator_type and --runtime_version"),
     (["setup", "--name", "t", "--zone", "z", "--", "python"], "setup takes no command after --"),
     (["launch", "--name", "t"], "invalid choice: 'launch'"),
     (["run", "--name", "t", "--zone", "z", "--env", "1A=b", "--", "python"], "--env '1A=b' is invalid"),
