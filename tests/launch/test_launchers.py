@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -285,11 +286,12 @@ def test_slurm_renders_an_sbatch_script_whose_srun_runs_the_command_on_every_nod
                  "--venv", str(tmp_path / "venv"), "--dry_run", "--", *echo)
   assert proc.returncode == 0, proc.stderr
   script, submit = proc.stdout.split("# ---- submitted with:\n")
-  assert shlex.split(submit) == ["sbatch"]  # the script goes to sbatch's stdin
+  assert shlex.split(submit) == ["sbatch", "--parsable"]  # the script goes to stdin; it prints the job id
   directives = dict(line[len("#SBATCH --"):].partition("=")[::2] for line in script.splitlines()
                     if line.startswith("#SBATCH --"))
   assert directives["nodes"] == "4" and directives["gpus-per-node"] == "2" and directives["ntasks-per-node"] == "1"
-  assert "exclusive" in directives
+  assert "exclusive" in directives and "requeue" in directives and directives["open-mode"] == "append"
+  assert directives["signal"] == "B:USR1@300" and directives["cpus-per-task"] == "16"
   assert directives["partition"] == "gpu" and directives["time"] == "1:00:00" and directives["chdir"] == REPO
   assert f"set -- {shlex.join(echo)}" in script.splitlines()
 
@@ -299,18 +301,64 @@ def test_slurm_renders_an_sbatch_script_whose_srun_runs_the_command_on_every_nod
   (venv / "activate").write_text("")
   (bin_dir / "srun").write_text(FAKE_SRUN)
   (bin_dir / "srun").chmod(0o755)
-  env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NUM_NODES": "4",
-         "SLURM_GPUS_ON_NODE": "2", "SRUN_RECORD": str(tmp_path / "srun_args")}
+  env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NUM_NODES": "4", "SLURM_JOB_ID": "7",
+         "SLURM_GPUS_ON_NODE": "2", "SLURM_CPUS_PER_TASK": "16", "SRUN_RECORD": str(tmp_path / "srun_args")}
   ran = subprocess.run(["bash", "-s"], input=script, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
   assert ran.returncode == 0, ran.stderr
-  assert (tmp_path / "srun_args").read_text().split()[:3] == ["--nodes=4", "--ntasks-per-node=1", "--export=ALL"]
-  assert [json.loads(line) for line in ran.stdout.splitlines()] == [[str(i), "0,1", TRAIN[3:]] for i in range(4)]
+  assert (tmp_path / "srun_args").read_text().split()[:5] == [
+      "--nodes=4", "--ntasks-per-node=1", "--cpus-per-task=16", "--kill-on-bad-exit=1", "--export=ALL"]
+  [start, *outputs] = ran.stdout.splitlines()
+  assert start.startswith("job 7 start 1 on 4 node(s): ")
+  assert [json.loads(line) for line in outputs] == [[str(i), "0,1", TRAIN[3:]] for i in range(4)]
+
+
+# scancel/scontrol stand-ins: record their arguments; `scancel --signal=TERM` signals the training process.
+FAKE_SCANCEL = """#!/usr/bin/env bash
+echo "scancel $*" >> "$SLURM_RECORD"
+kill -TERM "$(cat "$TRAIN_PID")"
+"""
+FAKE_SCONTROL = """#!/usr/bin/env bash
+echo "scontrol $*" >> "$SLURM_RECORD"
+"""
+
+
+def test_slurm_time_limit_signal_checkpoints_then_requeues(tmp_path):
+  """SLURM's USR1 (--signal lead time) reaches the batch shell: training gets SIGTERM, saves, and the job requeues."""
+  train = [sys.executable, "-c", "import os, signal, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
+           "signal.signal(signal.SIGTERM, lambda *a: (print('saved'), sys.exit(0))); time.sleep(60)",
+           str(tmp_path / "train.pid")]
+  proc = _launch("slurm.py", "--nodes", "1", "--signal_lead", "600", "--venv", str(tmp_path / "venv"), "--dry_run",
+                 "--", *train)
+  script = proc.stdout.split("# ---- submitted with:\n")[0]
+  assert "#SBATCH --signal=B:USR1@600" in script.splitlines()
+  bin_dir, venv = tmp_path / "bin", tmp_path / "venv" / "bin"
+  bin_dir.mkdir()
+  venv.mkdir(parents=True)
+  (venv / "activate").write_text("")
+  for name, text in (("srun", FAKE_SRUN), ("scancel", FAKE_SCANCEL), ("scontrol", FAKE_SCONTROL)):
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
+  env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_ID": "42",
+         "SLURM_GPUS_ON_NODE": "1", "SRUN_RECORD": str(tmp_path / "srun_args"),
+         "SLURM_RECORD": str(tmp_path / "record"), "TRAIN_PID": str(tmp_path / "train.pid")}
+  job = subprocess.Popen(["bash", "-c", script, "batch"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env, cwd=tmp_path)
+  for _ in range(300):
+    if (tmp_path / "train.pid").exists():
+      break
+    time.sleep(0.1)
+  job.send_signal(signal.SIGUSR1)  # what SLURM does --signal_lead seconds before the time limit
+  out, err = job.communicate(timeout=60)
+  assert job.returncode == 0, err
+  assert "saved" in out and "requeueing job 42" in out
+  assert (tmp_path / "record").read_text().splitlines() == ["scancel --signal=TERM 42", "scontrol requeue 42"]
 
 
 @pytest.mark.parametrize("args,fragment", [
     (["--nodes", "0", "--", "python"], "--nodes=0 is invalid"),
     (["--nodes", "2"], "give the command after --"),
     (["--nodes", "two", "--", "python"], "argument --nodes: invalid int value"),
+    (["--nodes", "1", "--signal_lead", "-1", "--", "python"], "--signal_lead=-1 is invalid"),
 ])
 def test_slurm_bad_input_is_one_line(args, fragment):
   _assert_usage_error(_launch("slurm.py", *args, "--dry_run"), fragment)
