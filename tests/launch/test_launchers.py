@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -410,6 +411,168 @@ def test_k8s_gpu_jobset():
   assert pod["containers"][0]["command"] == TRAIN
 
 
+# A strict schema of the JobSet fields the launcher writes (jobset.x-k8s.io/v1alpha2 over batch/v1 Job and core/v1
+# Pod): required keys, types, allowed values; an unknown key is an error, as with `kubectl apply --validate=strict`.
+# (`kubectl apply --dry-run=client` needs a server that knows the JobSet CRD; kubeconform is not on PyPI.)
+DNS_LABEL = r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?"
+STR, INT, BOOL = str, int, bool
+
+
+def _obj(required: dict, optional: dict | None = None) -> dict:
+  return {"required": required, "optional": optional or {}}
+
+
+def _map_of(kind):
+  return ("map", kind)
+
+
+def _list_of(kind):
+  return ("list", kind)
+
+
+ENV_VAR = _obj({"name": STR}, {"value": STR, "valueFrom": _obj({"fieldRef": _obj({"fieldPath": STR})})})
+CONTAINER = _obj({"name": ("re", DNS_LABEL), "image": STR},
+                 {"command": _list_of(STR), "env": _list_of(ENV_VAR),
+                  "ports": _list_of(_obj({"containerPort": ("range", 1, 65535)})),
+                  "resources": _obj({}, {"limits": _map_of((INT, STR)), "requests": _map_of((INT, STR))}),
+                  "volumeMounts": _list_of(_obj({"name": STR, "mountPath": ("re", r"/.*")}))})
+VOLUME = _obj({"name": ("re", DNS_LABEL)}, {"emptyDir": _obj({}, {"medium": ("enum", "", "Memory")}),
+                                           "persistentVolumeClaim": _obj({"claimName": STR})})
+POD_SPEC = _obj({"containers": _list_of(CONTAINER), "restartPolicy": ("enum", "Never", "OnFailure")},
+                {"terminationGracePeriodSeconds": ("range", 0, 2**31), "nodeSelector": _map_of(STR),
+                 "volumes": _list_of(VOLUME)})
+JOB_SPEC = _obj({"template": _obj({"spec": POD_SPEC})},
+                {"completionMode": ("enum", "Indexed", "NonIndexed"), "completions": ("range", 1, 10**6),
+                 "parallelism": ("range", 1, 10**6), "backoffLimit": ("range", 0, 10**6)})
+JOBSET = _obj({"apiVersion": ("enum", "jobset.x-k8s.io/v1alpha2"), "kind": ("enum", "JobSet"),
+               "metadata": _obj({"name": ("re", DNS_LABEL)}, {"namespace": ("re", DNS_LABEL),
+                                                             "annotations": _map_of(STR)}),
+               "spec": _obj({"replicatedJobs": _list_of(_obj({"name": ("re", DNS_LABEL),
+                                                               "template": _obj({"spec": JOB_SPEC})},
+                                                              {"replicas": ("range", 1, 10**6)}))},
+                            {"failurePolicy": _obj({}, {"maxRestarts": ("range", 0, 10**6)}),
+                             "network": _obj({}, {"enableDNSHostnames": BOOL, "publishNotReadyAddresses": BOOL})})})
+
+
+def schema_errors(value, kind, path="") -> list[str]:
+  """Where `value` breaks `kind` (a type, an _obj, ("list"|"map"|"re"|"enum"|"range", ...))."""
+  if isinstance(kind, type) or (isinstance(kind, tuple) and all(isinstance(k, type) for k in kind)):
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple)
+                                                                                  else (kind,)))
+    return [] if ok else [f"{path}: {value!r} is not {kind}"]
+  if isinstance(kind, dict):
+    if not isinstance(value, dict):
+      return [f"{path}: not an object"]
+    errors = [f"{path}.{key}: missing" for key in kind["required"] if key not in value]
+    for key, item in value.items():
+      sub = kind["required"].get(key, kind["optional"].get(key))
+      errors += [f"{path}.{key}: unknown field"] if sub is None else schema_errors(item, sub, f"{path}.{key}")
+    return errors
+  tag, *rest = kind
+  if tag == "list":
+    if not isinstance(value, list) or not value:
+      return [f"{path}: not a non-empty list"]
+    return [e for i, item in enumerate(value) for e in schema_errors(item, rest[0], f"{path}[{i}]")]
+  if tag == "map":
+    if not isinstance(value, dict):
+      return [f"{path}: not a map"]
+    return [e for key, item in value.items() for e in schema_errors(item, rest[0], f"{path}.{key}")]
+  if tag == "re":
+    return [] if isinstance(value, str) and re.fullmatch(rest[0], value) else [f"{path}: {value!r} !~ {rest[0]}"]
+  if tag == "enum":
+    return [] if value in rest else [f"{path}: {value!r} not in {rest}"]
+  low, high = rest
+  ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+  return [] if ok else [f"{path}: {value!r} not an int in [{low}, {high}]"]
+
+
+def validate_jobset(manifest: dict) -> list[str]:
+  """The schema's errors, and the rules across fields: env values set once, mounts of declared volumes."""
+  errors = schema_errors(manifest, JOBSET)
+  for replicated in manifest["spec"]["replicatedJobs"]:
+    pod = replicated["template"]["spec"]["template"]["spec"]
+    volumes = [v["name"] for v in pod.get("volumes", [])]
+    errors += [f"volume {v['name']}: exactly one source" for v in pod.get("volumes", [])
+               if len(set(v) & {"emptyDir", "persistentVolumeClaim"}) != 1]
+    errors += [f"duplicate volume {name}" for name in set(volumes) if volumes.count(name) > 1]
+    for container in pod["containers"]:
+      errors += [f"env {e['name']}: one of value, valueFrom" for e in container.get("env", [])
+                 if ("value" in e) == ("valueFrom" in e)]
+      errors += [f"mount of undeclared volume {m['name']}" for m in container.get("volumeMounts", [])
+                 if m["name"] not in volumes]
+  return errors
+
+
+def test_k8s_manifests_pass_the_schema_and_are_sized_for_a_checkpoint_save():
+  tpu = _manifest("--hosts", "4", "--tpu_accelerator", "tpu-v5-lite-podslice", "--tpu_topology", "4x4",
+                  "--namespace", "research", "--pvc", "runs:/runs", "--env", "A=1")
+  gpu = _manifest("--hosts", "2", "--gpus_per_host", "8", "--grace_period", "900", "--max_restarts", "2")
+  for manifest in (tpu, gpu):
+    assert validate_jobset(manifest) == [], validate_jobset(manifest)
+  # The validator catches what a cluster would refuse.
+  broken = json.loads(json.dumps(gpu))
+  job, pod = _pod(broken)
+  pod["containers"][0]["env"][1]["value"] = 2
+  pod["containers"][0]["volumeMounts"].append({"name": "nope", "mountPath": "/x"})
+  pod["restartPolicy"] = "Always"
+  del pod["containers"][0]["image"]
+  job["backofLimit"] = 1
+  assert len(validate_jobset(broken)) == 5, validate_jobset(broken)
+  # Restarts and grace: JobSet recreates every pod (a lone pod could not rejoin jax.distributed), SIGTERM gives
+  # training time to save.
+  assert tpu["spec"]["failurePolicy"]["maxRestarts"] == 5 and gpu["spec"]["failurePolicy"]["maxRestarts"] == 2
+  job, pod = _pod(tpu)
+  assert job["backoffLimit"] == 0 and pod["terminationGracePeriodSeconds"] == 600
+  assert _pod(gpu)[1]["terminationGracePeriodSeconds"] == 900
+  mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+  volumes = {v["name"]: v for v in pod["volumes"]}
+  assert volumes[mounts["/runs"]]["persistentVolumeClaim"] == {"claimName": "runs"}
+  assert volumes[mounts["/dev/shm"]]["emptyDir"] == {"medium": "Memory"}
+
+
+def test_k8s_dry_run_ends_with_the_submit_command():
+  proc = _launch("k8s.py", "--name", "j", "--image", "i", "--hosts", "1", "--gpus_per_host", "1", "--dry_run", "--",
+                 "python")
+  assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == "# submitted with: kubectl apply -f -"
+
+
+def test_dockerfile_packages_the_code_and_configs_for_every_accelerator():
+  with open(os.path.join(REPO, "Dockerfile")) as f:
+    dockerfile = f.read()
+  with open(os.path.join(REPO, ".dockerignore")) as f:
+    ignored = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+  with open(os.path.join(REPO, "setup.py")) as f:
+    setup = f.read()
+  instructions = [line.split(None, 1) for line in dockerfile.splitlines() if line and not line.startswith("#")]
+  assert ["WORKDIR", "/longjax"] in instructions and ["COPY", ". ."] in instructions
+  # configs/ (and the code) reach the image: `--config configs/x.py` resolves from the WORKDIR.
+  for path in ("configs", "configs/llama2_7b.py", "longjax", "launch", "setup.py"):
+    assert not any(path == pattern or path.startswith(pattern.rstrip("/") + "/") for pattern in ignored), path
+  assert ".git" in ignored and ".venv" in ignored
+  # Its Python satisfies python_requires; its EXTRA build argument names setup.py's extras.
+  python = re.search(r"ARG PYTHON=(\d+)\.(\d+)", dockerfile).groups()
+  required = re.search(r'python_requires=">=(\d+)\.(\d+)"', setup).groups()
+  assert tuple(map(int, python)) >= tuple(map(int, required)) >= (3, 11)
+  for extra in re.findall(r"--build-arg EXTRA=(\w+)", dockerfile):
+    assert f'"{extra}": [' in setup, extra
+  assert 'ARG EXTRA=cpu' in dockerfile
+
+
+def test_local_dry_run_prints_every_process_command():
+  lines = _lines(_launch("local.py", "--num_processes", "3", "--devices_per_process", "2", "--dry_run", "--",
+                         *TRAIN))
+  assert len(lines) == 3
+  ports = set()
+  for index, line in enumerate(lines):
+    variables = dict(item.split("=", 1) for item in line[1:6])
+    assert line[0] == "env" and line[6:] == TRAIN
+    assert variables["JAX_PROCESS_ID"] == str(index) and variables["JAX_NUM_PROCESSES"] == "3"
+    assert variables["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2"
+    ports.add(variables["JAX_COORDINATOR_ADDRESS"])
+  assert len(ports) == 1 and ports.pop().startswith("127.0.0.1:")
+  _assert_usage_error(_launch("local.py", "--num_processes", "0", "--", "python"), "--num_processes=0 is invalid")
+
+
 def test_k8s_yaml_writer_round_trips_awkward_strings():
   yaml = pytest.importorskip("yaml")
   spec = importlib.util.spec_from_file_location("k8s_launcher", os.path.join(LAUNCH, "k8s.py"))
@@ -432,6 +595,8 @@ def test_k8s_yaml_writer_round_trips_awkward_strings():
     (["--hosts", "2"], "either --tpu_accelerator"),
     (["--hosts", "2", "--tpu_accelerator", "t", "--tpu_topology", "four"], "--tpu_topology='four' is invalid"),
     (["--hosts", "0", "--gpus_per_host", "8"], "--hosts=0 is invalid"),
+    (["--hosts", "1", "--gpus_per_host", "8", "--pvc", "runs"], "--pvc 'runs' is invalid"),
+    (["--hosts", "1", "--gpus_per_host", "8", "--grace_period", "-1"], "--grace_period=-1 is invalid"),
 ])
 def test_k8s_bad_input_is_one_line(args, fragment):
   _assert_usage_error(_launch("k8s.py", "--name", "job", "--image", "i", *args, "--dry_run", "--", "python"), fragment)
