@@ -195,7 +195,7 @@ def _slurm_collect(args, job_ids: list[str]) -> list[str]:
 def dry_run(args, jobs: list[dict]) -> int:
   """Print, run by run, the exact commands (scripts, manifests) that each launcher would execute, then the table's."""
   for job in jobs:
-    print(f"# ---- run {job['index']}: {job['name']}")
+    print(f"# ==== run {job['index']}: {job['name']}")
     if args.launcher == "local":
       print(f"cd {shlex.quote(REPO)} && {shlex.join(job['command'])} > {shlex.quote(_log_path(args, job))} 2>&1")
       continue
@@ -206,7 +206,7 @@ def dry_run(args, jobs: list[dict]) -> int:
       sys.stderr.write(proc.stderr)
       return proc.returncode
     print(proc.stdout, end="")
-  print("# ---- then the table, once every run has ended")
+  print("# ==== then the table, once every run has ended")
   if args.launcher == "slurm":
     ids = [f"JOB{job['index']}" for job in jobs]  # the ids sbatch --parsable prints
     dash = _slurm_collect(args, ids).index("--")
@@ -405,7 +405,9 @@ def collect(root: str) -> tuple[list[str], list[list]]:
       run["config"] = {**{k: tuple(v) if isinstance(v, list) else v for k, v in record["overrides"].items()},
                        **run["config"]}
   keys = list(dict.fromkeys(k for run in runs for k in run["config"]))
-  swept = [k for k in keys if len({repr(run["config"].get(k)) for run in runs}) > 1]
+  # A key is compared among the runs that know it (a run that failed early knows only its overrides).
+  swept = [k for k in keys if len({repr(run["config"][k]) for run in runs if k in run["config"]}) > 1 or
+           any(k in record["overrides"] for record in statuses.values())]
   metrics = [k for k in dict.fromkeys(k for run in runs for k in run["last"]) if k not in NOT_COMPARED]
   evals = list(dict.fromkeys(k for run in runs for k in run["eval"]))
   errors = any(run["error"] for run in runs)
