@@ -251,8 +251,8 @@ def _run_job(args, job: dict) -> dict:
             "status": "failed" if code else "ok"}
   if code:
     record["error"] = _last_error(output)
-  if args.launcher == "slurm" and not code:
-    record["job"] = output.strip().splitlines()[-1].split(";")[0] if output.strip() else ""
+  if args.launcher == "slurm" and not code:  # sbatch --parsable's last line: JOBID[;CLUSTER]
+    record["job"] = proc.stdout.strip().splitlines()[-1].split(";")[0] if proc.stdout.strip() else ""
     record["status"] = "submitted"
   if args.launcher == "k8s" and not code:
     record["status"], record["jobset"] = "submitted", job["jobset"]
@@ -262,12 +262,13 @@ def _run_job(args, job: dict) -> dict:
 
 
 def run_jobs(args, jobs: list[dict]) -> list[dict]:
-  """Every job, lanes in parallel (at most --parallel at once locally), one after another within a lane; a
+  """Every job, lanes in parallel (TPU slices; locally at most --parallel), one after another within a lane; a
   failed job is recorded and the others still run."""
   lanes: dict = {}
   for job in jobs:
     lanes.setdefault(job["lane"], []).append(job)
-  width = args.parallel if args.launcher == "local" else len(lanes)
+  # TPU slices work at once; SLURM and Kubernetes submissions return at once, so in order is as fast.
+  width = {"local": args.parallel, "tpu_pod": len(lanes)}.get(args.launcher, 1)
   records: dict[int, dict] = {}
   with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, width)) as pool:
     def lane_runner(lane_jobs):
@@ -291,10 +292,11 @@ def wait_for_jobsets(args, records: list[dict]) -> None:
     for record in list(pending):
       proc = subprocess.run(_jobset_status(record["jobset"], args), capture_output=True, text=True)
       conditions = proc.stdout.split()
-      if "Completed" in conditions or "Failed" in conditions:
+      if proc.returncode or "Completed" in conditions or "Failed" in conditions:
         record["status"] = "ok" if "Completed" in conditions else "failed"
         if record["status"] == "failed":
-          record["error"] = f"JobSet {record['jobset']} failed (kubectl describe jobset {record['jobset']})"
+          why = _last_error(proc.stderr) if proc.returncode else "failed"
+          record["error"] = f"JobSet {record['jobset']}: {why} (kubectl describe jobset {record['jobset']})"
         print(f"sweep: {record['name']}: {record['status']}", file=sys.stderr, flush=True)
         pending.remove(record)
     if pending:

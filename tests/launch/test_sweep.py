@@ -225,3 +225,69 @@ def test_collect_reads_metrics_evaluations_and_the_sweeps_record(tmp_path):
                   ["lr=0.003", "incomplete", "0.003", "2", "2.9", "", "", ""],
                   ["lr=0.01", "failed", "0.01", "", "", "", "", "error: a | b"]]
   assert "error: a \\| b" in (root / "sweep.md").read_text()  # a table cell keeps its pipe
+
+
+FAKE_SBATCH = """#!/usr/bin/env bash
+# sbatch --parsable stand-in: keeps each script, fails a script that trains seed=2, prints job ids 100, 101, ...
+script=$(cat)
+n=$(ls "$SBATCH_DIR" | wc -l)
+printf '%s\\n' "$script" > "$SBATCH_DIR/$n.sh"
+case "$script" in *seed=2*) echo "sbatch: error: Batch job submission failed: Invalid account" >&2; exit 1 ;; esac
+echo "$((100 + n));cluster"
+"""
+
+FAKE_KUBECTL = """#!/usr/bin/env bash
+# kubectl stand-in: `apply -f -` accepts; `get jobset NAME-1` has Failed, the others Completed.
+echo "$*" >> "$KUBECTL_LOG"
+case "$1" in
+  apply) cat > /dev/null ;;
+  get) case "$3" in *-1) echo Failed ;; *) echo Completed ;; esac ;;
+esac
+"""
+
+
+def _fake_bin(tmp_path, **scripts: str) -> dict:
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for name, text in scripts.items():
+    (bin_dir / name).write_text(text)
+    (bin_dir / name).chmod(0o755)
+  return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_slurm_sweep_submits_past_a_failed_submission_then_a_table_job_after_the_others(tmp_path):
+  configs = _configs(tmp_path, seeds="  for seed in (0, 1, 2, 3):\n    add(seed=seed)\n")
+  (tmp_path / "sbatch").mkdir()
+  env = {**_fake_bin(tmp_path, sbatch=FAKE_SBATCH), "SBATCH_DIR": str(tmp_path / "sbatch")}
+  root = tmp_path / "sweep"
+  ran = _sweep("--config", str(configs / "seeds.py"), "--workdir", str(root), "--launcher", "slurm",
+               "--launcher_args", "--nodes 1", env=env)
+  assert ran.returncode == 1 and "sweep: 1 of 4 runs failed: seed=2" in ran.stderr, ran.stderr
+  scripts = [(tmp_path / "sbatch" / f"{i}.sh").read_text() for i in range(5)]
+  assert "#SBATCH --dependency=afterany:100:101:103" in scripts[4].splitlines()
+  assert "set -- python launch/sweep.py --collect " + str(root) in scripts[4].splitlines()
+  with open(root / "sweep_runs.json") as f:
+    records = json.load(f)["runs"]
+  assert [(r["name"], r["status"], r.get("job")) for r in records] == [
+      ("seed=0", "submitted", "100"), ("seed=1", "submitted", "101"), ("seed=2", "failed", None),
+      ("seed=3", "submitted", "103")]
+  assert records[2]["error"] == "sbatch: error: Batch job submission failed: Invalid account"
+  assert all((root / f"seed={i}").is_dir() for i in range(4))  # SLURM opens each job's log there
+
+
+def test_k8s_sweep_waits_for_every_jobset_then_writes_the_table(tmp_path):
+  configs = _configs(tmp_path, seeds="  for seed in (0, 1, 2):\n    add(seed=seed)\n")
+  env = {**_fake_bin(tmp_path, kubectl=FAKE_KUBECTL), "KUBECTL_LOG": str(tmp_path / "kubectl.log")}
+  root = tmp_path / "sweep"
+  ran = _sweep("--config", str(configs / "seeds.py"), "--workdir", str(root), "--launcher", "k8s",
+               "--launcher_args", "--image i --hosts 1 --gpus_per_host 1", "--poll", "1", env=env)
+  assert ran.returncode == 1 and "sweep: 1 of 3 runs failed: seed=1" in ran.stderr, ran.stderr
+  calls = (tmp_path / "kubectl.log").read_text().splitlines()
+  assert calls[:3] == ["apply -f -"] * 3 and [c.split()[:3] for c in calls[3:]] == [
+      ["get", "jobset", f"sweep-{i}"] for i in range(3)]
+  with open(root / "sweep.csv") as f:
+    header, *rows = list(csv.reader(f))
+  column = dict(zip(header, zip(*rows)))
+  assert column["run"] == ("seed=0", "seed=1", "seed=2")
+  assert column["status"] == ("no output", "failed", "no output")  # the fake pods wrote nothing
+  assert column["error"][1].startswith("JobSet sweep-1: failed")
