@@ -291,3 +291,44 @@ def test_k8s_sweep_waits_for_every_jobset_then_writes_the_table(tmp_path):
   assert column["run"] == ("seed=0", "seed=1", "seed=2")
   assert column["status"] == ("no output", "failed", "no output")  # the fake pods wrote nothing
   assert column["error"][1].startswith("JobSet sweep-1: failed")
+
+
+# `python` on the fake TPU workers: "trains" by writing config.json and metrics.jsonl into its --workdir (which
+# slice ran it in `host`); a run with seed=2 fails the way a bad config value does.
+FAKE_TRAIN = """#!PYTHON
+import json, os, sys
+args = sys.argv[1:]
+workdir = args[args.index("--workdir") + 1]
+seed = int(next(a.split("=")[1] for a in args if a.startswith("--config.seed=")))
+if seed == 2:
+  sys.exit("error: config.seed=2 is invalid: the fake worker refuses it")
+os.makedirs(workdir)
+with open(os.path.join(workdir, "config.json"), "w") as f:
+  json.dump({"seed": seed, "host": os.path.basename(os.environ["HOME"]), "train": {"num_steps": 1}}, f)
+with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+  f.write(json.dumps({"step": 1, "loss": 1.0 + seed}) + "\\n")
+"""
+
+
+def test_tpu_sweep_spreads_runs_over_slices_goes_past_a_failure_and_ends_with_the_table(tmp_path):
+  from launch_fakes import write_fakes
+
+  configs = _configs(tmp_path, seeds="  for seed in (0, 1, 2):\n    add(seed=seed)\n")
+  env = _fake_bin(tmp_path, python=FAKE_TRAIN.replace("PYTHON", sys.executable))
+  write_fakes(tmp_path / "bin")
+  env.update({"FAKE_SLICES": str(tmp_path / "slices"), "FAKE_STATE": "", "GCLOUD_LOG": str(tmp_path / "gcloud.log"),
+              "UV_LOG": str(tmp_path / "uv.log")})
+  root = tmp_path / "sweep"
+  slices = [f"s{os.getpid()}-{i}" for i in range(2)]  # the code's tarballs are /tmp/longjax-NAME.tgz
+  ran = _sweep("--config", str(configs / "seeds.py"), "--workdir", str(root), "--launcher", "tpu_pod",
+               "--launcher_args", f"--name {','.join(slices)} --zone z --accelerator_type v4-8 "
+               "--runtime_version base --poll 1", env=env)
+  assert ran.returncode == 1 and "sweep: 1 of 3 runs failed: seed=2" in ran.stderr, ran.stderr[-3000:]
+  with open(root / "sweep.csv") as f:
+    header, *rows = list(csv.reader(f))
+  column = dict(zip(header, zip(*rows)))
+  assert column["run"] == ("seed=0", "seed=1", "seed=2") and column["status"] == ("done", "done", "failed")
+  assert column["host"] == (slices[0], slices[1], "")  # run i on slice i % 2, both slices at once
+  assert column["loss"] == ("1.0", "2.0", "")
+  assert "error: config.seed=2 is invalid" in column["error"][2]
+  assert "| failed |" in (root / "sweep.md").read_text()
