@@ -23,6 +23,7 @@ and ROOT/sweep_loss.png (loss curves). --dry_run prints the exact commands, scri
 launcher would execute, run by run, then the table's.
 """
 
+import concurrent.futures
 import csv
 import glob
 import json
@@ -33,7 +34,6 @@ import shlex
 import subprocess
 import sys
 import time
-import concurrent.futures
 
 from common import REPO, Parser, dns_label, execute, fail, split_command
 
@@ -208,9 +208,8 @@ def dry_run(args, jobs: list[dict]) -> int:
     print(proc.stdout, end="")
   print("# ==== then the table, once every run has ended")
   if args.launcher == "slurm":
-    ids = [f"JOB{job['index']}" for job in jobs]  # the ids sbatch --parsable prints
-    dash = _slurm_collect(args, ids).index("--")
-    command = _slurm_collect(args, ids)
+    command = _slurm_collect(args, [f"JOB{job['index']}" for job in jobs])  # JOBn: the id sbatch prints
+    dash = command.index("--")
     proc = subprocess.run([*command[:dash], "--dry_run", *command[dash:]], capture_output=True, text=True)
     print(proc.stdout, end="")
     return proc.returncode
@@ -310,7 +309,7 @@ def write_status(root: str, records: list[dict]) -> None:
   path.write_text(json.dumps({"runs": records}, indent=1, default=str) + "\n")
 
 
-def _finish(args, records: list[dict]) -> int:
+def _finish(records: list[dict]) -> int:
   failed = [r["name"] for r in records if r["status"] == "failed"]
   if failed:
     print(f"sweep: {len(failed)} of {len(records)} runs failed: {', '.join(failed)}", file=sys.stderr)
@@ -509,12 +508,12 @@ def main(argv: list[str]) -> int:
     ids = [r["job"] for r in records if r.get("job")]
     status = execute([_slurm_collect(args, ids)], dry_run=False)
     print(f"sweep: {len(ids)} jobs submitted; the table will be {root}/sweep.md (job sweep-collect)")
-    return _finish(args, records) or status
+    return _finish(records) or status
   try:
     _report(root)
   except ConfigError as e:
     print(f"sweep: no table: {e}", file=sys.stderr)
-  return _finish(args, records)
+  return _finish(records)
 
 
 if __name__ == "__main__":
