@@ -233,13 +233,19 @@ def _last_error(text: str) -> str:
 
 def _run_job(args, job: dict) -> dict:
   """Run one job to its end; its status record for sweep_runs.json."""
-  if args.launcher == "local":
+  if args.launcher == "local" and "://" not in args.workdir:  # the log grows as the run goes (tail -f it)
     log = _log_path(args, job)
     os.makedirs(os.path.dirname(log), exist_ok=True)
     with open(log, "w") as f:
       code = subprocess.run(job["command"], cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
     with open(log) as f:
       output = f.read()
+  elif args.launcher == "local":  # a gs:// root: the log is written when the run ends
+    proc = subprocess.run(job["command"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    code, output = proc.returncode, proc.stdout
+    log = epath.Path(_log_path(args, job))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(output)
   else:
     if args.launcher == "slurm":  # SLURM opens the job's log in the run's directory, which must exist
       os.makedirs(f"{root_of(args)}/{job['name']}", exist_ok=True)
@@ -304,9 +310,13 @@ def wait_for_jobsets(args, records: list[dict]) -> None:
 
 def write_status(root: str, records: list[dict]) -> None:
   """ROOT/sweep_runs.json: how each run ended (or its job id), which --collect puts in the table."""
+  text = json.dumps({"runs": records}, indent=1, default=str) + "\n"
   path = epath.Path(root) / STATUS_FILE
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps({"runs": records}, indent=1, default=str) + "\n")
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+  except Exception as e:  # noqa: BLE001 - e.g. no gs:// support here: the record still reaches the user
+    print(f"sweep: could not write {path} ({type(e).__name__}: {e}); it would have been:\n{text}", file=sys.stderr)
 
 
 def _finish(records: list[dict]) -> int:
