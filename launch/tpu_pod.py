@@ -39,6 +39,7 @@ REMOTE_LOGS = "~/longjax_logs"
 REMOTE_TARBALL = "longjax.tgz"  # in the worker's home: scp's relative destinations are
 LOST = 75  # the exit status of `wait` when a run ended without writing its status (killed, or the VM went away)
 LIVE = 3  # the exit status of `run` when a run is live on a worker
+SSH_FAILED = 255  # ssh's exit status when the connection fails
 READY_STATES = ("READY", "ACTIVE")  # tpu-vm describe's `state`, queued-resources describe's `state.state`
 FAILED_QUEUED_STATES = ("FAILED", "SUSPENDED", "SUSPENDING")
 
@@ -229,16 +230,21 @@ def submit(args) -> int:
     return execute(setup(args) + run(args), dry_run=True)
   args.attach = True  # a rerun of `submit` after a lost connection waits for the run it started before
   for attempt in range(args.max_resubmits + 1):
-    state = _state(args)
+    state, status = _state(args), 0
     if state and state not in READY_STATES:  # preempted, suspended or failed: the slice is gone
       print(f"tpu_pod.py: {args.name} is {state}: deleting and creating it again", file=sys.stderr, flush=True)
       execute(delete(args), False)
       state = ""
-    status = (create_and_wait(args) if not state else 0) or execute(setup(args) + run(args), False)
-    if status == 0 or _state(args) in READY_STATES:
+    if not state:
+      status = create_and_wait(args)
+      if status and not _state(args):
+        return status  # it could not be created (quota, a wrong type): no preemption to wait out
+    status = status or execute(setup(args) + run(args), False)
+    # ssh's own failure (255) on a slice that is up: the connection dropped; the next attempt attaches.
+    if status == 0 or (_state(args) in READY_STATES and status != SSH_FAILED):
       return status  # finished, or failed on a slice that is still up: the run's own failure
-    print(f"tpu_pod.py: {args.name} was preempted (attempt {attempt + 1} of {args.max_resubmits + 1})",
-          file=sys.stderr, flush=True)
+    print(f"tpu_pod.py: {args.name}: the run was cut off (preemption or a lost connection; attempt {attempt + 1} "
+          f"of {args.max_resubmits + 1})", file=sys.stderr, flush=True)
   return status
 
 
