@@ -139,6 +139,9 @@ def evaluate_needle_gkamradt(generate: GenerateText, count_tokens: Callable[[str
                              max_chars=min(len(source), 8 * length + 256))
     context = source[:n_chars]
     prompt_tokens.append(count_tokens(gkamradt_prompt(context, 0.5)))
+    if prompt_tokens[-1] > length:
+      raise ValueError(f"needle: gkamradt's prompt without a haystack has {prompt_tokens[-1]} tokens, more than "
+                       f"the length {length}")
     outputs = generate([gkamradt_prompt(context, depth) for depth in depths], max_new_tokens)
     accuracy.append([sf_score(out) for out in outputs])
     samples.append({"length": length, "depth": float(depths[0]), "output": outputs[0]})
