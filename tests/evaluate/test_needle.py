@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from longjax.data.tokenizer import ByteTokenizer
-from longjax.evaluate import evaluate_needle, evaluate_needle_gkamradt, needle_prompt, plot_retrieval_heatmap
-from longjax.evaluate.needle import (NEEDLE, QUESTION, SF_NEEDLE, SF_QUESTION, gkamradt_prompt, is_correct,
-                                     needle_position)
+from longjax.evaluate import needle, plots
+from longjax.evaluate.needle import NEEDLE, QUESTION, is_correct, needle_position, needle_prompt
 
 HAYSTACK = " ".join(f"word{i}" for i in range(400))  # 3,889 characters, words of 5-7 characters
 DOCUMENTS = ["def f():\n  return 1\n" * 20, "class A:\n  pass\n" * 30]
@@ -64,7 +63,7 @@ def _grid(tokenizer, answer, **kwargs):
             for p, n in zip(prompts, seen[-1])]
     return [row[:max_new_tokens] for row in rows]
 
-  grid = evaluate_needle(model, lambda text: tokenizer.encode(text, bos=True), tokenizer.decode, DOCUMENTS,
+  grid = needle.evaluate_needle(model, lambda text: tokenizer.encode(text, bos=True), tokenizer.decode, DOCUMENTS,
                          [256, 512], [0.0, 0.5, 1.0], eos_id=tokenizer.eos_id, **kwargs)
   return grid, seen
 
@@ -95,11 +94,11 @@ def test_a_longer_number_is_wrong():
 @pytest.mark.parametrize("depth", [0.0, 0.3, 0.5, 1.0])
 def test_gkamradt_needle_goes_after_a_sentence_end(depth):
   context = "One sentence here. Another one follows. " * 30
-  prompt = gkamradt_prompt(context, depth)
-  before = prompt[prompt.index("<context>\n") + len("<context>\n"):prompt.index(SF_NEEDLE)]
+  prompt = needle.gkamradt_prompt(context, depth)
+  before = prompt[prompt.index("<context>\n") + len("<context>\n"):prompt.index(needle.SF_NEEDLE)]
   assert before in ("", context) or before.endswith(".")  # depth 1: at the very end, as gkamradt
   assert depth * len(context) - len("Another one follows. ") <= len(before) <= depth * len(context)
-  assert prompt.endswith(f"{SF_QUESTION} Don't give information outside the document or repeat your findings\n\n"
+  assert prompt.endswith(f"{needle.SF_QUESTION} Don't give information outside the document or repeat your findings\n\n"
                          "Assistant: Here is the most relevant sentence in the context:")
 
 
@@ -110,12 +109,12 @@ def test_gkamradt_grid_heatmap_and_string_match(tokenizers, name, tmp_path):
   reader = lambda prompts, n: [re.search(r"\nThe best thing to do in San Francisco is ([^\n]+)\n", p).group(1)  # noqa: E731
                                for p in prompts]
   lengths, depths = [600, 1200], [0.0, 0.5, 1.0]
-  grid = evaluate_needle_gkamradt(reader, count, lengths, depths)
+  grid = needle.evaluate_needle_gkamradt(reader, count, lengths, depths)
   assert grid.accuracy == [[1.0] * 3] * 2
   assert all(n - 30 <= tokens <= n for n, tokens in zip(lengths, grid.prompt_tokens))
-  half = evaluate_needle_gkamradt(lambda prompts, n: ["Eat a SANDWICH."] * len(prompts), count, lengths, depths)
+  half = needle.evaluate_needle_gkamradt(lambda prompts, n: ["Eat a SANDWICH."] * len(prompts), count, lengths, depths)
   assert half.accuracy == [[0.5] * 3] * 2
   with pytest.raises(ValueError, match="more than the length 100"):
-    evaluate_needle_gkamradt(reader, count, [100], depths)
-  path = plot_retrieval_heatmap(grid, str(tmp_path / "needle.png"))
+    needle.evaluate_needle_gkamradt(reader, count, [100], depths)
+  path = plots.plot_retrieval_heatmap(grid, str(tmp_path / "needle.png"))
   assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -11,7 +11,6 @@ import pytest
 
 from longjax.config import ModelConfig
 from longjax.evaluate import loss_by_position, perplexity_at_length, windows
-from longjax.evaluate.perplexity import Window
 from longjax.nn import Llama, init_params
 
 CONFIG = ModelConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=2)
@@ -31,6 +30,8 @@ def test_windows_score_each_token_once(num_tokens, window, stride):
 def test_windows_are_yarns():
   """yarn: begin_loc in range(0, seq_len, stride); end_loc = min(begin_loc + max_len - 1, seq_len); trg_len =
   end_loc - prev_end_loc; stop when end_loc == seq_len."""
+  from longjax.evaluate.perplexity import Window
+
   assert windows(40, 15, 8) == [Window(0, 15, 0), Window(8, 23, 15), Window(16, 31, 23), Window(24, 39, 31),
                                 Window(32, 40, 39)]
 

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from longjax.data import ByteTokenizer
-from longjax.evaluate import corpus, plots, ruler, ruler_niah
+from longjax.evaluate import corpus, plots, ruler
 
 TOKENIZER = ByteTokenizer()  # one token a byte: a length is len(text.encode())
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 CONTEXT = {"cwe": 3000, "vt": 2500, "qa_1": 3000, "qa_2": 3000}  # their smallest prompts are longer
 ESSAY_TASKS = [t for t, (family, options) in ruler.TASKS.items() if options.get("type_haystack") == "essay"]
 
@@ -26,7 +27,7 @@ def test_fills_the_context_without_passing_it(task):
   """Defect: the budget left BOS out, so a prompt could be one token over what the model sees."""
   context, s = sample(task)
   assert s.length == len(TOKENIZER.encode(s.input, bos=True)) <= context
-  unit = {"cwe": 40, "fwe": 40, "qa_1": 1000, "qa_2": 1000}.get(task, 2 * len(ruler_niah.NOISE))
+  unit = {"cwe": 40, "fwe": 40, "qa_1": 1000, "qa_2": 1000}.get(task, 2 * len(NOISE))
   assert s.length > context - unit  # one more haystack unit would not fit
 
 
@@ -68,15 +69,16 @@ def test_niah_needles_and_template(task):
   assert all(re.fullmatch(pattern, v) for v in s.outputs)
   lines = text.split("\n")[1:-1]
   if options["type_haystack"] == "essay":  # the prose, its words in order, with the needles between sentences
+    from longjax.evaluate.ruler_niah import essay_words
     assert len(lines) == 1
     prose = re.sub(r"One of the special magic \S+ for \S+ is: \S+\. ", "", lines[0] + " ").split()
     assert len(needles) == options["num_needle_v"] * max(options["num_needle_k"], options["num_needle_q"])
-    assert prose == list(ruler_niah.essay_words()[:len(prose)]) and len(prose) > 100
+    assert prose == list(essay_words()[:len(prose)]) and len(prose) > 100
     pieces = re.split(r"One of the special magic \S+ for \S+ is: \S+\.", lines[0])
     for i, piece in enumerate(pieces[:-1]):  # between sentences, or after the haystack's last (cut) words
       assert not piece.strip() or piece.strip()[-1] in ".!?" or not "".join(pieces[i + 1:]).strip()
   elif options["type_haystack"] == "noise":
-    assert {line for line in lines if not line.startswith("One of")} == {ruler_niah.NOISE}
+    assert {line for line in lines if not line.startswith("One of")} == {NOISE}
     assert len(needles) == options["num_needle_v"] * max(options["num_needle_k"], options["num_needle_q"])
   else:  # distractor needles with other keys are the haystack
     assert all(line.startswith("One of the special magic") for line in lines) and len(lines) > 5
@@ -156,7 +158,7 @@ def test_cwe_fills_its_budget_at_every_length(tokenizers, name):
   prompt far shorter than asked."""
   tokenizer = tokenizers[name]
   # From 4096 tokens with generation RULER's cwe takes its long settings, whose smallest prompt is 7.3K bytes.
-  for context in ((3900, 8000) if name == "byte" else (4096, 7000)) + (23000, 61000, 131072):
+  for context in ((3900, 8000) if name == "byte" else (4096, 7000)) + (23000, 61000, 100000, 131072):
     s = ruler.generate_sample("cwe", context_tokens=context, tokenizer=tokenizer, rng=np.random.default_rng(1))
     assert 0.95 * context <= s.length <= context, (context, s.length)
 

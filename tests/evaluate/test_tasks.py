@@ -11,7 +11,6 @@ import pytest
 from longjax.config import Config
 from longjax.data import ByteTokenizer
 from longjax.evaluate import passkey, ruler
-from longjax.evaluate.needle import SF_ANSWERS
 from longjax.evaluate.tasks import TASKS, EvalRun, TaskOptions
 
 TOKENIZERS = ["byte", "sentencepiece", "tokenizer.json"]
@@ -79,7 +78,7 @@ def test_gkamradt_reader_and_half_answer(tokenizers, name):
   reader = lambda p: re.search(r"\nThe best thing to do in San Francisco is ([^\n]+)\n", p).group(1)  # noqa: E731
   assert TASKS["needle_gkamradt"].run(_run(tokenizers[name], reader), options).results["mean_accuracy"] == 1.0
   half = TASKS["needle_gkamradt"].run(_run(tokenizers[name], lambda p: " Dolores Park."), options)
-  assert half.results["accuracy"] == [[1 / len(SF_ANSWERS)] * 3] * 2
+  assert half.results["accuracy"] == [[0.5] * 3] * 2  # one of the needle's two facts
 
 
 @pytest.mark.parametrize("name", TOKENIZERS)
