@@ -55,7 +55,8 @@ def write_results(results: dict[str, list[LengthResult]], path: str) -> None:
 
 
 __all__ = ["CacheSize", "LengthResult", "PositionLoss", "RetrievalGrid", "eval_documents", "evaluate_needle",
-           "evaluate_needle_gkamradt", "evaluate_passkey", "evaluate_perplexity", "kv_cache_bytes", "kv_cache_size", "kv_cache_table",
-           "loss_by_position", "needle_prompt", "passkey_prompt", "perplexity_at_length", "perplexity_vs_length",
-           "plot_kv_cache", "plot_loss_by_position", "plot_losses", "plot_perplexity_vs_length",
-           "plot_retrieval_heatmap", "plot_ruler", "windows", "write_json", "write_results"]
+           "evaluate_needle_gkamradt", "evaluate_passkey", "evaluate_perplexity", "kv_cache_bytes", "kv_cache_size",
+           "kv_cache_table", "loss_by_position", "needle_prompt", "passkey_prompt", "perplexity_at_length",
+           "perplexity_vs_length", "plot_kv_cache", "plot_loss_by_position", "plot_losses",
+           "plot_perplexity_vs_length", "plot_retrieval_heatmap", "plot_ruler", "windows", "write_json",
+           "write_results"]

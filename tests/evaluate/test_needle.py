@@ -106,8 +106,10 @@ def test_gkamradt_needle_goes_after_a_sentence_end(depth):
 def test_gkamradt_grid_heatmap_and_string_match(tokenizers, name, tmp_path):
   tokenizer = tokenizers[name]
   count = lambda text: len(tokenizer.encode(text, bos=True))  # noqa: E731
-  reader = lambda prompts, n: [re.search(r"\nThe best thing to do in San Francisco is ([^\n]+)\n", p).group(1)  # noqa: E731
-                               for p in prompts]
+
+  def reader(prompts, max_new_tokens):
+    return [re.search(r"\nThe best thing to do in San Francisco is ([^\n]+)\n", p).group(1) for p in prompts]
+
   lengths, depths = [600, 1200], [0.0, 0.5, 1.0]
   grid = needle.evaluate_needle_gkamradt(reader, count, lengths, depths)
   assert grid.accuracy == [[1.0] * 3] * 2
