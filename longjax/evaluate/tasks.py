@@ -14,8 +14,7 @@ import jax
 import numpy as np
 
 from longjax.config import Config
-from longjax.data import get_tokenizer
-from longjax.data import open_documents
+from longjax.data import get_tokenizer, open_documents
 from longjax.evaluate import eval_documents, kv_cache, needle, passkey, plots, ruler
 from longjax.evaluate.loss_by_position import loss_by_position
 from longjax.evaluate.perplexity import perplexity_vs_length
