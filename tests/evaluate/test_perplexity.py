@@ -97,3 +97,17 @@ def test_chunked_head_gives_the_same_perplexity_and_position_losses(loss_chunk):
   np.testing.assert_allclose(fused.loss, plain.loss, rtol=1e-6)
   plain, fused = (loss_by_position(Llama(c), params, documents, 16, num_bins=4).loss for c in (CONFIG, chunked))
   np.testing.assert_allclose(fused, plain, rtol=1e-6)
+
+
+def test_evaluate_perplexity_drops_the_bos_eval_documents_add():
+  from longjax.config import Config
+  from longjax.evaluate import evaluate_perplexity
+
+  config = Config()
+  model = dataclasses.replace(CONFIG, vocab_size=config.model.vocab_size)  # the byte tokenizer's 259 ids, BOS 1
+  config = dataclasses.replace(config, model=model, eval=dataclasses.replace(config.eval, lengths=(16,), stride=8))
+  params = init_params(model, jax.random.key(0))
+  document = np.random.default_rng(0).integers(3, model.vocab_size, 60).astype(np.int32)
+  [with_bos] = evaluate_perplexity(config, params, [np.concatenate([[BOS], document]).astype(np.int32)])
+  direct = perplexity_at_length(Llama(model), params, [document], 16, 8, bos_id=BOS)
+  assert with_bos == direct and direct.tokens == 60
