@@ -10,7 +10,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["longjax", "longjax.*"]),
-    package_data={"longjax.evaluate": ["data/words.txt"]},
+    package_data={"longjax.evaluate": ["data/*.txt", "data/*.jsonl", "data/*.md", "data/LICENSE.*"]},
     python_requires=">=3.11",
     # Lower bounds are the versions this code was tested with.
     install_requires=[

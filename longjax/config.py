@@ -33,7 +33,7 @@ CONTEXT_PARALLEL = ("none", "all_gather", "ring")  # longjax.ops.context_paralle
 # The attention types whose AttentionType.sequence_parallel is True (a test keeps them equal).
 SEQUENCE_PARALLEL_TYPES = ("full", "sliding")
 # longjax.evaluate.tasks.TASKS (a test keeps them equal); the ones train.eval_every can run in training.
-EVAL_TASKS = ("perplexity", "passkey", "needle", "loss_by_position", "kv_cache", "ruler")
+EVAL_TASKS = ("perplexity", "passkey", "needle", "needle_gkamradt", "loss_by_position", "kv_cache", "ruler")
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 TOKENIZERS = ("byte", "sentencepiece", "hf")
 RETRIEVAL_TASKS = ("passkey", "kv_recall")
