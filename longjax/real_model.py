@@ -38,7 +38,7 @@ from absl import flags
 
 from longjax import cli, load
 from longjax.config import AttentionConfig, Config, RopeConfig
-from longjax.evaluate import extension, loss_by_position, passkey, plots, ruler, write_json
+from longjax.evaluate import PositionLoss, extension, loss_by_position, passkey, plots, ruler, write_json
 from longjax.evaluate.tasks import EvalRun
 from longjax.nn import Llama
 
@@ -79,25 +79,24 @@ def gguf_path() -> str:
   return os.path.join(folder, files[0])
 
 
-def import_model(model_dir: str) -> None:
+def import_model(gguf: str, model_dir: str) -> None:
   """GGUF -> longjax workdir, through the public command line (skipped when the workdir exists)."""
   if os.path.isfile(os.path.join(model_dir, "config.json")):
     return
-  subprocess.run([sys.executable, "-m", "longjax.convert", "--gguf", gguf_path(), "--out_dir", model_dir], check=True)
+  subprocess.run([sys.executable, "-m", "longjax.convert", "--gguf", gguf, "--out_dir", model_dir], check=True)
 
 
-def parity(model_dir: str, text: str, tokens: int = 128) -> dict:
-  """longjax against transformers' own GGUF loader on the same text: logits and token ids (needs torch)."""
+def parity(model_dir: str, path: str, text: str, tokens: int = 128) -> dict:
+  """longjax against transformers' own loader of the GGUF `path` on the same text: logits and token ids."""
   import torch
   import transformers
 
-  path = gguf_path()
   folder, name = os.path.dirname(path), os.path.basename(path)
   run = load(model_dir)
   ids = run.encode(text)[:tokens]
   hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
   hf_ids = hf_tokenizer(text, add_special_tokens=True)["input_ids"][:tokens]
-  hf = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
   with torch.no_grad():
     expected = hf(torch.tensor(ids[None], dtype=torch.long)).logits[0].numpy()
   got = np.asarray(run.logits(ids[None]))[0]
@@ -343,7 +342,7 @@ def write_report(out: str, cells_dir: str, trained: Config, names: list[str], se
         lines.append(f"| {name} | {s['loss_documents']} | " + " | ".join(f"{v:.3f}" for v in lb)
                      + f" | {lb[3] - lb[1]:+.3f} |")
     for doc in settings.documents:
-      curves = {name: loss_by_position.PositionLoss(**{k: v for k, v in cells[slug(name)][key].items()
+      curves = {name: PositionLoss(**{k: v for k, v in cells[slug(name)][key].items()
                                                        if k != "seconds"})
                 for name in names for key in [f"loss_{doc}_{settings.loss_length}"]
                 if key in cells.get(slug(name), {})}
@@ -381,7 +380,7 @@ def write_report(out: str, cells_dir: str, trained: Config, names: list[str], se
 
 
 def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list[str] | None, cells: str,
-        finetune_steps: int, finetune_window: int) -> str:
+        finetune_steps: int, finetune_window: int, gguf: str | None = None) -> str:
   """The parts asked for, in order; returns report.md's path."""
   os.makedirs(out, exist_ok=True)
   model_dir = os.path.join(out, "smollm2")
@@ -389,10 +388,11 @@ def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list
   extra = json.load(open(extra_path)) if os.path.isfile(extra_path) else {}
   if "import" in parts:
     started = time.time()
-    import_model(model_dir)
+    gguf = gguf or gguf_path()
+    import_model(gguf, model_dir)
     extra["import_seconds"] = round(time.time() - started, 1)
     if importlib.util.find_spec("transformers") and importlib.util.find_spec("torch"):
-      extra["parity"] = parity(model_dir, settings.documents["topics"])
+      extra["parity"] = parity(model_dir, gguf, next(iter(settings.documents.values())))
       print(f"parity with transformers: {extra['parity']}", flush=True)
   trained_run = load(model_dir)
   trained = trained_run.config
