@@ -210,18 +210,10 @@ def evaluate_method(name: str, config: Config, params, tokenizer, trained: Confi
     elif task == "ruler":
       for n in settings.ruler_lengths:
         cell(folder, f"ruler_niah_single_1_{n}", lambda: {"accuracy": ruler.evaluate_ruler(
-            run.generate, _Encoder(run), ["niah_single_1"], [n], samples=settings.ruler_samples,
-            seed=0)["niah_single_1"][n], "samples": settings.ruler_samples})
+            run.generate, tokenizer, ["niah_single_1"], [n], samples=settings.ruler_samples, seed=0,
+            add_bos=config.data.add_bos)["niah_single_1"][n], "samples": settings.ruler_samples})
     else:
       raise ValueError(f"--tasks: unknown task {task!r}; allowed: loss, passkey, ruler")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Encoder:
-  run: EvalRun
-
-  def encode(self, text: str) -> list[int]:
-    return self.run.encode(text)
 
 
 @dataclasses.dataclass(frozen=True)
