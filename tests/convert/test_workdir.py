@@ -84,9 +84,11 @@ def test_import_takes_the_sentencepiece_tokenizer(hf_model, tmp_path):
   spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(source / "tokenizer"),
                                  vocab_size=31, minloglevel=2)
   config = workdir.import_hf(str(source), str(tmp_path / "out"))
-  assert config.data.tokenizer == "sentencepiece"
-  assert config.data.tokenizer_path == str(tmp_path / "out" / workdir.SENTENCEPIECE_MODEL)
-  assert longjax.load(str(tmp_path / "out")).encode("the lazy fox")[0] == 1  # bos
+  assert (config.data.tokenizer, config.data.tokenizer_path) == ("sentencepiece", workdir.SENTENCEPIECE_MODEL)
+  shutil.move(tmp_path / "out", tmp_path / "moved")  # the tokenizer is the workdir's own: it moves with it
+  assert checkpoint.read_config(str(tmp_path / "moved")).data.tokenizer_path == str(
+      tmp_path / "moved" / workdir.SENTENCEPIECE_MODEL)
+  assert longjax.load(str(tmp_path / "moved")).encode("the lazy fox")[0] == 1  # bos
 
 
 def test_import_initialises_training(runner, imported, hf_model, tmp_path):
