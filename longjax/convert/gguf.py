@@ -48,8 +48,9 @@ def read(path: str) -> gguf.GGUFReader:
   try:
     reader = gguf.GGUFReader(path)
   except Exception as e:  # noqa: BLE001 - the reader raises ValueError, IndexError, struct and numpy errors alike
-    raise ConversionError(f"{path}: not a readable GGUF file ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else 'truncated or corrupt'})") from None
+    detail = f": {str(e).splitlines()[0]}" if str(e) else ""
+    raise ConversionError(f"{path}: not a readable GGUF file, truncated or corrupt "
+                          f"({type(e).__name__}{detail})") from None
   for tensor in reader.tensors:  # numpy clips a memory-mapped view at the end of a truncated file
     if tensor.data.nbytes != tensor.n_bytes:
       raise ConversionError(f"{path}: tensor {tensor.name!r} is cut short ({tensor.data.nbytes} of {tensor.n_bytes} "
@@ -63,6 +64,11 @@ def value(reader: gguf.GGUFReader, key: str, default: Any = None) -> Any:
   return default if field is None else field.contents()
 
 
+def _decimal(number) -> float:
+  """A float32 metadata value as the shortest decimal that spells it (1e-05, not 9.999999747378752e-06)."""
+  return float(str(np.float32(number)))
+
+
 def _required(reader: gguf.GGUFReader, key: str, path: str) -> Any:
   result = value(reader, key)
   if result is None:
@@ -74,18 +80,19 @@ def _required(reader: gguf.GGUFReader, key: str, path: str) -> Any:
 
 def _rope_parameters(reader: gguf.GGUFReader, path: str) -> dict:
   arch = "llama"
-  scaling = value(reader, f"{arch}.rope.scaling.type", "linear" if value(reader, f"{arch}.rope.scale_linear") else "none")
+  linear = value(reader, f"{arch}.rope.scale_linear")  # the key of older files
+  scaling = value(reader, f"{arch}.rope.scaling.type", "linear" if linear else "none")
   if scaling not in _ROPE_SCALING:
     raise ConversionError(f"{path}: {arch}.rope.scaling.type={scaling!r} is not supported; allowed: "
                           f"{', '.join(_ROPE_SCALING)}")
-  rope = {"rope_type": _ROPE_SCALING[scaling], "rope_theta": float(value(reader, f"{arch}.rope.freq_base", 10000.0))}
+  rope = {"rope_type": _ROPE_SCALING[scaling], "rope_theta": _decimal(value(reader, f"{arch}.rope.freq_base", 10000.0))}
   if scaling != "none":
-    rope["factor"] = float(value(reader, f"{arch}.rope.scaling.factor") or value(reader, f"{arch}.rope.scale_linear"))
+    rope["factor"] = _decimal(value(reader, f"{arch}.rope.scaling.factor") or linear)
   if scaling == "yarn":
     rope["original_max_position_embeddings"] = _required(reader, f"{arch}.rope.scaling.original_context_length", path)
     for key, name in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
       if value(reader, f"{arch}.rope.scaling.{key}") is not None:
-        rope[name] = float(value(reader, f"{arch}.rope.scaling.{key}"))
+        rope[name] = _decimal(value(reader, f"{arch}.rope.scaling.{key}"))
   return rope
 
 
@@ -108,7 +115,7 @@ def hf_config(reader: gguf.GGUFReader, path: str) -> dict:
       "intermediate_size": get("feed_forward_length"), "num_hidden_layers": get("block_count"),
       "num_attention_heads": heads, "num_key_value_heads": value(reader, f"{arch}.attention.head_count_kv") or heads,
       "head_dim": head_dim, "max_position_embeddings": get("context_length"),
-      "rms_norm_eps": float(get("attention.layer_norm_rms_epsilon")),
+      "rms_norm_eps": _decimal(get("attention.layer_norm_rms_epsilon")),
       "tie_word_embeddings": not any(t.name == "output.weight" for t in reader.tensors),
       "rope_parameters": _rope_parameters(reader, path),
   }
@@ -156,7 +163,7 @@ def load(path: str, *, dtype: str = "float32", scan_layers: bool = False,
   names = check_tensor_names(model, tensors, path)
   params: dict = {}
   for name, leaf in names.items():
-    heads = {"q_proj": model.num_heads, "k_proj": model.num_kv_heads}.get(leaf[-2])
+    heads = {"q_proj": model.num_heads, "k_proj": model.num_kv_heads}.get(name.split(".")[-2])
     unpermute = (lambda w, heads=heads: _unpermute(w, heads)) if heads else None
     place_tensor(params, leaf, _dequantize(tensors[name], path), model, name=tensors[name].name, file=path,
                  dtype=dtype, transform=unpermute)
