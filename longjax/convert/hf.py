@@ -284,8 +284,8 @@ def place_tensor(params: dict, leaf: tuple[str, ...], w: np.ndarray, model: Mode
   _set(params, leaf, _to_longjax(leaf, w, model).astype(_TORCH_DTYPES[dtype]))
 
 
-def load(path: str, *, dtype: str = "float32", scan_layers: bool = False) -> tuple[ModelConfig, dict]:
-  """(ModelConfig, params as numpy `dtype`) of a transformers LLaMA directory."""
+def load_config(path: str) -> ModelConfig:
+  """The ModelConfig of a transformers LLaMA directory's config.json."""
   config_path = os.path.join(path, "config.json")
   if not os.path.isfile(config_path):
     raise ConversionError(f"{config_path}: file not found; allowed: a transformers LLaMA directory")
@@ -294,7 +294,12 @@ def load(path: str, *, dtype: str = "float32", scan_layers: bool = False) -> tup
       hf = json.load(f)
     except json.JSONDecodeError as e:
       raise ConversionError(f"{config_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-  model = config_from_hf(hf, config_path)
+  return config_from_hf(hf, config_path)
+
+
+def load(path: str, *, dtype: str = "float32", scan_layers: bool = False) -> tuple[ModelConfig, dict]:
+  """(ModelConfig, params as numpy `dtype`) of a transformers LLaMA directory."""
+  model = load_config(path)
   if scan_layers:
     model = dataclasses.replace(model, scan_layers=True)
   files = _tensor_files(path)

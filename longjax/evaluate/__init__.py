@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Sequence
 
 import numpy as np
 
@@ -20,12 +21,12 @@ from longjax.evaluate.plots import (plot_kv_cache, plot_loss_by_position, plot_l
                                    plot_retrieval_heatmap)
 
 
-def eval_documents(data: DataConfig, max_documents: int, min_tokens: int = 0,
-                   max_tokens: int | None = None) -> list[np.ndarray]:
-  """The `max_documents` longest documents of the eval split (at least `min_tokens` long), tokenized and cut
-  to `max_tokens`."""
+def eval_documents(data: DataConfig, max_documents: int, min_tokens: int = 0, max_tokens: int | None = None,
+                   texts: Sequence[str] | None = None) -> list[np.ndarray]:
+  """The `max_documents` longest documents of the eval split, or of `texts` (at least `min_tokens` long),
+  tokenized and cut to `max_tokens`."""
   tokenizer = get_tokenizer(data)
-  documents = open_documents(data, data.eval_split)
+  documents = texts if texts is not None else open_documents(data, data.eval_split)
   tokens = [np.asarray(tokenizer.encode(documents[i], bos=data.add_bos), np.int32) for i in range(len(documents))]
   tokens = [t for t in tokens if len(t) >= min_tokens]
   tokens.sort(key=len, reverse=True)
