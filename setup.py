@@ -24,6 +24,7 @@ setup(
         "absl-py>=2.5.1",
         "sentencepiece>=0.2.3",
         "tokenizers>=0.23",
+        "gguf>=0.19",
         "numpy>=2.4",
         "safetensors>=0.8.0",
         "tqdm>=4.70",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Sequence
 
 import numpy as np
 
@@ -21,11 +22,11 @@ from longjax.evaluate.plots import (plot_kv_cache, plot_loss_by_position, plot_l
 
 
 def eval_documents(data: DataConfig, max_documents: int, min_tokens: int = 0, max_tokens: int | None = None,
-                   bos: bool | None = None) -> list[np.ndarray]:
-  """The `max_documents` longest documents of the eval split (at least `min_tokens` long), tokenized (with BOS if
-  `bos`, by default `data.add_bos`) and cut to `max_tokens`."""
+                   bos: bool | None = None, texts: Sequence[str] | None = None) -> list[np.ndarray]:
+  """The `max_documents` longest documents of the eval split, or of `texts` (at least `min_tokens` long), tokenized
+  (with BOS if `bos`, by default `data.add_bos`) and cut to `max_tokens`."""
   tokenizer = get_tokenizer(data)
-  documents = open_documents(data, data.eval_split)
+  documents = texts if texts is not None else open_documents(data, data.eval_split)
   bos = data.add_bos if bos is None else bos
   tokens = [np.asarray(tokenizer.encode(documents[i], bos=bos), np.int32) for i in range(len(documents))]
   tokens = [t for t in tokens if len(t) >= min_tokens]

@@ -38,6 +38,7 @@ class TaskOptions:
   num_bins: int = 16  # loss_by_position
   batch_size: int = 1  # kv_cache
   dtype: str = "float16"  # kv_cache: K/V storage
+  texts: tuple[str, ...] | None = None  # perplexity, loss_by_position: documents instead of the run's eval split
 
 
 @dataclasses.dataclass
@@ -60,7 +61,8 @@ class EvalRun:
 
   @property
   def trained_length(self) -> int:
-    return self.trained.train.seq_len
+    """The length the weights were trained for: the model's max_position_embeddings (an import's context length)."""
+    return self.trained.model.max_position_embeddings
 
   def extension_lengths(self, options: TaskOptions) -> tuple[int, ...]:
     return options.lengths or tuple(self.trained_length * f for f in EXTENSION_FACTORS)
@@ -97,11 +99,13 @@ def _perplexity(run: EvalRun, options: TaskOptions) -> Report:
   config = run.config
   lengths = options.lengths or config.eval.lengths
   documents = eval_documents(config.data, config.eval.max_documents, min_tokens=min(lengths),
-                             max_tokens=max(config.eval.max_document_tokens, max(lengths)), bos=False)
+                             max_tokens=max(config.eval.max_document_tokens, max(lengths)), bos=False,
+                             texts=options.texts)
   bos_id = get_tokenizer(config.data).bos_id if config.data.add_bos else None
   results = {run.name: perplexity_vs_length(Llama(config.model), run.params, documents, lengths, config.eval.stride,
                                             bos_id)}
-  table = "\n".join(f"{run.name} length {r.length}: perplexity {r.perplexity:.4f} (token-weighted; YaRN's mean of "
+  table = "
+".join(f"{run.name} length {r.length}: perplexity {r.perplexity:.4f} (token-weighted; YaRN's mean of "
                     f"window means {r.window_mean_perplexity:.4f}) over {r.tokens} tokens, {r.windows} windows of "
                     f"{r.documents} documents ({r.skipped} too short)" for r in results[run.name])
   scalars = {f"perplexity_{r.length}": r.perplexity for r in results[run.name]}
@@ -145,7 +149,7 @@ def _needle_gkamradt(run: EvalRun, options: TaskOptions) -> Report:
 def _loss_by_position(run: EvalRun, options: TaskOptions) -> Report:
   length = max(options.lengths or run.config.eval.lengths)
   documents = eval_documents(run.config.data, run.config.eval.max_documents, min_tokens=length + 1,
-                             max_tokens=length + 1)
+                             max_tokens=length + 1, texts=options.texts)
   curves = {name: loss_by_position(Llama(config.model), run.params, documents, length, options.num_bins)
             for name, config in run.methods.items()}
   first = next(iter(curves.values()))
