@@ -18,9 +18,17 @@ pre-training by giving each (query, key) pair positions from one of a few maps (
 
 i and j are the tokens' positions (int32, per row). Each pass rotates q and k with RoPE at its own
 positions; one softmax runs over the merged logits, which is the log-sum-exp merge of the passes'
-separate softmaxes. The kernel walks key blocks with an online softmax (float32 statistics), so
-memory is linear in length; `block_size=None` reads all keys as one block (the direct form).
-Query heads are grouped over key/value heads by reshaping, never by repeating K and V.
+separate softmaxes. Query heads are grouped over key/value heads by reshaping, never by repeating K and V.
+
+Two kernels, both with an online softmax (float32 statistics) and memory linear in length:
+  `remap_whole_sequence` (a whole causal sequence: evaluation, the self_extend / dca / rerope types' call
+  without a cache) walks (query block, key block) pairs in `ops.flash`'s order: pairs past the diagonal
+  are skipped, and a pair computes only the passes some of its (query, key) pairs read (a `lax.cond` per
+  pass), so most pairs cost one pass's matmul: Self-Extend and ReRoPE read pass 0 only near the diagonal,
+  DCA pass 2 only beyond the previous chunk.
+  `remap_attention` (a KV cache: prefill chunks and decode steps) walks key blocks with every query of the
+  call at once, and likewise computes only the passes each key block needs; `block_size=None` reads all
+  keys as one block (the direct form).
 """
 
 from collections.abc import Callable
@@ -32,6 +40,9 @@ import numpy as np
 
 from longjax.ops.cached import online_softmax_init, online_softmax_output, online_softmax_step
 from longjax.positional import Frequencies, apply_rope
+
+# Query and key block of `remap_whole_sequence`: `ops.flash`'s measured block.
+DEFAULT_BLOCK = 256
 
 
 class Remap(NamedTuple):
@@ -92,7 +103,7 @@ def remap_attention(q, k, v, *, q_positions, k_positions, freqs: Frequencies, re
   group = heads // kv_heads
   pairs = remap.passes(q_positions, k_positions)
   qs = jnp.stack([apply_rope(q, qp, freqs) for qp, _ in pairs]).reshape(len(pairs), batch, q_len, kv_heads, group,
-                                                                          head_dim)
+                                                                          head_dim)  # [P, B, T, Hkv, G, D]
   k_rows = jnp.swapaxes(k, 1, 2)  # apply_rope reads [B, S, Hkv, D]
   ks = jnp.stack([jnp.swapaxes(apply_rope(k_rows, kp, freqs), 1, 2) for _, kp in pairs])  # [P, B, Hkv, S, D]
   block = k_len if block_size is None or block_size >= k_len else block_size
@@ -115,24 +126,91 @@ def remap_attention(q, k, v, *, q_positions, k_positions, freqs: Frequencies, re
     k_blk = jax.lax.dynamic_slice_in_dim(ks, start, block, axis=3)
     v_blk = jax.lax.dynamic_slice_in_dim(v, start, block, axis=2)
     k_pos = jax.lax.dynamic_slice_in_dim(k_positions, start, block, axis=1)
-    logits = jnp.einsum("PBTKGD,PBKSD->PBKGTS", qs, k_blk, preferred_element_type=jnp.float32) * scale
-    region = remap.region(q_positions[:, :, None], k_pos[:, None, :])[:, None, None]  # [B, 1, 1, T, bk]
-    merged = logits[-1]
-    for p in range(len(pairs) - 2, -1, -1):
-      merged = jnp.where(region == p, logits[p], merged)
     k_slots = start + jnp.arange(block, dtype=jnp.int32)
     mask = (k_slots[None, None] <= q_slots[:, :, None]) & (k_slots[None, None] < kv_lengths[:, None, None])
-    return online_softmax_step(carry, jnp.where(mask[:, None, None], merged, -jnp.inf), v_blk)
+    region = jnp.where(mask, remap.region(q_positions[:, :, None], k_pos[:, None, :]), -1)  # [B, T, bk]
+    logits = _merged_logits(lambda p: jnp.einsum("BTKGD,BKSD->BKGTS", qs[p], k_blk[p],
+                                                 preferred_element_type=jnp.float32) * scale,
+                            region[:, None, None], len(pairs), (batch, kv_heads, group, q_len, block))
+    return online_softmax_step(carry, logits, v_blk)
 
   init = online_softmax_init(batch, kv_heads, group, q_len, value_dim)
   return online_softmax_output(jax.lax.fori_loop(0, num_blocks, body, init), q.dtype)
 
 
+def _merged_logits(logits_of_pass, region, num_passes: int, shape):
+  """float32 logits of `shape` [..., T, S] taking pass region[..., t, s]'s logits (-inf where region is -1, a masked
+  pair); a pass that no pair reads is skipped (lax.cond), so its matmul is never run."""
+  merged = jnp.full(shape, -jnp.inf, jnp.float32)
+  for p in range(num_passes):
+    take = region == p
+    merged = jax.lax.cond(jnp.any(take), lambda m, p=p, take=take: jnp.where(take, logits_of_pass(p), m),
+                          lambda m: m, merged)
+  return merged
+
+
+def _blocks(x, block: int):
+  """[B, T, ...] -> [n, B, ..., block, D] (heads before the block's rows; positions [B, T] -> [n, B, block])."""
+  batch, length = x.shape[:2]
+  num = -(-length // block)
+  x = jnp.pad(x, [(0, 0), (0, num * block - length)] + [(0, 0)] * (x.ndim - 2))
+  x = x.reshape((batch, num, block) + x.shape[2:])
+  if x.ndim == 3:
+    return jnp.swapaxes(x, 0, 1)
+  heads = tuple(range(3, x.ndim - 1))
+  return x.transpose((1, 0) + heads + (2, x.ndim - 1))
+
+
+def remap_whole_sequence(q, k, v, *, positions, freqs: Frequencies, remap: Remap, block_size: int = DEFAULT_BLOCK):
+  """Causal attention of a whole sequence, token t at slot t: q [B, T, H, D], k/v [B, T, Hkv, D] before RoPE,
+  positions int32[B, T] -> [B, T, H, D]. Differentiable (the loops have static trip counts)."""
+  batch, length, heads, head_dim = q.shape
+  kv_heads = k.shape[2]
+  if heads % kv_heads:
+    raise ValueError(f"remap_whole_sequence: query heads {heads} must be a multiple of key/value heads {kv_heads}")
+  group = heads // kv_heads
+  block = min(block_size, length)
+  pairs = remap.passes(positions, positions)
+  scale = 1.0 / np.sqrt(head_dim)
+  # Per pass, rotated once and laid out in head-major blocks: q [P, n, B, Hkv, G, bq, D], k [P, n, B, Hkv, bk, D].
+  qs = jnp.stack([_blocks((apply_rope(q, qp, freqs) * scale).astype(q.dtype).reshape(
+      batch, length, kv_heads, group, head_dim), block) for qp, _ in pairs])
+  ks = jnp.stack([_blocks(apply_rope(k, kp, freqs), block) for _, kp in pairs])
+  v_blocks = _blocks(v, block)
+  pos_blocks = _blocks(positions, block)  # [n, B, block]
+  num = pos_blocks.shape[0]
+  value_dim = v.shape[-1]
+  rows = jnp.arange(block, dtype=jnp.int32)
+
+  def query_block(args):
+    i, q_blk, q_pos = args  # q_blk [P, B, Hkv, G, bq, D], q_pos [B, bq]
+
+    @jax.checkpoint  # the backward recomputes each pair's logits instead of storing them
+    def key_block(j, carry):
+      def visit(carry):
+        causal = (j * block + rows)[None, :] <= (i * block + rows)[:, None]  # [bq, bk]
+        region = jnp.where(causal, remap.region(q_pos[:, :, None], pos_blocks[j][:, None, :]), -1)
+        logits = _merged_logits(lambda p: jnp.einsum("BKGQD,BKSD->BKGQS", q_blk[p], ks[p, j],
+                                                     preferred_element_type=jnp.float32),
+                                region[:, None, None], len(pairs), (batch, kv_heads, group, block, block))
+        return online_softmax_step(carry, logits, v_blocks[j])
+
+      return jax.lax.cond(j <= i, visit, lambda c: c, carry)
+
+    carry = jax.lax.fori_loop(0, num, key_block, online_softmax_init(batch, kv_heads, group, block, value_dim))
+    return online_softmax_output(carry, q.dtype)  # [B, bq, H, Dv]
+
+  out = jax.lax.map(query_block, (jnp.arange(num), jnp.moveaxis(qs, 1, 0), pos_blocks))  # [n, B, bq, H, Dv]
+  return jnp.moveaxis(out, 0, 1).reshape(batch, num * block, heads, value_dim)[:, :length]
+
+
 def _whole_sequence(q, k, v, positions, freqs, remap, block_size):
   """Causal attention of a whole sequence q [B, T, H, D], k/v [B, T, Hkv, D] (token t at slot t)."""
-  slots = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), positions.shape)
-  return remap_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), q_positions=positions,
-                         k_positions=positions, freqs=freqs, remap=remap, q_slots=slots, block_size=block_size)
+  if block_size is None:  # the direct form: all keys as one block
+    slots = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32), positions.shape)
+    return remap_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2), q_positions=positions,
+                           k_positions=positions, freqs=freqs, remap=remap, q_slots=slots)
+  return remap_whole_sequence(q, k, v, positions=positions, freqs=freqs, remap=remap, block_size=block_size)
 
 
 def self_extend_attention(q, k, v, *, positions, freqs: Frequencies, group_size: int, window: int,
