@@ -104,8 +104,7 @@ def _perplexity(run: EvalRun, options: TaskOptions) -> Report:
   bos_id = get_tokenizer(config.data).bos_id if config.data.add_bos else None
   results = {run.name: perplexity_vs_length(Llama(config.model), run.params, documents, lengths, config.eval.stride,
                                             bos_id)}
-  table = "
-".join(f"{run.name} length {r.length}: perplexity {r.perplexity:.4f} (token-weighted; YaRN's mean of "
+  table = "\n".join(f"{run.name} length {r.length}: perplexity {r.perplexity:.4f} (token-weighted; YaRN's mean of "
                     f"window means {r.window_mean_perplexity:.4f}) over {r.tokens} tokens, {r.windows} windows of "
                     f"{r.documents} documents ({r.skipped} too short)" for r in results[run.name])
   scalars = {f"perplexity_{r.length}": r.perplexity for r in results[run.name]}
