@@ -280,6 +280,8 @@ def summarize(names: list[str], cells: dict, length: int, loss_length: int, docu
       entry["bands"] = bands
     entry["passkey"] = {k.split("_")[1]: float(np.mean(v["accuracy"])) for k, v in own.items()
                         if k.startswith("passkey_")}
+    entry["passkey_prompts"] = {k.split("_")[1]: len(v["depths"]) * v["trials"] for k, v in own.items()
+                                if k.startswith("passkey_")}
     entry["ruler"] = {k.rsplit("_", 1)[1]: v["accuracy"] for k, v in own.items() if k.startswith("ruler_")}
     entry["seconds"] = float(sum(v.get("seconds", 0) for v in own.values()))
     summary[name] = entry
@@ -344,10 +346,12 @@ def write_report(out: str, cells_dir: str, trained: Config, names: list[str], se
     lines.append("")
   lengths = sorted({int(k) for s in summary.values() for k in s["passkey"]})
   if lengths:
-    lines += [f"## Passkey accuracy ({settings.keys} key(s) x depths {', '.join(map(str, settings.depths))})", "",
+    lines += ["## Passkey accuracy (correct / prompts; depths and keys per cell in the cells' JSON)", "",
               "| method | " + " | ".join(map(str, lengths)) + " |", "|---" * (len(lengths) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{100 * s['passkey'][str(n)]:.0f}%" if str(n) in s["passkey"] else "not run"
-                                         for n in lengths) + " |" for name, s in summary.items()]
+    lines += [f"| {name} | " + " | ".join(
+        f"{100 * s['passkey'][str(n)]:.0f}% ({round(s['passkey'][str(n)] * s['passkey_prompts'][str(n)])}/"
+        f"{s['passkey_prompts'][str(n)]})" if str(n) in s["passkey"] else "not run" for n in lengths) + " |"
+              for name, s in summary.items()]
     lines.append("")
   ruler_lengths = sorted({int(k) for s in summary.values() for k in s["ruler"]})
   if ruler_lengths:
