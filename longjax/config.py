@@ -574,7 +574,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def merge_onto(base: Config | dict, override: ml_collections.ConfigDict | dict, sections: tuple[str, ...], *,
                explicit: Iterable[str] = (), trained_length: int | None = None) -> Config:
-  """`base` with the keys under `sections` (e.g. "model.rope") that `override` sets; validated once merged.
+  """`base` with the keys in or under `sections` ("model.rope", "data.tokenizer") that `override` sets; validated.
 
   An override sets a key when its value differs from the default (configs/base.py, which holds the dataclass
   defaults) or when `explicit` names it (a main's --config.KEY flags, which count even when they equal the
@@ -587,7 +587,8 @@ def merge_onto(base: Config | dict, override: ml_collections.ConfigDict | dict, 
   defaults = _flatten(Config().to_dict())
   explicit = set(explicit)
   for key, value in _flatten(_plain(override)).items():
-    if key.startswith(tuple(f"{s}." for s in sections)) and (key in explicit or value != defaults.get(key)):
+    in_sections = any(key == section or key.startswith(f"{section}.") for section in sections)
+    if in_sections and (key in explicit or value != defaults.get(key)):
       *parents, name = key.split(".")
       tree = merged
       for parent in parents:

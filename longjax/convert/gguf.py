@@ -27,8 +27,10 @@ from longjax.convert.hf import ConversionError, check_tensor_names, config_from_
 from longjax.nn import scan_params
 
 ARCHITECTURES = ("llama",)
-# Tensor types gguf.quants dequantizes (F32 and F16 are plain arrays).
-TENSOR_TYPES = tuple(sorted({"F32", "F16", *(t.name for t in gguf.quants._type_traits)}))
+# Tensor types that gguf.quants.dequantize reads (F32 and F16 are plain arrays).
+TENSOR_TYPES = ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+                "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS", "TQ1_0",
+                "TQ2_0", "MXFP4", "NVFP4")
 # GGUF tensor name (blk.N. prefix removed) -> transformers LlamaForCausalLM name (model.layers.N. removed).
 _TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
 _BLOCK_NAMES = {
@@ -78,8 +80,7 @@ def _required(reader: gguf.GGUFReader, key: str, path: str) -> Any:
   return result
 
 
-def _rope_parameters(reader: gguf.GGUFReader, path: str) -> dict:
-  arch = "llama"
+def _rope_parameters(reader: gguf.GGUFReader, arch: str, path: str) -> dict:
   linear = value(reader, f"{arch}.rope.scale_linear")  # the key of older files
   scaling = value(reader, f"{arch}.rope.scaling.type", "linear" if linear else "none")
   if scaling not in _ROPE_SCALING:
@@ -117,7 +118,7 @@ def hf_config(reader: gguf.GGUFReader, path: str) -> dict:
       "head_dim": head_dim, "max_position_embeddings": get("context_length"),
       "rms_norm_eps": _decimal(get("attention.layer_norm_rms_epsilon")),
       "tie_word_embeddings": not any(t.name == "output.weight" for t in reader.tensors),
-      "rope_parameters": _rope_parameters(reader, path),
+      "rope_parameters": _rope_parameters(reader, arch, path),
   }
   if isinstance(config["num_key_value_heads"], list):
     raise ConversionError(f"{path}: metadata key '{arch}.attention.head_count_kv' holds one value a layer; "

@@ -20,11 +20,7 @@ from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, proc
 
 from longjax.config import DataConfig
 from longjax.convert.gguf import value
-from longjax.convert.hf import ConversionError
-
-HF_FILE = "tokenizer.json"
-HF_CONFIG_FILE = "tokenizer_config.json"
-SENTENCEPIECE_FILE = "tokenizer.model"
+from longjax.convert.hf import SENTENCEPIECE_MODEL, TOKENIZER_CONFIG, TOKENIZER_JSON, ConversionError
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp's token types (the same numbers as SentencePiece's piece types)
 
 # llama.cpp's LLAMA_VOCAB_PRE_TYPE regexes (llama-vocab.cpp), applied before the byte-level mapping.
@@ -97,16 +93,16 @@ def write_tokenizer(reader: gguf.GGUFReader, path: str, out_dir: str) -> DataCon
                           "allowed: gpt2 (byte-level BPE), llama (SentencePiece)")
   add_bos = bool(value(reader, "tokenizer.ggml.add_bos_token", kind == "llama"))
   if kind == "llama":
-    with open(os.path.join(out_dir, SENTENCEPIECE_FILE), "wb") as f:
+    with open(os.path.join(out_dir, SENTENCEPIECE_MODEL), "wb") as f:
       f.write(_sentencepiece(reader, path))
-    return DataConfig(tokenizer="sentencepiece", tokenizer_path=SENTENCEPIECE_FILE, add_bos=add_bos)
-  _byte_level(reader, path).save(os.path.join(out_dir, HF_FILE))
+    return DataConfig(tokenizer="sentencepiece", tokenizer_path=SENTENCEPIECE_MODEL, add_bos=add_bos)
+  _byte_level(reader, path).save(os.path.join(out_dir, TOKENIZER_JSON))
   tokens = value(reader, "tokenizer.ggml.tokens")
   special = {"add_bos_token": add_bos}
   for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"), ("pad_token", "padding_token_id")):
     token_id = value(reader, f"tokenizer.ggml.{key}")
     if token_id is not None:
       special[name] = tokens[token_id]
-  with open(os.path.join(out_dir, HF_CONFIG_FILE), "w") as f:
+  with open(os.path.join(out_dir, TOKENIZER_CONFIG), "w") as f:
     json.dump(special, f, indent=2)
-  return DataConfig(tokenizer="hf", tokenizer_path=HF_FILE, add_bos=add_bos)
+  return DataConfig(tokenizer="hf", tokenizer_path=TOKENIZER_JSON, add_bos=add_bos)

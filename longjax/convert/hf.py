@@ -25,11 +25,14 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from longjax.config import ConfigError, ModelConfig, RopeConfig, model_config_from_dict
+from longjax.config import ConfigError, DataConfig, ModelConfig, RopeConfig, model_config_from_dict
+from longjax.data.tokenizer import HuggingFaceTokenizer
 from longjax.nn import scan_params, unscan_params
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+# A transformers directory's tokenizer: tokenizer.json (+ tokenizer_config.json), else a SentencePiece model.
+TOKENIZER_JSON, TOKENIZER_CONFIG, SENTENCEPIECE_MODEL = "tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 _TORCH_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 _ROPE_KEYS = tuple(f.name for f in dataclasses.fields(RopeConfig))
 # longjax rope keys that transformers' config does not know (written back only when set).
@@ -295,6 +298,27 @@ def load_config(path: str) -> ModelConfig:
     except json.JSONDecodeError as e:
       raise ConversionError(f"{config_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
   return config_from_hf(hf, config_path)
+
+
+def tokenizer_data(path: str) -> DataConfig:
+  """The DataConfig of a transformers directory's own tokenizer (tokenizer.json first, as AutoTokenizer prefers
+  it; the byte tokenizer when it has none), tokenizer_path inside `path`. BOS is added when tokenizer_config.json
+  says add_bos_token (absent: when tokenizer.json's post-processor adds one; a SentencePiece model adds one, as
+  LlamaTokenizer does)."""
+  tokenizer_json, sentencepiece = os.path.join(path, TOKENIZER_JSON), os.path.join(path, SENTENCEPIECE_MODEL)
+  if os.path.isfile(tokenizer_json):
+    return DataConfig(tokenizer="hf", tokenizer_path=tokenizer_json,
+                      add_bos=HuggingFaceTokenizer(tokenizer_json).adds_bos)
+  if not os.path.isfile(sentencepiece):
+    return DataConfig()
+  add_bos, config_path = True, os.path.join(path, TOKENIZER_CONFIG)
+  if os.path.isfile(config_path):
+    with open(config_path) as f:
+      try:
+        add_bos = bool(json.load(f).get("add_bos_token", True))
+      except json.JSONDecodeError as e:
+        raise ConversionError(f"{config_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+  return DataConfig(tokenizer="sentencepiece", tokenizer_path=sentencepiece, add_bos=add_bos)
 
 
 def load(path: str, *, dtype: str = "float32", scan_layers: bool = False) -> tuple[ModelConfig, dict]:

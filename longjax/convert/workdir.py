@@ -10,7 +10,7 @@ built from the GGUF's vocabulary. `data.tokenizer_path` is relative, so the work
 `checkpoint.read_config` resolves it. `train.init_from=out_dir` and `longjax.load(out_dir)` read it.
 """
 
-import json
+import dataclasses
 import logging
 import os
 import shutil
@@ -20,13 +20,10 @@ import jax
 from longjax import checkpoint
 from longjax.config import Config, DataConfig, ModelConfig
 from longjax.convert import gguf, gguf_tokenizer, hf
-from longjax.data.tokenizer import HuggingFaceTokenizer
 from longjax.nn import abstract_params
 from longjax.nn.lora import merge_lora
 
-# A Hugging Face directory's tokenizer files; an import copies them and makes them the run's tokenizer.
-HF_TOKENIZER, HF_TOKENIZER_CONFIG = gguf_tokenizer.HF_FILE, gguf_tokenizer.HF_CONFIG_FILE
-SENTENCEPIECE_MODEL = gguf_tokenizer.SENTENCEPIECE_FILE
+SENTENCEPIECE_MODEL = hf.SENTENCEPIECE_MODEL  # an import copies it in as the run's tokenizer (tokenizer.json first)
 
 
 def _refuse_existing(out_dir: str, flag: str) -> None:
@@ -59,25 +56,16 @@ def export_hf(workdir: str, out_dir: str, *, step: int | None = None, torch_dtyp
 
 
 def _copy_hf_tokenizer(hf_dir: str, out_dir: str) -> DataConfig:
-  """Copy `hf_dir`'s tokenizer into `out_dir` (tokenizer.json first, as transformers' AutoTokenizer prefers it);
-  BOS is added when its tokenizer_config.json says add_bos_token (absent: tokenizer.json's post-processor adds
-  one; a SentencePiece model adds one, as LlamaTokenizer does)."""
-  present = [name for name in (HF_TOKENIZER, HF_TOKENIZER_CONFIG, SENTENCEPIECE_MODEL)
-             if os.path.isfile(os.path.join(hf_dir, name))]
-  for name in present:
-    shutil.copyfile(os.path.join(hf_dir, name), os.path.join(out_dir, name))
-  if HF_TOKENIZER in present:
-    return DataConfig(tokenizer="hf", tokenizer_path=HF_TOKENIZER,
-                      add_bos=HuggingFaceTokenizer(os.path.join(out_dir, HF_TOKENIZER)).adds_bos)
-  if SENTENCEPIECE_MODEL in present:
-    add_bos = True
-    if HF_TOKENIZER_CONFIG in present:
-      with open(os.path.join(out_dir, HF_TOKENIZER_CONFIG)) as f:
-        add_bos = bool(json.load(f).get("add_bos_token", True))
-    return DataConfig(tokenizer="sentencepiece", tokenizer_path=SENTENCEPIECE_MODEL, add_bos=add_bos)
-  logging.warning("%s: no %s or %s; the workdir keeps the byte tokenizer (set data.tokenizer to the model's)",
-                  hf_dir, HF_TOKENIZER, SENTENCEPIECE_MODEL)
-  return DataConfig()
+  """Copy `hf_dir`'s tokenizer files into `out_dir`; the DataConfig that reads the copy (`hf.tokenizer_data`)."""
+  data = hf.tokenizer_data(hf_dir)
+  if data.tokenizer == "byte":
+    logging.warning("%s: no %s or %s; the workdir keeps the byte tokenizer (set data.tokenizer to the model's)",
+                    hf_dir, hf.TOKENIZER_JSON, hf.SENTENCEPIECE_MODEL)
+    return data
+  for name in (hf.TOKENIZER_JSON, hf.TOKENIZER_CONFIG, hf.SENTENCEPIECE_MODEL):
+    if os.path.isfile(os.path.join(hf_dir, name)):
+      shutil.copyfile(os.path.join(hf_dir, name), os.path.join(out_dir, name))
+  return dataclasses.replace(data, tokenizer_path=os.path.basename(data.tokenizer_path))
 
 
 def _write_workdir(out_dir: str, model: ModelConfig, params: dict, data: DataConfig) -> Config:

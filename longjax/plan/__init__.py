@@ -118,7 +118,7 @@ def _compile(config: Config) -> StepMemory:
   # The shapes are those of the model to start from (train.init_from), read without its parameters, as the
   # Trainer adopts them; the plan then compiles from random parameters.
   if config.train.init_from:
-    source = init.source_model(config.train.init_from)
+    source, _ = init.source_config(config.train.init_from)
     config = dataclasses.replace(config, model=init.adopt_shapes(config.model, source))
   config = with_values(config, {"train.init_from": None})
   with tempfile.TemporaryDirectory() as workdir:

@@ -5,7 +5,8 @@
       --config.train.init_from=/path/to/Llama-2-7b-hf
 
 Rerunning the same command on the same workdir resumes from its newest checkpoint. With train.init_from,
-rope keys the config does not set (differ from configs/base.py, or --config.model.rope.KEY) are the source's.
+the rope and tokenizer keys the config does not set (that equal configs/base.py's and no --config.KEY names)
+are the source's.
 """
 
 from absl import flags

@@ -2,8 +2,8 @@
 
 Weights are copied by path into a freshly initialised tree, so parts the source
 lacks (LoRA factors, Infini-attention gates) keep their initialisation while the
-new positional method and context length of the run's config take effect; rope keys
-the run's config does not set are the source's (`run_config`).
+new positional method and context length of the run's config take effect; rope and
+tokenizer keys the run's config does not set are the source's (`run_config`).
 """
 
 import dataclasses
@@ -16,7 +16,7 @@ import numpy as np
 from flax import traverse_util
 
 from longjax import checkpoint
-from longjax.config import Config, ConfigError, ModelConfig, from_config_dict, merge_onto
+from longjax.config import Config, ConfigError, DataConfig, ModelConfig, from_config_dict, merge_onto
 from longjax.convert import hf
 from longjax.nn import scan_params, unscan_params
 
@@ -37,24 +37,30 @@ def source_kind(init_from: str) -> str:
                     "(config.json + safetensors) or a longjax workdir (with checkpoints/)")
 
 
-def source_model(init_from: str) -> ModelConfig:
-  """The model config of `train.init_from`, read without its parameters."""
+# What a run takes from `train.init_from` where its own config does not set it (config.merge_onto).
+SOURCE_KEYS = ("model.rope", "data.tokenizer", "data.tokenizer_path", "data.add_bos")
+
+
+def source_config(init_from: str) -> tuple[ModelConfig, DataConfig]:
+  """The model config and tokenizer of `train.init_from`, read without its parameters."""
   if source_kind(init_from) == "hf":
-    return hf.load_config(init_from)
-  return checkpoint.read_config(init_from).model
+    return hf.load_config(init_from), hf.tokenizer_data(init_from)
+  config = checkpoint.read_config(init_from)
+  return config.model, config.data
 
 
 def run_config(given: ml_collections.ConfigDict, explicit: Iterable[str] = ()) -> Config:
-  """The validated run config of `given`; with train.init_from, each rope key that `given` does not set (see
-  `config.merge_onto`; `explicit`: the --config.KEY flags) is the source model's, so a fine-tune of an imported
-  model keeps its rope_theta, and a method that needs L gets the source's max_position_embeddings."""
+  """The validated run config of `given`; with train.init_from, each of SOURCE_KEYS that `given` does not set
+  (`config.merge_onto`; `explicit`: the --config.KEY flags) is the source's: a fine-tune of an imported model
+  keeps its rope_theta and its tokenizer, and a rope method that needs L gets its max_position_embeddings."""
   init_from = given.train.init_from
   if not init_from:
     return from_config_dict(given)
-  source = source_model(init_from)
+  model, data = source_config(init_from)
   base = given.to_dict()
-  base["model"]["rope"] = dataclasses.asdict(source.rope)
-  return merge_onto(base, given, ("model.rope",), explicit=explicit, trained_length=source.max_position_embeddings)
+  base["model"]["rope"] = dataclasses.asdict(model.rope)
+  base["data"].update(tokenizer=data.tokenizer, tokenizer_path=data.tokenizer_path, add_bos=data.add_bos)
+  return merge_onto(base, given, SOURCE_KEYS, explicit=explicit, trained_length=model.max_position_embeddings)
 
 
 def load_source(init_from: str) -> tuple[ModelConfig, dict]:

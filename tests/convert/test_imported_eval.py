@@ -61,11 +61,13 @@ def test_override_keeps_the_rope_keys_it_does_not_set(imported):
     merge_onto(trained, override, ("model.rope",))
 
 
-def test_fine_tune_from_an_import_keeps_its_rope(imported):
+def test_fine_tune_from_an_import_keeps_its_rope_and_tokenizer(imported):
   given = load_file(os.path.join(REPO, "configs", "tiny.py") + ":rope=yarn")
   given.train.init_from = imported
   config = run_config(given)
   assert config.model.rope.rope_theta == THETA and config.model.rope.rope_type == "yarn"
+  assert (config.data.tokenizer, config.data.tokenizer_path, config.data.add_bos) == (
+      "hf", os.path.join(imported, "tokenizer.json"), False)
   assert config.model.rope.original_max_position_embeddings == 128  # tiny.py sets L itself
   given.model.rope.original_max_position_embeddings = None
   assert run_config(given).model.rope.original_max_position_embeddings == 256  # else the source's trained length

@@ -100,8 +100,8 @@ def test_import_takes_the_tokenizer_json(hf_model, tmp_path):
   trainer = tokenizers.trainers.BpeTrainer(vocab_size=259, special_tokens=["<|endoftext|>", "<|im_start|>"],
                                            initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
   tokenizer.train_from_iterator(["the quick brown fox jumps over the lazy dog\n"] * 20, trainer)
-  tokenizer.save(str(source / workdir.HF_TOKENIZER))
-  (source / workdir.HF_TOKENIZER_CONFIG).write_text(json.dumps(
+  tokenizer.save(str(source / hf.TOKENIZER_JSON))
+  (source / hf.TOKENIZER_CONFIG).write_text(json.dumps(
       {"bos_token": "<|im_start|>", "eos_token": "<|endoftext|>", "add_bos_token": False}))
   (source / workdir.SENTENCEPIECE_MODEL).write_bytes(b"not read: tokenizer.json comes first, as in transformers")
   config = workdir.import_hf(str(source), str(tmp_path / "out"))
