@@ -33,7 +33,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=9.2", "pytest-xdist>=3.8", "filelock>=3.20", "torch==2.13.0", "transformers>=5.23",
-                 "accelerate>=1.16"],  # transformers needs it to load a GGUF (the import tests compare with it),
+                 "accelerate>=1.16"],  # transformers needs it to load a GGUF (the import tests compare with it)
         "tpu": ["jax[tpu]>=0.10.2"],
         "cuda": ["jax[cuda13]>=0.10.2"],
     },
