@@ -140,13 +140,21 @@ def remap_attention(q, k, v, *, q_positions, k_positions, freqs: Frequencies, re
 
 def _merged_logits(logits_of_pass, region, num_passes: int, shape):
   """float32 logits of `shape` [..., T, S] taking pass region[..., t, s]'s logits (-inf where region is -1, a masked
-  pair); a pass that no pair reads is skipped (lax.cond), so its matmul is never run."""
-  merged = jnp.full(shape, -jnp.inf, jnp.float32)
-  for p in range(num_passes):
-    take = region == p
-    merged = jax.lax.cond(jnp.any(take), lambda m, p=p, take=take: jnp.where(take, logits_of_pass(p), m),
-                          lambda m: m, merged)
-  return merged
+  pair). A block whose pairs all read one pass is that pass's logits as they come (no select); otherwise a pass
+  that no pair reads is skipped (lax.cond), so its matmul is never run."""
+  def mixed():
+    merged = jnp.full(shape, -jnp.inf, jnp.float32)
+    for p in range(num_passes):
+      take = region == p
+      merged = jax.lax.cond(jnp.any(take), lambda m, p=p, take=take: jnp.where(take, logits_of_pass(p), m),
+                            lambda m: m, merged)
+    return merged
+
+  # branch p < num_passes: every pair reads pass p; branch num_passes: mixed (or masked) pairs
+  branch = num_passes
+  for p in range(num_passes - 1, -1, -1):
+    branch = jnp.where(jnp.all(region == p), p, branch)
+  return jax.lax.switch(branch, [lambda p=p: logits_of_pass(p) for p in range(num_passes)] + [mixed])
 
 
 def _blocks(x, block: int):
