@@ -152,8 +152,8 @@ def trained_length(config: Config) -> int:
 
 
 def finetune_config(trained: Config, method: str, model_dir: str, text_dir: str, steps: int, window: int) -> Config:
-  """YaRN paper recipe shrunk (AdamW 0.9/0.95, no weight decay, lr 2e-5), rows of `window` tokens whose PoSE
-  positions span FACTOR x the trained length."""
+  """The YaRN paper's recipe shrunk (AdamW 0.9/0.95, no weight decay; lr 1e-4 where the paper's 2e-5 is for 400
+  steps of 64 rows), rows of `window` tokens whose PoSE positions span FACTOR x the trained length."""
   length = trained_length(trained)
   rope = dataclasses.replace(trained.model.rope, rope_type=method, factor=float(FACTOR),
                              original_max_position_embeddings=length)
@@ -162,7 +162,7 @@ def finetune_config(trained: Config, method: str, model_dir: str, text_dir: str,
   data = dataclasses.replace(trained.data, source="textdir", text_dir=text_dir, text_glob="*.py",
                              pose_target_length=FACTOR * length, retrieval_rate=0.0)
   train = dataclasses.replace(trained.train, seq_len=window, global_batch_size=1, grad_accum_steps=1,
-                              num_steps=steps, learning_rate=2e-5, schedule="constant", warmup_steps=min(5, steps),
+                              num_steps=steps, learning_rate=1e-4, schedule="constant", warmup_steps=min(5, steps),
                               weight_decay=0.0, b1=0.9, b2=0.95, init_from=model_dir, log_every=1, eval_every=0,
                               checkpoint_every=steps, max_to_keep=1)
   return dataclasses.replace(trained, model=model, data=data, train=train)
