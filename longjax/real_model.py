@@ -360,9 +360,16 @@ def write_report(out: str, cells_dir: str, trained: Config, names: list[str], se
     lines += [f"| {name} | " + " | ".join(f"{100 * s['ruler'][str(n)]:.0f}%" if str(n) in s["ruler"] else "not run"
                                          for n in ruler_lengths) + " |" for name, s in summary.items()]
     lines.append("")
-  lines += ["## Time", "", f"Machine: {results['machine']}.", "",
-            "| method | seconds (all its cells) |", "|---|---|"]
+  if "parity" in extra:
+    p = extra["parity"]
+    lines += ["## Import", "", f"`python -m longjax.convert --gguf ...` took {extra.get('import_seconds', 0):.0f} s. "
+              f"Against transformers' own GGUF loader on the first {p['tokens']} tokens of the first document: "
+              f"max |logit difference| {p['max_abs_diff']:.2e}, argmax agreement {100 * p['argmax_agreement']:.1f}%, "
+              f"token ids {'identical' if p['token_ids_equal'] else 'DIFFERENT'}.", ""]
+  lines += ["## Time", "", f"Machine: {results['machine']}; other jobs shared its cores while these ran, so "
+            "seconds are an upper bound.", "", "| method | seconds (all its cells) |", "|---|---|"]
   lines += [f"| {name} | {s['seconds']:.0f} |" for name, s in summary.items()]
+  lines += [f"| fine-tuning {name} | {seconds:.0f} |" for name, seconds in extra.get("finetune_seconds", {}).items()]
   missing = [name for name, s in summary.items() if not s["seconds"]]
   if missing:
     lines += ["", f"Not run yet: {', '.join(missing)}."]
