@@ -79,11 +79,12 @@ def gguf_path() -> str:
   return os.path.join(folder, files[0])
 
 
-def import_model(gguf: str, model_dir: str) -> None:
-  """GGUF -> longjax workdir, through the public command line (skipped when the workdir exists)."""
+def import_model(gguf: str, model_dir: str) -> bool:
+  """GGUF -> longjax workdir, through the public command line; False when the workdir exists already."""
   if os.path.isfile(os.path.join(model_dir, "config.json")):
-    return
+    return False
   subprocess.run([sys.executable, "-m", "longjax.convert", "--gguf", gguf, "--out_dir", model_dir], check=True)
+  return True
 
 
 def parity(model_dir: str, path: str, text: str, tokens: int = 128) -> dict:
@@ -362,10 +363,12 @@ def write_report(out: str, cells_dir: str, trained: Config, names: list[str], se
     lines.append("")
   if "parity" in extra:
     p = extra["parity"]
-    lines += ["## Import", "", f"`python -m longjax.convert --gguf ...` took {extra.get('import_seconds', 0):.0f} s. "
-              f"Against transformers' own GGUF loader on the first {p['tokens']} tokens of the first document: "
-              f"max |logit difference| {p['max_abs_diff']:.2e}, argmax agreement {100 * p['argmax_agreement']:.1f}%, "
-              f"token ids {'identical' if p['token_ids_equal'] else 'DIFFERENT'}.", ""]
+    took = (f"`python -m longjax.convert --gguf ...` took {extra['import_seconds']:.0f} s. "
+            if "import_seconds" in extra else "")
+    lines += ["## Import", "", took + f"Against transformers' own GGUF loader on the first {p['tokens']} tokens of "
+              f"the first document: max |logit difference| {p['max_abs_diff']:.2e}, argmax agreement "
+              f"{100 * p['argmax_agreement']:.1f}%, token ids {'identical' if p['token_ids_equal'] else 'DIFFERENT'}.",
+              ""]
   lines += ["## Time", "", f"Machine: {results['machine']}; other jobs shared its cores while these ran, so "
             "seconds are an upper bound.", "", "| method | seconds (all its cells) |", "|---|---|"]
   lines += [f"| {name} | {s['seconds']:.0f} |" for name, s in summary.items()]
@@ -392,8 +395,8 @@ def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list
   if "import" in parts:
     started = time.time()
     gguf = gguf or gguf_path()
-    import_model(gguf, model_dir)
-    extra["import_seconds"] = round(time.time() - started, 1)
+    if import_model(gguf, model_dir):
+      extra["import_seconds"] = round(time.time() - started, 1)
     if importlib.util.find_spec("transformers") and importlib.util.find_spec("torch"):
       extra["parity"] = parity(model_dir, gguf, next(iter(settings.documents.values())))
       print(f"parity with transformers: {extra['parity']}", flush=True)
