@@ -72,3 +72,36 @@ def test_report_conclusions_come_from_the_cells(tmp_path, rising):
   assert "| PI x2 | not run |" in report and "Not run yet: PI x2" in report
   assert "| YaRN x2 | 50% (1/2) |" in report and f"| {BASELINE} | not run |" in report
   assert (tmp_path / "loss_by_position_topics.png").stat().st_size > 0
+
+
+def test_the_whole_job_on_a_tiny_gguf(tmp_path):
+  """Import (with parity against transformers), two training-free methods, both fine-tunes, the report: the real
+  path end to end on a 2-layer random model trained for 64 tokens; rerunning computes nothing again."""
+  from gguf_reference import byte_level_vocab, write_gguf
+  from hf_reference import tiny_hf_llama
+
+  tokens, merges = byte_level_vocab()
+  model = tiny_hf_llama(tmp_path / "hf", vocab_size=len(tokens), hidden_size=64, intermediate_size=160, num_heads=4,
+                        num_kv_heads=2, tie=True, max_position_embeddings=64)
+  gguf = tmp_path / "tiny.gguf"
+  write_gguf(gguf, model, tokens, merges, context_length=64)
+  documents = real_model.documents()
+  settings = real_model.Settings(documents={"topics": documents["topics"]}, loss_length=128, passkey_lengths=(),
+                                 depths=(0.5,), keys=1, ruler_lengths=(), ruler_samples=1, tasks=("loss",))
+  out, cells = tmp_path / "out", tmp_path / "cells"
+  methods = [BASELINE, "YaRN x2"]
+  args = (str(out), ("import", "free", "finetune", "report"), settings, methods, str(cells), 2, 32, str(gguf))
+  path = real_model.run(*args)
+  results = json.loads((out / "results.json").read_text())
+  assert results["parity"]["token_ids_equal"] and results["parity"]["max_abs_diff"] < 1e-3
+  assert results["trained_length"] == 64
+  assert set(results["summary"]) == {*methods, *real_model.FINETUNE_METHODS}
+  for name, summary in results["summary"].items():
+    assert summary["loss_documents"] == 1 and len(summary["loss_bands"]) == 4, name
+  assert set(results["finetune_seconds"]) == set(real_model.FINETUNE_METHODS)
+  report = open(path).read()
+  assert "| YaRN x2 fine-tuned | 1 |" in report and "![loss by position, topics]" in report
+  written = sorted(p.name for p in cells.rglob("*.json"))
+  real_model.run(*args[:1], ("free", "report"), *args[2:])  # every cell is on disk: nothing recomputed
+  assert sorted(p.name for p in cells.rglob("*.json")) == written
+  assert json.loads((out / "results.json").read_text())["summary"] == results["summary"]
