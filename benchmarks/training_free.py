@@ -6,7 +6,7 @@
 The checkpoint is the demo's pre-trained model (`python -m longjax.demo` writes it to demo_out/base): a
 4-layer LLaMA trained at 256 tokens with 2-digit passkey documents mixed in. When --workdir holds no run,
 it is trained there first with configs/demo.py:stage=base for --pretrain_steps steps (the JSON says which).
-Methods are the demo's training-free list (`longjax.demo.training_free_methods`): RoPE scaling (PI, NTK,
+Methods are the demo's training-free list (`longjax.evaluate.extension.training_free_methods`): RoPE scaling (PI, NTK,
 dynamic NTK, YaRN, dynamic YaRN) and remapping inside attention (Self-Extend, DCA, ReRoPE with log-n).
 For each: perplexity on the longest validation documents and passkey accuracy (greedy, through the KV
 cache) at each factor x 256 tokens; and the cost of one forward pass of the model at --cost_length tokens:
@@ -31,7 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.compiled import compiled_stats  # noqa: E402
 from longjax import load  # noqa: E402  (run as a script from anywhere)
 from longjax.config import from_config_dict, load_file  # noqa: E402
-from longjax.demo import BASELINE, DEMO_CONFIG, training_free_methods  # noqa: E402
+from longjax.demo import DEMO_CONFIG  # noqa: E402
+from longjax.evaluate.extension import BASELINE, training_free_methods  # noqa: E402
 from longjax.evaluate import eval_documents, evaluate_passkey, evaluate_perplexity  # noqa: E402
 from longjax.evaluate.tasks import EvalRun  # noqa: E402
 from longjax.nn import Llama  # noqa: E402

@@ -177,7 +177,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   evaluation.stride = 256  # sliding-window stride of the perplexity protocol
   evaluation.max_documents = 16  # the longest documents of the eval split
   evaluation.max_document_tokens = 8192  # documents are cut to this many tokens (bounds evaluation time)
-  evaluation.tasks = ()  # also run these every train.eval_every steps: passkey | needle | ruler | perplexity | ...
+  evaluation.tasks = ()  # also run these every train.eval_every steps: config.EVAL_TASKS (passkey, ruler, ...)
   evaluation.task_lengths = ()  # their lengths in tokens; () is the trained length x 1, 2, 4, 8
   evaluation.task_trials = 2  # prompts per (length, depth) cell of passkey / needle, samples per RULER task
 

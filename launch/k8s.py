@@ -9,18 +9,28 @@
 One indexed Job of --hosts pods (completions = parallelism = hosts), one pod a host, every pod running the
 command. Pods find each other by DNS: the coordinator is the first pod, NAME-workers-0-0.NAME (JobSet's
 headless service); JAX_NUM_PROCESSES is --hosts and JAX_PROCESS_ID the pod's job completion index, which
-longjax's jax.distributed.initialize reads. --dry_run prints the manifest (YAML); otherwise
-`kubectl apply -f -` submits it.
+longjax's jax.distributed.initialize reads. --dry_run prints the manifest (YAML) and, as its last comment,
+the command that submits it; otherwise `kubectl apply -f -` submits it.
+
+Preemption and failures: a failed or evicted pod fails its Job (backoffLimit 0: one pod restarted alone could
+not rejoin the others' jax.distributed), and JobSet then recreates every pod, up to --max_restarts times; each
+start resumes from the workdir. A pod being stopped gets SIGTERM, on which training saves a checkpoint, and
+--grace_period seconds before SIGKILL (Kubernetes' default of 30 s is too short for a 7B save). The workdir
+must outlive the pods: gs:// (the pods' service account needs write access to the bucket, e.g. by Workload
+Identity), or a ReadWriteMany volume claim mounted with --pvc CLAIM:/mount/path.
+The image: the Dockerfile at the checkout's root (its WORKDIR holds configs/).
 """
 
 import json
 import math
 import re
+import shlex
 import sys
 
 from common import Parser, dns_label, execute, fail, split_command
 
 API_VERSION = "jobset.x-k8s.io/v1alpha2"
+APPLY = ["kubectl", "apply", "-f", "-"]  # reads the manifest from stdin
 REPLICATED_JOB = "workers"
 COORDINATOR_PORT = 1234
 COMPLETION_INDEX = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
@@ -71,11 +81,18 @@ def manifest(args, command: list[str]) -> dict:
   else:
     resources = {"nvidia.com/gpu": args.gpus_per_host}
     selector = {"cloud.google.com/gke-accelerator": args.gpu_accelerator} if args.gpu_accelerator else {}
-  pod = {"restartPolicy": "Never",
+  # /dev/shm in memory: a container's default is 64 MiB, too small for NCCL and host-side buffers.
+  volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+  mounts = [{"name": "dshm", "mountPath": "/dev/shm"}]
+  for index, (claim, path) in enumerate(item.split(":", 1) for item in args.pvc):
+    volumes.append({"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim}})
+    mounts.append({"name": f"pvc-{index}", "mountPath": path})
+  pod = {"restartPolicy": "Never", "terminationGracePeriodSeconds": args.grace_period,
          **({"nodeSelector": selector} if selector else {}),
          "containers": [{"name": "longjax", "image": args.image, "command": command, "env": env,
                          "ports": [{"containerPort": COORDINATOR_PORT}],
-                         "resources": {"limits": resources}}]}
+                         "resources": {"limits": resources}, "volumeMounts": mounts}],
+         "volumes": volumes}
   metadata = {"name": args.name, **({"namespace": args.namespace} if args.namespace else {})}
   if args.tpu_accelerator:  # one slice (node pool) per job: JobSet's exclusive placement, as GKE's TPU guide does
     metadata["annotations"] = {"alpha.jobset.sigs.k8s.io/exclusive-topology": "cloud.google.com/gke-nodepool"}
@@ -87,7 +104,7 @@ def manifest(args, command: list[str]) -> dict:
           "replicatedJobs": [{
               "name": REPLICATED_JOB, "replicas": 1,
               "template": {"spec": {"completionMode": "Indexed", "completions": args.hosts,
-                                    "parallelism": args.hosts, "backoffLimit": 0,
+                                    "parallelism": args.hosts, "backoffLimit": 0,  # JobSet restarts all
                                     "template": {"spec": pod}}}}]}}
 
 
@@ -103,7 +120,12 @@ def parse(argv: list[str]):
   parser.add_argument("--gpus_per_host", type=int, default=0, help="GPUs a pod requests (GPU nodes)")
   parser.add_argument("--gpu_accelerator", default="", help="GKE GPU type, e.g. nvidia-h100-80gb (optional)")
   parser.add_argument("--namespace", default="")
-  parser.add_argument("--max_restarts", type=int, default=0, help="JobSet restarts after a failed pod")
+  parser.add_argument("--max_restarts", type=int, default=5,
+                      help="times JobSet recreates all pods after a failure or preemption (each resumes)")
+  parser.add_argument("--grace_period", type=int, default=600,
+                      help="seconds between SIGTERM (training saves) and SIGKILL; size it to a checkpoint save")
+  parser.add_argument("--pvc", action="append", default=[],
+                      help="CLAIM:/mount/path, a PersistentVolumeClaim every pod mounts (repeatable)")
   parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every pod (repeatable)")
   parser.add_argument("--dry_run", action="store_true", help="print the manifest instead of applying it")
   args = parser.parse_args(own)
@@ -128,6 +150,13 @@ def parse(argv: list[str]):
   for item in args.env:
     if "=" not in item or not item.split("=", 1)[0].isidentifier():
       fail(f"--env {item!r} is invalid: expected KEY=VALUE")
+  for item in args.pvc:
+    claim, _, path = item.partition(":")
+    if not claim or not path.startswith("/"):
+      fail(f"--pvc {item!r} is invalid: expected CLAIM:/mount/path")
+  for name in ("max_restarts", "grace_period"):
+    if getattr(args, name) < 0:
+      fail(f"--{name}={getattr(args, name)} is invalid: must be >= 0")
   return args, command
 
 
@@ -135,9 +164,9 @@ def main(argv: list[str]) -> int:
   args, command = parse(argv)
   text = to_yaml(manifest(args, command)) + "\n"
   if args.dry_run:
-    print(text, end="")
+    print(text + f"# submitted with: {shlex.join(APPLY)}")
     return 0
-  return execute([["kubectl", "apply", "-f", "-"]], False, stdin=text)
+  return execute([APPLY], False, stdin=text)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ A step directory `workdir/checkpoints/<step>/` holds four items:
   opt_state  the optax state,
   data       the training iterators' state (JSON, one per process), so a resumed run sees the same batches,
   config     the validated run config (JSON).
-A model imported from Hugging Face (python -m longjax.convert --hf_dir) is a workdir whose only
+A model imported from Hugging Face or GGUF (python -m longjax.convert --hf_dir / --gguf) is a workdir whose only
 step, 0, holds params and config: readers of parameters see no difference from a training run.
 A workdir is any etils.epath path (local, gs://...): Orbax writes arrays through TensorStore, which
 reads gs:// itself. Orbax writes each step to a temporary directory and renames it when complete,
@@ -14,6 +14,7 @@ so a failed or interrupted save never replaces the last good checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -131,7 +132,7 @@ class Checkpointer:
     steps = [step] if step is not None else self.all_steps()[::-1]
     if not steps:
       raise CheckpointError(f"{self.directory}: no checkpoint; allowed: a workdir that python -m longjax.train "
-                            "or python -m longjax.convert --hf_dir wrote")
+                            "or python -m longjax.convert --hf_dir or --gguf wrote")
     if steps[0] not in self.all_steps():
       raise CheckpointError(f"{self.directory}: no checkpoint at step {step}; present: {self.all_steps()}")
     last_error: Exception | None = None
@@ -212,11 +213,22 @@ def read_config(workdir: str | os.PathLike) -> Config:
   path = workdir_path(workdir) / "config.json"
   if not path.is_file():
     raise CheckpointError(f"{path}: file not found; allowed: a workdir that python -m longjax.train or "
-                          "python -m longjax.convert --hf_dir wrote")
+                          "python -m longjax.convert --hf_dir or --gguf wrote")
   given = json.loads(path.read_text())
   for section, key in RETIRED_KEYS:
     given.get(section, {}).pop(key, None)
-  return from_config_dict(given)
+  return _tokenizer_in_workdir(from_config_dict(given), workdir)
+
+
+def _tokenizer_in_workdir(config: Config, workdir: str) -> Config:
+  """A relative data.tokenizer_path names a file in the workdir when one is there (an import copies the model's
+  tokenizer in, so the workdir can move); otherwise it stays as the run was given it (relative to where it ran)."""
+  path = config.data.tokenizer_path
+  if not path or os.path.isabs(path) or "://" in path or not (workdir_path(workdir) / path).exists():
+    return config
+  inside = workdir_path(workdir) / path
+  resolved = str(inside) if "://" in str(inside) else os.path.abspath(inside)  # local: normalized, as before
+  return dataclasses.replace(config, data=dataclasses.replace(config.data, tokenizer_path=resolved))
 
 
 def host_params(params):

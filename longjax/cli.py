@@ -47,6 +47,12 @@ def define_config_flag(name: str, help_string: str) -> flags.FlagHolder:
   return holder
 
 
+def override_keys(name: str = "config") -> tuple[str, ...]:
+  """The dotted keys given as `--NAME.key=value` flags (after parsing), e.g. ("model.rope.factor",)."""
+  prefix = f"{name}."
+  return tuple(flag[len(prefix):] for flag in flags.FLAGS if flag.startswith(prefix) and flags.FLAGS[flag].present)
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)

@@ -15,7 +15,7 @@ import importlib.util
 import json
 import os
 import sys
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import ml_collections
 
@@ -33,11 +33,13 @@ CONTEXT_PARALLEL = ("none", "all_gather", "ring")  # longjax.ops.context_paralle
 # The attention types whose AttentionType.sequence_parallel is True (a test keeps them equal).
 SEQUENCE_PARALLEL_TYPES = ("full", "sliding")
 # longjax.evaluate.tasks.TASKS (a test keeps them equal); the ones train.eval_every can run in training.
-EVAL_TASKS = ("perplexity", "passkey", "needle", "loss_by_position", "kv_cache", "ruler")
+EVAL_TASKS = ("perplexity", "passkey", "needle", "needle_gkamradt", "loss_by_position", "kv_cache", "ruler")
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 TOKENIZERS = ("byte", "sentencepiece", "hf")
 RETRIEVAL_TASKS = ("passkey", "kv_recall")
 DISTRIBUTED_MODES = ("auto", "always", "never")
+# Rope methods that scale relative to the pre-trained length L (rope.original_max_position_embeddings).
+NEEDS_ORIGINAL_LENGTH = ("dynamic", "yarn", "dynamic_yarn", "llama3", "longrope")
 TOKENIZER_FILES = {"sentencepiece": "the path of a .model file",
                    "hf": "the path of a tokenizer.json file or of the directory holding it"}
 
@@ -99,12 +101,11 @@ class RopeConfig:
     _require(rotary_dim >= 2 and rotary_dim % 2 == 0, f"{key}.partial_rotary_factor", p,
              f"int(head_dim={head_dim} * factor) = {rotary_dim} must be even and >= 2")
     needs_factor = ("linear", "dynamic", "yarn", "llama3")
-    needs_original = ("dynamic", "yarn", "dynamic_yarn", "llama3", "longrope")
     if self.rope_type in needs_factor:
       _require(self.factor is not None, f"{key}.factor", self.factor, f"rope_type={self.rope_type} needs a factor >= 1")
     if self.factor is not None:
       _require(self.factor >= 1, f"{key}.factor", self.factor, "must be >= 1")
-    if self.rope_type in needs_original:
+    if self.rope_type in NEEDS_ORIGINAL_LENGTH:
       _require(self.original_max_position_embeddings is not None and self.original_max_position_embeddings > 0,
                f"{key}.original_max_position_embeddings", self.original_max_position_embeddings,
                f"rope_type={self.rope_type} needs the pre-trained context length (a positive int)")
@@ -558,6 +559,45 @@ def from_config_dict(config: ml_collections.ConfigDict | dict) -> Config:
   result = Config(**kwargs)
   result.validate()
   return result
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  """{"model": {"rope": {"factor": 2.0}}} -> {"model.rope.factor": 2.0}."""
+  flat: dict[str, Any] = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def merge_onto(base: Config | dict, override: ml_collections.ConfigDict | dict, sections: tuple[str, ...], *,
+               explicit: Iterable[str] = (), trained_length: int | None = None) -> Config:
+  """`base` with the keys in or under `sections` ("model.rope", "data.tokenizer") that `override` sets; validated.
+
+  An override sets a key when its value differs from the default (configs/base.py, which holds the dataclass
+  defaults) or when `explicit` names it (a main's --config.KEY flags, which count even when they equal the
+  default). A config file states a whole tree, so comparing it with the defaults is what recovers the keys it
+  changes; every other key keeps `base`'s value: a file that leaves rope_theta at 10000 applied to an imported
+  model keeps the model's 100000. A rope method that needs the pre-trained length L and gets none from either
+  takes `trained_length` (the model's max_position_embeddings by default).
+  """
+  merged = base.to_dict() if isinstance(base, Config) else _plain(base)
+  defaults = _flatten(Config().to_dict())
+  explicit = set(explicit)
+  for key, value in _flatten(_plain(override)).items():
+    in_sections = any(key == section or key.startswith(f"{section}.") for section in sections)
+    if in_sections and (key in explicit or value != defaults.get(key)):
+      *parents, name = key.split(".")
+      tree = merged
+      for parent in parents:
+        tree = tree[parent]
+      tree[name] = value
+  rope = merged["model"]["rope"]
+  if rope["rope_type"] in NEEDS_ORIGINAL_LENGTH and rope.get("original_max_position_embeddings") is None:
+    rope["original_max_position_embeddings"] = trained_length or merged["model"]["max_position_embeddings"]
+  return from_config_dict(merged)
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:

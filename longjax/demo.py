@@ -24,9 +24,10 @@ import time
 from absl import flags
 
 from longjax import cli, load
-from longjax.config import AttentionConfig, Config, RopeConfig, from_config_dict, load_file
+from longjax.config import Config, from_config_dict, load_file
 from longjax.evaluate import (eval_documents, evaluate_passkey, evaluate_perplexity, loss_by_position, plots,
                               write_json)
+from longjax.evaluate.extension import BASELINE, training_free_methods
 from longjax.evaluate.tasks import EvalRun
 from longjax.nn import Llama
 from longjax.train import train_and_evaluate
@@ -40,7 +41,6 @@ _FACTORS = flags.DEFINE_list("factors", ["1", "2", "4", "8"], "Evaluation length
 _PERPLEXITY = flags.DEFINE_bool("perplexity", True, "Also measure perplexity against length (slowest evaluation).")
 
 FINETUNE_METHODS = ("yarn", "linear", "default")
-BASELINE = "RoPE (no scaling)"
 CONTROL = "RoPE fine-tuned (control)"
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
@@ -60,28 +60,6 @@ class DemoSettings:
 
 def _demo_config(arg: str) -> Config:
   return from_config_dict(load_file(f"{DEMO_CONFIG}:{arg}"))
-
-
-def training_free_methods(pretrain_length: int, factor: float) -> dict[str, tuple[RopeConfig, AttentionConfig]]:
-  """Name -> (rope, attention) of each training-free method: RoPE scaling, then position remapping in attention."""
-  common = dict(original_max_position_embeddings=pretrain_length)
-  plain = AttentionConfig()
-  # Remapping settings keep every relative position below the trained length up to `factor` x that length:
-  # Self-Extend's largest is (factor * L - 1) // G + W - W // G, DCA's chunk_size - 1, ReRoPE's the window.
-  window = pretrain_length // 4
-  return {
-      BASELINE: (RopeConfig(), plain),
-      f"PI x{factor:g}": (RopeConfig(rope_type="linear", factor=factor), plain),
-      f"NTK-aware alpha {factor:g}": (RopeConfig(rope_type="ntk", alpha=factor), plain),
-      "Dynamic NTK": (RopeConfig(rope_type="dynamic", factor=2.0, **common), plain),
-      f"YaRN x{factor:g}": (RopeConfig(rope_type="yarn", factor=factor, **common), plain),
-      "Dynamic YaRN": (RopeConfig(rope_type="dynamic_yarn", **common), plain),
-      f"Self-Extend G{2 * factor:g}": (RopeConfig(), AttentionConfig(type="self_extend", group_size=int(2 * factor),
-                                                                     window=window)),
-      "DCA": (RopeConfig(), AttentionConfig(type="dca", chunk_size=3 * pretrain_length // 4, local_window=window)),
-      "ReRoPE + log-n": (RopeConfig(), AttentionConfig(type="rerope", window=pretrain_length // 2,
-                                                       logn_length=pretrain_length)),
-  }
 
 
 def _losses(workdir: str) -> list[tuple[int, float]]:

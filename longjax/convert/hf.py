@@ -17,7 +17,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import ml_dtypes
 import numpy as np
@@ -25,11 +25,14 @@ from flax import traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from longjax.config import ConfigError, ModelConfig, RopeConfig, model_config_from_dict
+from longjax.config import ConfigError, DataConfig, ModelConfig, RopeConfig, model_config_from_dict
+from longjax.data.tokenizer import HuggingFaceTokenizer
 from longjax.nn import scan_params, unscan_params
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+# A transformers directory's tokenizer: tokenizer.json (+ tokenizer_config.json), else a SentencePiece model.
+TOKENIZER_JSON, TOKENIZER_CONFIG, SENTENCEPIECE_MODEL = "tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 _TORCH_DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 _ROPE_KEYS = tuple(f.name for f in dataclasses.fields(RopeConfig))
 # longjax rope keys that transformers' config does not know (written back only when set).
@@ -260,8 +263,32 @@ def _get(tree: dict, leaf: tuple[str, ...]):
   return tree
 
 
-def load(path: str, *, dtype: str = "float32", scan_layers: bool = False) -> tuple[ModelConfig, dict]:
-  """(ModelConfig, params as numpy `dtype`) of a transformers LLaMA directory."""
+def check_tensor_names(model: ModelConfig, available, path: str) -> dict[str, tuple[str, ...]]:
+  """HF tensor name -> longjax path of every tensor `model` needs; a missing or foreign name in `available` fails."""
+  names = _name_map(model)
+  missing = [n for n in names if n not in available]
+  if missing:
+    raise ConversionError(f"{path}: tensor {missing[0]!r} is missing ({len(missing)} missing in all)")
+  extra = sorted(n for n in available if n not in names and not n.endswith("rotary_emb.inv_freq"))
+  if extra and not (model.tie_embeddings and extra == ["lm_head.weight"]):
+    raise ConversionError(f"{path}: tensor {extra[0]!r} is not part of a LlamaForCausalLM with this config")
+  return names
+
+
+def place_tensor(params: dict, leaf: tuple[str, ...], w: np.ndarray, model: ModelConfig, *, name: str, file: str,
+                 dtype: str = "float32", transform: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+  """Put the HF tensor `name` (w [out, in], or [dim]) at `leaf` of `params` in longjax's layout, shape-checked;
+  `transform` (same shape) runs after the check (GGUF's q/k row order)."""
+  expected = _expected_hf_shape(leaf, model)
+  if tuple(w.shape) != expected:
+    raise ConversionError(f"{file}: tensor {name!r} has shape {tuple(w.shape)}; expected {expected}")
+  if transform is not None:
+    w = transform(w)
+  _set(params, leaf, _to_longjax(leaf, w, model).astype(_TORCH_DTYPES[dtype]))
+
+
+def load_config(path: str) -> ModelConfig:
+  """The ModelConfig of a transformers LLaMA directory's config.json."""
   config_path = os.path.join(path, "config.json")
   if not os.path.isfile(config_path):
     raise ConversionError(f"{config_path}: file not found; allowed: a transformers LLaMA directory")
@@ -270,17 +297,37 @@ def load(path: str, *, dtype: str = "float32", scan_layers: bool = False) -> tup
       hf = json.load(f)
     except json.JSONDecodeError as e:
       raise ConversionError(f"{config_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-  model = config_from_hf(hf, config_path)
+  return config_from_hf(hf, config_path)
+
+
+def tokenizer_data(path: str) -> DataConfig:
+  """The DataConfig of a transformers directory's own tokenizer (tokenizer.json first, as AutoTokenizer prefers
+  it; the byte tokenizer when it has none), tokenizer_path inside `path`. BOS is added when tokenizer_config.json
+  says add_bos_token (absent: when tokenizer.json's post-processor adds one; a SentencePiece model adds one, as
+  LlamaTokenizer does)."""
+  tokenizer_json, sentencepiece = os.path.join(path, TOKENIZER_JSON), os.path.join(path, SENTENCEPIECE_MODEL)
+  if os.path.isfile(tokenizer_json):
+    return DataConfig(tokenizer="hf", tokenizer_path=tokenizer_json,
+                      add_bos=HuggingFaceTokenizer(tokenizer_json).adds_bos)
+  if not os.path.isfile(sentencepiece):
+    return DataConfig()
+  add_bos, config_path = True, os.path.join(path, TOKENIZER_CONFIG)
+  if os.path.isfile(config_path):
+    with open(config_path) as f:
+      try:
+        add_bos = bool(json.load(f).get("add_bos_token", True))
+      except json.JSONDecodeError as e:
+        raise ConversionError(f"{config_path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+  return DataConfig(tokenizer="sentencepiece", tokenizer_path=sentencepiece, add_bos=add_bos)
+
+
+def load(path: str, *, dtype: str = "float32", scan_layers: bool = False) -> tuple[ModelConfig, dict]:
+  """(ModelConfig, params as numpy `dtype`) of a transformers LLaMA directory."""
+  model = load_config(path)
   if scan_layers:
     model = dataclasses.replace(model, scan_layers=True)
   files = _tensor_files(path)
-  names = _name_map(model)
-  missing = [n for n in names if n not in files]
-  if missing:
-    raise ConversionError(f"{path}: tensor {missing[0]!r} is missing ({len(missing)} missing in all)")
-  extra = sorted(n for n in files if n not in names and not n.endswith("rotary_emb.inv_freq"))
-  if extra and not (model.tie_embeddings and extra == ["lm_head.weight"]):
-    raise ConversionError(f"{path}: tensor {extra[0]!r} is not part of a LlamaForCausalLM with this config")
+  names = check_tensor_names(model, files, path)
   params: dict = {}
   by_file: dict[str, list[str]] = {}
   for name in names:
@@ -288,12 +335,7 @@ def load(path: str, *, dtype: str = "float32", scan_layers: bool = False) -> tup
   for file, file_names in by_file.items():
     with safe_open(file, framework="numpy") as f:
       for name in file_names:
-        w = f.get_tensor(name)
-        leaf = names[name]
-        expected = _expected_hf_shape(leaf, model)
-        if tuple(w.shape) != expected:
-          raise ConversionError(f"{file}: tensor {name!r} has shape {tuple(w.shape)}; expected {expected}")
-        _set(params, leaf, _to_longjax(leaf, w, model).astype(_TORCH_DTYPES[dtype]))
+        place_tensor(params, names[name], f.get_tensor(name), model, name=name, file=file, dtype=dtype)
   if model.scan_layers:
     params = scan_params(params, model.num_layers)
   return model, params

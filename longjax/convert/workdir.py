@@ -2,24 +2,28 @@
 
 `export_hf(workdir, out_dir)` restores a run's checkpoint (newest step by default), folds LoRA into
 the kernels, unscans scanned layers and writes a `transformers.LlamaForCausalLM` directory.
-`import_hf(hf_dir, out_dir)` writes a Hugging Face model as a workdir, as a training run leaves
-one: `config.json` (a full Config whose model section is the HF model's) and the parameters at
-step 0 of `checkpoints/`. `train.init_from=out_dir` and `longjax.load(out_dir)` read it.
+`import_hf(hf_dir, out_dir)` and `import_gguf(gguf_file, out_dir)` write a pretrained model as a workdir,
+as a training run leaves one: `config.json` (a full Config whose model section is the model's, its
+`max_position_embeddings` the trained length) and the parameters at step 0 of `checkpoints/`, plus the
+model's own tokenizer, copied in (HF: tokenizer.json and tokenizer_config.json, else tokenizer.model) or
+built from the GGUF's vocabulary. `data.tokenizer_path` is relative, so the workdir can move;
+`checkpoint.read_config` resolves it. `train.init_from=out_dir` and `longjax.load(out_dir)` read it.
 """
 
+import dataclasses
+import logging
 import os
 import shutil
 
 import jax
 
 from longjax import checkpoint
-from longjax.config import Config, DataConfig
-from longjax.convert import hf
+from longjax.config import Config, DataConfig, ModelConfig
+from longjax.convert import gguf, gguf_tokenizer, hf
 from longjax.nn import abstract_params
 from longjax.nn.lora import merge_lora
 
-# A Hugging Face LLaMA directory's SentencePiece model; an import copies it and makes it the run's tokenizer.
-SENTENCEPIECE_MODEL = "tokenizer.model"
+SENTENCEPIECE_MODEL = hf.SENTENCEPIECE_MODEL  # an import copies it in as the run's tokenizer (tokenizer.json first)
 
 
 def _refuse_existing(out_dir: str, flag: str) -> None:
@@ -51,17 +55,21 @@ def export_hf(workdir: str, out_dir: str, *, step: int | None = None, torch_dtyp
   return step
 
 
-def import_hf(hf_dir: str, out_dir: str) -> Config:
-  """Write the transformers LLaMA in `hf_dir` as a longjax workdir `out_dir` (parameters at step 0)."""
-  _refuse_existing(out_dir, "--out_dir")
-  model, params = hf.load(hf_dir)
-  data = DataConfig()
-  tokenizer = os.path.join(hf_dir, SENTENCEPIECE_MODEL)
-  os.makedirs(out_dir, exist_ok=True)
-  if os.path.isfile(tokenizer):
-    copy = os.path.join(os.path.abspath(out_dir), SENTENCEPIECE_MODEL)
-    shutil.copyfile(tokenizer, copy)
-    data = DataConfig(tokenizer="sentencepiece", tokenizer_path=copy)
+def _copy_hf_tokenizer(hf_dir: str, out_dir: str) -> DataConfig:
+  """Copy `hf_dir`'s tokenizer files into `out_dir`; the DataConfig that reads the copy (`hf.tokenizer_data`)."""
+  data = hf.tokenizer_data(hf_dir)
+  if data.tokenizer == "byte":
+    logging.warning("%s: no %s or %s; the workdir keeps the byte tokenizer (set data.tokenizer to the model's)",
+                    hf_dir, hf.TOKENIZER_JSON, hf.SENTENCEPIECE_MODEL)
+    return data
+  for name in (hf.TOKENIZER_JSON, hf.TOKENIZER_CONFIG, hf.SENTENCEPIECE_MODEL):
+    if os.path.isfile(os.path.join(hf_dir, name)):
+      shutil.copyfile(os.path.join(hf_dir, name), os.path.join(out_dir, name))
+  return dataclasses.replace(data, tokenizer_path=os.path.basename(data.tokenizer_path))
+
+
+def _write_workdir(out_dir: str, model: ModelConfig, params: dict, data: DataConfig) -> Config:
+  """Parameters at step 0, then config.json (readers open it first, so a workdir that has one is complete)."""
   config = Config(model=model, data=data)
   config.validate()
   checkpointer = checkpoint.Checkpointer(out_dir, async_save=False)
@@ -69,7 +77,23 @@ def import_hf(hf_dir: str, out_dir: str) -> Config:
     checkpointer.save_params(0, params, config)
   finally:
     checkpointer.close()
-  # Last: readers open config.json first, so a directory that has one holds a complete checkpoint.
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     f.write(config.to_json())
   return config
+
+
+def import_hf(hf_dir: str, out_dir: str) -> Config:
+  """Write the transformers LLaMA in `hf_dir`, with its tokenizer, as a longjax workdir `out_dir` (params at step 0)."""
+  _refuse_existing(out_dir, "--out_dir")
+  model, params = hf.load(hf_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  return _write_workdir(out_dir, model, params, _copy_hf_tokenizer(hf_dir, out_dir))
+
+
+def import_gguf(gguf_file: str, out_dir: str) -> Config:
+  """Write the llama GGUF `gguf_file` (dequantized), with the tokenizer of its vocabulary, as a workdir `out_dir`."""
+  _refuse_existing(out_dir, "--out_dir")
+  reader = gguf.read(gguf_file)
+  model, params = gguf.load(gguf_file, reader=reader)
+  os.makedirs(out_dir, exist_ok=True)
+  return _write_workdir(out_dir, model, params, gguf_tokenizer.write_tokenizer(reader, gguf_file, out_dir))

@@ -154,6 +154,7 @@ class HuggingFaceTokenizer:
       raise ConfigError(f"{key}={str(file)!r} is invalid: not a Hugging Face tokenizer.json") from None
     self.path = str(file)
     special = self._special_tokens(file.parent / "tokenizer_config.json")
+    self._add_bos_token = special.get("add_bos_token")
     self._bos_id = self._find("bos", special.get("bos_token"), self.BOS_TOKENS)
     self._eos_id = self._find("eos", special.get("eos_token"), self.EOS_TOKENS)
     pad = special.get("pad_token")
@@ -162,7 +163,7 @@ class HuggingFaceTokenizer:
     self._specials = frozenset((self._bos_id, self._eos_id, self._pad_id))
 
   @staticmethod
-  def _special_tokens(config_path: epath.Path) -> dict[str, str | None]:
+  def _special_tokens(config_path: epath.Path) -> dict[str, str | bool | None]:
     if not config_path.exists():
       return {}
     try:
@@ -171,7 +172,8 @@ class HuggingFaceTokenizer:
       raise ConfigError(f"tokenizer_config.json={str(config_path)!r} is invalid: not JSON ({e.msg})") from None
     if not isinstance(config, dict):
       raise ConfigError(f"tokenizer_config.json={str(config_path)!r} is invalid: not a JSON object")
-    return {name: _token_content(config.get(name)) for name in ("bos_token", "eos_token", "pad_token")}
+    tokens = {name: _token_content(config.get(name)) for name in ("bos_token", "eos_token", "pad_token")}
+    return {**tokens, "add_bos_token": config.get("add_bos_token")}
 
   def _find(self, role: str, configured: str | None, candidates: tuple[str, ...]) -> int:
     """The id of the configured token, else of the first candidate the vocabulary has."""
@@ -186,6 +188,15 @@ class HuggingFaceTokenizer:
   @property
   def vocab_size(self) -> int:
     return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+  @property
+  def adds_bos(self) -> bool:
+    """Whether the model's own tokenizer starts a text with bos (what data.add_bos should be): tokenizer_config.json's
+    add_bos_token, else whether the file's post-processor puts bos first (Llama 3's does)."""
+    if self._add_bos_token is not None:
+      return bool(self._add_bos_token)
+    ids = self._tokenizer.encode("a", add_special_tokens=True).ids
+    return bool(ids) and ids[0] == self._bos_id
 
   @property
   def bos_id(self) -> int:

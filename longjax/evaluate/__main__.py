@@ -5,20 +5,25 @@
   python -m longjax.evaluate --workdir /tmp/tiny --task passkey --lengths 128,256,512 --depths 0,0.5,1 --digits 2
   python -m longjax.evaluate --workdir /tmp/tiny --task loss_by_position --config configs/tiny.py:rope=yarn
   python -m longjax.evaluate --workdir /tmp/tiny --task kv_cache --lengths 4096,16384 --dtype bfloat16
+  # an imported model (python -m longjax.convert --gguf/--hf_dir), on text files, YaRN x2 over its own rope
+  python -m longjax.evaluate --workdir /ckpt/smollm2 --task perplexity --text /data/essays --lengths 8192,16384 \
+      --config configs/base.py --config.model.rope.rope_type=yarn --config.model.rope.factor=2
 
-With --config, the run's weights are evaluated with that config's `model.rope`, `model.attention` and
-`eval` sections (training-free extension); shapes stay the run's. loss_by_position draws one curve for
-the run's own method and one for the override. Writes WORKDIR/eval/<task>_<name>.json and .png
-(name: --name, default the evaluated rope_type) and prints a table.
+With --config, the run's weights are evaluated with the `model.rope`, `model.attention` and `eval` keys
+that the config sets (`config.merge_onto`: keys that differ from configs/base.py, and every --config.KEY
+flag); every other key stays the run's, and a rope method that needs L gets the run's trained length
+(model.max_position_embeddings). Shapes stay the run's. loss_by_position draws one curve for the run's own
+method and one for the override. --text replaces the run's evaluation data (perplexity, loss_by_position)
+by a UTF-8 file or a directory of them, one document a file. Writes WORKDIR/eval/<task>_<name>.json and
+.png (name: --name, default the evaluated rope_type) and prints a table.
 """
 
-import dataclasses
 import os
 
 from absl import flags
 
 from longjax import checkpoint, cli, load
-from longjax.config import ConfigError, from_config_dict
+from longjax.config import ConfigError, merge_onto
 from longjax.data import get_tokenizer
 from longjax.evaluate import write_json
 from longjax.evaluate.tasks import TASKS, EvalRun, TaskOptions
@@ -37,6 +42,33 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the keys.")
 _BINS = flags.DEFINE_integer("bins", 16, "loss_by_position: position bins.")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "kv_cache: sequences.")
 _DTYPE = flags.DEFINE_string("dtype", "float16", "kv_cache: the K/V storage dtype.")
+_TEXT = flags.DEFINE_string("text", None, "perplexity, loss_by_position: a UTF-8 text file, or a directory of them "
+                            "(one document a file), evaluated instead of the run's data.")
+# The sections an evaluation --config may change: the weights' shapes stay the run's.
+OVERRIDE_SECTIONS = ("model.rope", "model.attention", "eval")
+
+
+def _read_texts(path: str) -> tuple[str, ...]:
+  """The documents of --text: the file, or every file under the directory (sorted), each read as UTF-8."""
+  if os.path.isdir(path):
+    files = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+  elif os.path.isfile(path):
+    files = [path]
+  else:
+    raise ConfigError(f"--text={path}: no such file or directory; allowed: a UTF-8 text file or a directory of them")
+  if not files:
+    raise ConfigError(f"--text={path}: the directory holds no file; allowed: a UTF-8 text file or a directory of them")
+  texts = []
+  for file in files:
+    try:
+      with open(file, encoding="utf-8") as f:
+        text = f.read()
+    except UnicodeDecodeError as e:
+      raise ConfigError(f"--text: {file} is not UTF-8 text (byte {e.start}); allowed: UTF-8 text files") from None
+    if not text.strip():
+      raise ConfigError(f"--text: {file} is empty; allowed: files holding text")
+    texts.append(text)
+  return tuple(texts)
 
 
 def _options() -> TaskOptions:
@@ -51,8 +83,11 @@ def _options() -> TaskOptions:
     raise ConfigError(f"--depths={_DEPTHS.value} is invalid: depths must be in [0, 1]")
   if _DIGITS.value is not None and _DIGITS.value < 1:
     raise ConfigError(f"--digits={_DIGITS.value} is invalid: must be >= 1")
+  if _TEXT.value is not None and _TASK.value not in ("perplexity", "loss_by_position"):
+    raise ConfigError(f"--text is for --task perplexity or loss_by_position, not {_TASK.value}")
+  texts = _read_texts(_TEXT.value) if _TEXT.value is not None else None
   return TaskOptions(lengths, depths, _TRIALS.value, _DIGITS.value, _SEED.value, _BINS.value, _BATCH.value,
-                     _DTYPE.value)
+                     _DTYPE.value, texts)
 
 
 def main(argv):
@@ -67,9 +102,7 @@ def main(argv):
     params, tokenizer = None, get_tokenizer(trained.data)
   methods = {trained.model.rope.rope_type: trained}
   if _CONFIG.value is not None:
-    override = from_config_dict(_CONFIG.value)
-    model = dataclasses.replace(trained.model, rope=override.model.rope, attention=override.model.attention)
-    evaluated = dataclasses.replace(trained, model=model, eval=override.eval)
+    evaluated = merge_onto(trained, _CONFIG.value, OVERRIDE_SECTIONS, explicit=cli.override_keys("config"))
     name = _NAME.value or evaluated.model.rope.rope_type
     methods = {f"{key} (trained)" if key == name else key: config for key, config in methods.items()}
     methods[name] = evaluated

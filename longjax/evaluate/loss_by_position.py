@@ -8,15 +8,13 @@ forward pass; the loss of the target at each position 1..length is averaged over
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longjax.nn import Llama, lm_head_kernel
-from longjax.ops import chunked_token_nll
+from longjax.inference.score import token_nll
+from longjax.nn import Llama
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,21 +28,14 @@ class PositionLoss:
   documents: int
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
 def token_losses(model: Llama, params, tokens):
   """tokens int32[B, T + 1] -> float32[B, T]: the loss of target t + 1 given tokens 0..t.
 
-  With `model.loss_chunk` the LM head runs chunk by chunk (`ops.chunked_token_nll`), so [B, T, vocab] logits
-  never exist at once: at 32K tokens and a 32K vocabulary they would take 4 GiB a sequence.
+  One compiled call (`inference.token_nll`) whose LM head runs chunk by chunk, so [B, T, vocab] logits never
+  exist at once: at 32K tokens and a 32K vocabulary they would take 4 GiB a sequence.
   """
-  config = model.config
-  inputs, targets = tokens[:, :-1], tokens[:, 1:]
-  if config.loss_chunk:
-    hidden = model.apply({"params": params}, inputs, seq_len=inputs.shape[1], hidden_only=True)
-    return chunked_token_nll(hidden, lm_head_kernel(config, params), targets, chunk=config.loss_chunk)
-  logits = model.apply({"params": params}, inputs, seq_len=inputs.shape[1])
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+  inputs = tokens[:, :-1]
+  return token_nll(model, params, inputs, tokens[:, 1:], seq_len=jnp.int32(inputs.shape[1]))
 
 
 def loss_by_position(model: Llama, params, documents: Sequence[np.ndarray], length: int, num_bins: int = 16,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
@@ -100,3 +103,21 @@ def _save(fig, path: str) -> str:
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path
+
+
+def plot_ruler(results: dict[str, dict[int, float]], path: str, *, title: str = "RULER") -> str:
+  """results: task -> length -> score (`ruler.evaluate_ruler`); a task x length heatmap in percent."""
+  tasks = list(results)
+  lengths = sorted({length for by_length in results.values() for length in by_length})
+  grid = np.array([[100 * results[t].get(n, math.nan) for n in lengths] for t in tasks])
+  fig, ax = plt.subplots(figsize=(1.2 * len(lengths) + 3, 0.5 * len(tasks) + 1.8))
+  image = ax.imshow(grid, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+  for i, j in np.ndindex(grid.shape):
+    if not math.isnan(grid[i, j]):
+      ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=8)
+  ax.set_xticks(range(len(lengths)), [str(n) for n in lengths])
+  ax.set_yticks(range(len(tasks)), tasks)
+  ax.set_xlabel("length (tokens, prompt + generation)")
+  ax.set_title(title)
+  fig.colorbar(image, ax=ax, label="score (%)")
+  return _save(fig, path)

@@ -11,9 +11,10 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
+import numpy as np
 
 from longjax.config import Config
-from longjax.data import open_documents
+from longjax.data import get_tokenizer, open_documents
 from longjax.evaluate import eval_documents, kv_cache, needle, passkey, plots, ruler
 from longjax.evaluate.loss_by_position import loss_by_position
 from longjax.evaluate.perplexity import perplexity_vs_length
@@ -37,6 +38,7 @@ class TaskOptions:
   num_bins: int = 16  # loss_by_position
   batch_size: int = 1  # kv_cache
   dtype: str = "float16"  # kv_cache: K/V storage
+  texts: tuple[str, ...] | None = None  # perplexity, loss_by_position: documents instead of the run's eval split
 
 
 @dataclasses.dataclass
@@ -59,7 +61,8 @@ class EvalRun:
 
   @property
   def trained_length(self) -> int:
-    return self.trained.train.seq_len
+    """The length the weights were trained for: the model's max_position_embeddings (an import's context length)."""
+    return self.trained.model.max_position_embeddings
 
   def extension_lengths(self, options: TaskOptions) -> tuple[int, ...]:
     return options.lengths or tuple(self.trained_length * f for f in EXTENSION_FACTORS)
@@ -68,9 +71,14 @@ class EvalRun:
     return self.tokenizer.encode(text, bos=self.config.data.add_bos if bos is None else bos)
 
   def generate(self, prompts, max_new_tokens: int):
-    """Greedy, with the KV cache, under the evaluated config: texts -> texts, token lists -> int32[B, N]."""
+    """Greedy, with the KV cache, under the evaluated config, stopping at EOS: texts -> texts, token lists -> lists
+    of ids; each answer is cut at its first EOS (a decoded "42<EOS>17" would read 4217)."""
     model = LoadedModel(self.config, self.params, Llama(self.config.model), self.tokenizer, 0)
-    return model.generate(prompts, max_new_tokens, stop_at_eos=False)
+    texts = bool(prompts) and isinstance(prompts[0], str)
+    ids = [self.encode(text) for text in prompts] if texts else [list(p) for p in prompts]
+    rows = np.asarray(model.generate(ids, max_new_tokens, stop_at_eos=True)).tolist()
+    rows = [needle.cut_at(row, self.tokenizer.eos_id) for row in rows]
+    return [self.tokenizer.decode(row) for row in rows] if texts else rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,12 +98,16 @@ class Task:
 def _perplexity(run: EvalRun, options: TaskOptions) -> Report:
   config = run.config
   lengths = options.lengths or config.eval.lengths
-  documents = eval_documents(config.data, config.eval.max_documents, min_tokens=min(lengths) + 1,
-                             max_tokens=max(config.eval.max_document_tokens, max(lengths) + 1))
-  results = {run.name: perplexity_vs_length(Llama(config.model), run.params, documents, lengths, config.eval.stride)}
-  table = "\n".join(f"{run.name} length {r.length}: perplexity {r.perplexity:.4f} over {r.tokens} tokens of "
-                    f"{r.documents} documents" for r in results[run.name])
-  scalars = {f"perplexity_{r.length}": r.perplexity for r in results[run.name] if r.tokens}
+  documents = eval_documents(config.data, config.eval.max_documents, min_tokens=min(lengths),
+                             max_tokens=max(config.eval.max_document_tokens, max(lengths)), bos=False,
+                             texts=options.texts)
+  bos_id = get_tokenizer(config.data).bos_id if config.data.add_bos else None
+  results = {run.name: perplexity_vs_length(Llama(config.model), run.params, documents, lengths, config.eval.stride,
+                                            bos_id)}
+  table = "\n".join(f"{run.name} length {r.length}: perplexity {r.perplexity:.4f} (token-weighted; YaRN's mean of "
+                    f"window means {r.window_mean_perplexity:.4f}) over {r.tokens} tokens, {r.windows} windows of "
+                    f"{r.documents} documents ({r.skipped} too short)" for r in results[run.name])
+  scalars = {f"perplexity_{r.length}": r.perplexity for r in results[run.name]}
   return Report({name: [dataclasses.asdict(r) for r in rs] for name, rs in results.items()},
                 lambda path: plots.plot_perplexity_vs_length(results, path, trained_length=run.trained_length), table,
                 scalars)
@@ -119,16 +131,24 @@ def _needle(run: EvalRun, options: TaskOptions) -> Report:
   data = run.config.data
   source = open_documents(data, data.eval_split)
   documents = [source[i] for i in range(min(len(source), run.config.eval.max_documents))]
-  grid = needle.evaluate_needle(run.generate, run.encode, lambda text: run.encode(text, bos=False), documents,
+  grid = needle.evaluate_needle(run.generate, run.encode, run.tokenizer.decode, documents,
                                 run.extension_lengths(options), options.depths, trials=options.trials,
-                                digits=options.digits, seed=options.seed, trained_length=run.trained_length)
+                                digits=options.digits, seed=options.seed, trained_length=run.trained_length,
+                                eos_id=run.tokenizer.eos_id)
+  return _retrieval_report(grid)
+
+
+def _needle_gkamradt(run: EvalRun, options: TaskOptions) -> Report:
+  grid = needle.evaluate_needle_gkamradt(run.generate, lambda text: len(run.encode(text)),
+                                         run.extension_lengths(options), options.depths,
+                                         trained_length=run.trained_length)
   return _retrieval_report(grid)
 
 
 def _loss_by_position(run: EvalRun, options: TaskOptions) -> Report:
   length = max(options.lengths or run.config.eval.lengths)
   documents = eval_documents(run.config.data, run.config.eval.max_documents, min_tokens=length + 1,
-                             max_tokens=length + 1)
+                             max_tokens=length + 1, texts=options.texts)
   curves = {name: loss_by_position(Llama(config.model), run.params, documents, length, options.num_bins)
             for name, config in run.methods.items()}
   first = next(iter(curves.values()))
@@ -161,15 +181,16 @@ def _kv_cache(run: EvalRun, options: TaskOptions) -> Report:
 
 
 def _ruler(run: EvalRun, options: TaskOptions) -> Report:
-  """Every download-free RULER task at each length; a cell whose shortest prompt does not fit is left empty."""
+  """Every RULER task at each length; a cell whose shortest prompt does not fit is left empty."""
   results: dict[str, dict[int, float]] = {}
   skipped = []
   for task in ruler.TASKS:
     results[task] = {}
     for length in run.extension_lengths(options):
       try:
-        results[task].update(ruler.evaluate_ruler(run.generate, _Tokens(run), [task], [length],
-                                                  samples=options.trials, seed=options.seed)[task])
+        results[task].update(ruler.evaluate_ruler(run.generate, run.tokenizer, [task], [length],
+                                                  samples=options.trials, seed=options.seed,
+                                                  add_bos=run.config.data.add_bos)[task])
       except ValueError as e:  # the template alone is longer than this length
         skipped.append(f"{task} at {length}: {e}")
   lengths = sorted({n for by_length in results.values() for n in by_length})
@@ -181,23 +202,14 @@ def _ruler(run: EvalRun, options: TaskOptions) -> Report:
   for n in lengths:
     cells = [by_length[n] for by_length in results.values() if n in by_length]
     scalars[f"ruler_{n}"] = sum(cells) / len(cells)
-  return Report(json_results, lambda path: ruler.plot_ruler(results, path), "\n".join(rows + skipped), scalars)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Tokens:
-  """The run's tokenizer as RULER counts prompts: encode(text) -> ids, with the run's bos."""
-
-  run: EvalRun
-
-  def encode(self, text: str) -> list[int]:
-    return self.run.encode(text)
+  return Report(json_results, lambda path: plots.plot_ruler(results, path), "\n".join(rows + skipped), scalars)
 
 
 TASKS: dict[str, Task] = {
     "perplexity": Task(_perplexity),
     "passkey": Task(_passkey),
     "needle": Task(_needle),
+    "needle_gkamradt": Task(_needle_gkamradt),
     "loss_by_position": Task(_loss_by_position),
     "kv_cache": Task(_kv_cache, needs_params=False),
     "ruler": Task(_ruler),

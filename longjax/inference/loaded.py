@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Sequence
 
 import jax
@@ -41,8 +42,18 @@ class LoadedModel:
     return tokens[None] if tokens.ndim == 1 else tokens
 
   def logits(self, inputs: str | Sequence[str] | Sequence[int] | np.ndarray, positions=None) -> jax.Array:
-    """float32 [B, T, vocab] for text(s) or token ids [T] / [B, T]."""
-    return self.model.apply({"params": self.params}, self._tokens(inputs), positions)
+    """float32 [B, T, vocab] for text(s) or token ids [T] / [B, T]: one compiled forward per length bucket."""
+    tokens = self._tokens(inputs)
+    length = tokens.shape[1]
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), tokens.shape)
+    positions = jnp.broadcast_to(jnp.asarray(positions, jnp.int32), tokens.shape)
+    # The length dynamic positional methods read is the real one, not the padded buffer's.
+    seq_len = jnp.max(positions) + 1
+    padded = length_bucket(length)
+    tokens = jnp.pad(tokens, [(0, 0), (0, padded - length)])
+    positions = jnp.pad(positions, [(0, 0), (0, padded - length)], mode="edge")
+    return _logits(self.model, self.params, tokens, positions, seq_len)[:, :length]
 
   def generate(self, prompt: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | np.ndarray,
                max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
@@ -60,6 +71,22 @@ class LoadedModel:
       return tokens
     decoded = [self.tokenizer.decode(row) for row in np.asarray(tokens).tolist()]
     return decoded[0] if isinstance(prompt, str) else decoded
+
+
+def length_bucket(length: int) -> int:
+  """The padded length a forward of `length` tokens compiles for: exact up to 64, else rounded up to an eighth of
+  the power of two at or below it (at most 12.5% padding, eight compiled shapes per doubling of length)."""
+  if length <= 64:
+    return length
+  step = 1 << (length.bit_length() - 4)
+  return -(-length // step) * step
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _logits(model: Llama, params, tokens, positions, seq_len):
+  """The whole-sequence forward, compiled once per (model, shape). Padding sits after every real token, which
+  a causal model's real positions never read; `seq_len` is the real length."""
+  return model.apply({"params": params}, tokens, positions, seq_len=seq_len)
 
 
 def load(workdir: str, step: int | None = None) -> LoadedModel:

@@ -1,10 +1,10 @@
 """Attention types that remap positions inside attention: self_extend, dca, rerope (see `longjax.ops.remap`).
 
 Training-free: they add no parameters, so any checkpoint evaluates with them. A whole-sequence call
-runs the blockwise remapping kernel over the sequence; a cached call keeps keys before RoPE in the
-full K/V cache (`ops.KVCache`, with each key's position), because every new query gives the old keys
-new positions (Self-Extend's groups and DCA's chunks are relative to the query), then runs the same
-kernel over the filled part of the cache.
+runs `ops.remap_whole_sequence` (query and key blocks, causal pairs only); a cached call keeps keys
+before RoPE in the full K/V cache (`ops.KVCache`, with each key's position), because every new query
+gives the old keys new positions (Self-Extend's groups and DCA's chunks are relative to the query),
+then runs `ops.remap_attention` over the filled part of the cache.
 """
 
 import jax.numpy as jnp
@@ -27,12 +27,8 @@ def remap_apply(module, cfg: AttentionConfig, rope, x: AttentionInputs, state, t
   del module, train
   freqs = _frequencies(rope, x.q.shape[-1], x.seq_len)
   remap = _remap(cfg)
-  if state is None:
-    slots = jnp.broadcast_to(jnp.arange(x.q.shape[1], dtype=jnp.int32), x.positions.shape)
-    out = ops.remap_attention(x.q, jnp.swapaxes(x.k, 1, 2), jnp.swapaxes(x.v, 1, 2), q_positions=x.positions,
-                              k_positions=x.positions, freqs=freqs, remap=remap, q_slots=slots,
-                              block_size=cfg.kernel_block)
-    return out, None
+  if state is None:  # blocks of the whole-sequence kernel's own measured size (as impl='auto' gives flash)
+    return ops.remap_whole_sequence(x.q, x.k, x.v, positions=x.positions, freqs=freqs, remap=remap), None
   valid = _valid(x)
   slots = state.length[:, None] + jnp.arange(x.q.shape[1], dtype=jnp.int32)
   write = jnp.where(valid, slots, state.key.shape[2])  # padding goes nowhere

@@ -11,7 +11,8 @@ from longjax.ops.matmul import dense
 from longjax.ops.loss import chunked_cross_entropy, chunked_token_nll, cross_entropy
 from longjax.ops.reference import attention_mask, naive_attention
 from longjax.ops.remap import (Remap, dca_attention, dca_remap, logn_scale, remap_attention, rerope_attention,
-                               rerope_remap, self_extend_attention, self_extend_remap)
+                               remap_whole_sequence, rerope_remap, self_extend_attention,
+                               self_extend_remap)
 from longjax.ops.s2 import s2_attention
 from longjax.ops.sink_cache import SinkCache, init_sink_cache, sink_cache_attention
 from longjax.ops.timestep_norm import TimestepNormState, init_timestep_norm_state, timestep_norm
@@ -25,6 +26,6 @@ __all__ = ["IMPLS", "InfiniCache", "InfiniState", "KVCache", "LandmarkCache", "S
            "timestep_norm", "write_heads", "write_rows"]
 __all__ += ["chunked_cross_entropy", "chunked_token_nll"]
 __all__ += ["context_parallel_attention", "load_balance", "unbalance"]
-__all__ += ["Remap", "dca_attention", "dca_remap", "logn_scale", "remap_attention", "rerope_attention", "rerope_remap",
-            "self_extend_attention", "self_extend_remap"]
+__all__ += ["Remap", "dca_attention", "dca_remap", "logn_scale", "remap_attention", "remap_whole_sequence",
+            "rerope_attention", "rerope_remap", "self_extend_attention", "self_extend_remap"]
 __all__ += ["dense"]

@@ -112,9 +112,14 @@ def step_memory(config: Config) -> StepMemory:
 
 
 def _compile(config: Config) -> StepMemory:
-  from longjax.train.loop import Trainer  # the training floor, deferred: `import longjax.plan` stays light
+  from longjax.train import init  # the training floor, deferred: `import longjax.plan` stays light
+  from longjax.train.loop import Trainer
 
-  # The shapes are the config's: a checkpoint to start from (train.init_from) is not read.
+  # The shapes are those of the model to start from (train.init_from), read without its parameters, as the
+  # Trainer adopts them; the plan then compiles from random parameters.
+  if config.train.init_from:
+    source, _ = init.source_config(config.train.init_from)
+    config = dataclasses.replace(config, model=init.adopt_shapes(config.model, source))
   config = with_values(config, {"train.init_from": None})
   with tempfile.TemporaryDirectory() as workdir:
     trainer = Trainer(config, workdir)

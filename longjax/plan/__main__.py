@@ -17,7 +17,7 @@ import math
 from absl import flags
 
 from longjax import cli, plan, sharding
-from longjax.config import MESH_AXES, ConfigError, MeshConfig, from_config_dict
+from longjax.config import MESH_AXES, ConfigError, MeshConfig
 
 _CONFIG = cli.define_config_flag("config", "A config file, e.g. configs/llama2_7b.py[:args].")
 _MESH = flags.DEFINE_string("mesh", None, "Mesh axis sizes, e.g. fsdp=4,sequence=2 (unnamed axes 1; default: the "
@@ -44,9 +44,11 @@ def _memory_json(memory: plan.StepMemory) -> dict:
 
 
 def main(argv):
+  from longjax.train.init import run_config  # the training floor, deferred as plan defers the Trainer
+
   del argv
   limit = plan.parse_bytes(_MEMORY.value)
-  config = from_config_dict(_CONFIG.value)
+  config = run_config(_CONFIG.value, explicit=cli.override_keys("config"))
   mesh = _mesh_config(config)
   mesh.validate("--mesh")
   sizes = {name: getattr(mesh, name) for name in MESH_AXES}

@@ -2,18 +2,21 @@
 
 Weights are copied by path into a freshly initialised tree, so parts the source
 lacks (LoRA factors, Infini-attention gates) keep their initialisation while the
-new positional method and context length of the run's config take effect.
+new positional method and context length of the run's config take effect; rope and
+tokenizer keys the run's config does not set are the source's (`run_config`).
 """
 
 import dataclasses
 import os
+from typing import Iterable
 
 import jax
+import ml_collections
 import numpy as np
 from flax import traverse_util
 
 from longjax import checkpoint
-from longjax.config import ConfigError, ModelConfig
+from longjax.config import Config, ConfigError, DataConfig, ModelConfig, from_config_dict, merge_onto
 from longjax.convert import hf
 from longjax.nn import scan_params, unscan_params
 
@@ -32,6 +35,32 @@ def source_kind(init_from: str) -> str:
     return "longjax"
   raise ConfigError(f"train.init_from={init_from!r} is invalid: expected a transformers LLaMA directory "
                     "(config.json + safetensors) or a longjax workdir (with checkpoints/)")
+
+
+# What a run takes from `train.init_from` where its own config does not set it (config.merge_onto).
+SOURCE_KEYS = ("model.rope", "data.tokenizer", "data.tokenizer_path", "data.add_bos")
+
+
+def source_config(init_from: str) -> tuple[ModelConfig, DataConfig]:
+  """The model config and tokenizer of `train.init_from`, read without its parameters."""
+  if source_kind(init_from) == "hf":
+    return hf.load_config(init_from), hf.tokenizer_data(init_from)
+  config = checkpoint.read_config(init_from)
+  return config.model, config.data
+
+
+def run_config(given: ml_collections.ConfigDict, explicit: Iterable[str] = ()) -> Config:
+  """The validated run config of `given`; with train.init_from, each of SOURCE_KEYS that `given` does not set
+  (`config.merge_onto`; `explicit`: the --config.KEY flags) is the source's: a fine-tune of an imported model
+  keeps its rope_theta and its tokenizer, and a rope method that needs L gets its max_position_embeddings."""
+  init_from = given.train.init_from
+  if not init_from:
+    return from_config_dict(given)
+  model, data = source_config(init_from)
+  base = given.to_dict()
+  base["model"]["rope"] = dataclasses.asdict(model.rope)
+  base["data"].update(tokenizer=data.tokenizer, tokenizer_path=data.tokenizer_path, add_bos=data.add_bos)
+  return merge_onto(base, given, SOURCE_KEYS, explicit=explicit, trained_length=model.max_position_embeddings)
 
 
 def load_source(init_from: str) -> tuple[ModelConfig, dict]:

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 import sentencepiece as spm
+import tokenizers
 import transformers
 from flax import traverse_util
 from safetensors.numpy import load_file
@@ -84,9 +85,31 @@ def test_import_takes_the_sentencepiece_tokenizer(hf_model, tmp_path):
   spm.SentencePieceTrainer.train(input=str(tmp_path / "corpus.txt"), model_prefix=str(source / "tokenizer"),
                                  vocab_size=31, minloglevel=2)
   config = workdir.import_hf(str(source), str(tmp_path / "out"))
-  assert config.data.tokenizer == "sentencepiece"
-  assert config.data.tokenizer_path == str(tmp_path / "out" / workdir.SENTENCEPIECE_MODEL)
-  assert longjax.load(str(tmp_path / "out")).encode("the lazy fox")[0] == 1  # bos
+  assert (config.data.tokenizer, config.data.tokenizer_path) == ("sentencepiece", workdir.SENTENCEPIECE_MODEL)
+  shutil.move(tmp_path / "out", tmp_path / "moved")  # the tokenizer is the workdir's own: it moves with it
+  assert checkpoint.read_config(str(tmp_path / "moved")).data.tokenizer_path == str(
+      tmp_path / "moved" / workdir.SENTENCEPIECE_MODEL)
+  assert longjax.load(str(tmp_path / "moved")).encode("the lazy fox")[0] == 1  # bos
+
+
+def test_import_takes_the_tokenizer_json(hf_model, tmp_path):
+  source = tmp_path / "hf"
+  shutil.copytree(hf_model[0], source)
+  tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+  tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  trainer = tokenizers.trainers.BpeTrainer(vocab_size=259, special_tokens=["<|endoftext|>", "<|im_start|>"],
+                                           initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet())
+  tokenizer.train_from_iterator(["the quick brown fox jumps over the lazy dog\n"] * 20, trainer)
+  tokenizer.save(str(source / hf.TOKENIZER_JSON))
+  (source / hf.TOKENIZER_CONFIG).write_text(json.dumps(
+      {"bos_token": "<|im_start|>", "eos_token": "<|endoftext|>", "add_bos_token": False}))
+  (source / workdir.SENTENCEPIECE_MODEL).write_bytes(b"not read: tokenizer.json comes first, as in transformers")
+  config = workdir.import_hf(str(source), str(tmp_path / "out"))
+  assert (config.data.tokenizer, config.data.tokenizer_path, config.data.add_bos) == ("hf", "tokenizer.json", False)
+  loaded = longjax.load(str(tmp_path / "out"))
+  assert (loaded.tokenizer.bos_id, loaded.tokenizer.eos_id) == (1, 0)
+  text = "the lazy dog, the quick fox"
+  assert loaded.encode(text).tolist() == tokenizer.encode(text).ids
 
 
 def test_import_initialises_training(runner, imported, hf_model, tmp_path):

@@ -181,3 +181,23 @@ def test_bad_hf_tokenizer_path_is_a_one_line_config_error(tmp_path, llama3_style
     get_tokenizer(DataConfig(tokenizer="hf", tokenizer_path=path))
   message = str(error.value)
   assert f"={expected!r} is invalid" in message and "\n" not in message
+
+
+MIXED_TEXT = ("Hello world! 2024 had 365 days; pi = 3.14159.\n\n  def f(x):\treturn x**2  # caf\u00e9 na\u00efve "
+              "\u65e5\u672c\u8a9e \U0001F600 <|begin_of_text|> it's <|end_of_text|>  trailing  ")
+
+
+def test_hf_tokenizer_encodes_exactly_as_the_tokenizers_library(llama3_style):
+  ours = HuggingFaceTokenizer(str(llama3_style))
+  reference = tokenizers.Tokenizer.from_file(str(llama3_style / "tokenizer.json"))
+  for text in (MIXED_TEXT, TEXT, " x", ""):
+    assert ours.encode(text) == reference.encode(text, add_special_tokens=False).ids, text
+  assert ours.encode(MIXED_TEXT, bos=True) == reference.encode(MIXED_TEXT).ids  # its post-processor's bos
+
+
+def test_hf_tokenizer_adds_bos_as_the_model_does(tmp_path, llama3_style):
+  assert HuggingFaceTokenizer(str(llama3_style)).adds_bos  # the post-processor puts <|begin_of_text|> first
+  directory = _train_bpe(tmp_path / "smollm", ["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+  (directory / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|im_start|>", "eos_token": "<|im_end|>",
+                                                               "add_bos_token": False}))
+  assert not HuggingFaceTokenizer(str(directory)).adds_bos  # tokenizer_config.json wins

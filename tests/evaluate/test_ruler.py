@@ -1,5 +1,5 @@
-"""RULER tasks: prompts hold RULER's template pieces and the answers, fill the context without passing it, score
-as string_match_all, and come out the same for the same seed."""
+"""RULER tasks: prompts hold RULER's template pieces and the answers, fill the context (BOS counted) without
+passing it, score as string_match_all (qa: string_match_part), and come out the same for the same seed."""
 
 import collections
 import re
@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 
 from longjax.data import ByteTokenizer
-from longjax.evaluate import ruler
+from longjax.evaluate import corpus, plots, ruler
 
 TOKENIZER = ByteTokenizer()  # one token a byte: a length is len(text.encode())
-CONTEXT = {"cwe": 3000, "vt": 2500}  # the smallest prompts of these two are longer than the rest's
+NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+CONTEXT = {"cwe": 3000, "vt": 2500, "qa_1": 3000, "qa_2": 3000}  # their smallest prompts are longer
+ESSAY_TASKS = [t for t, (family, options) in ruler.TASKS.items() if options.get("type_haystack") == "essay"]
 
 
 def sample(task, seed=0, **options):
@@ -22,10 +24,11 @@ def sample(task, seed=0, **options):
 
 @pytest.mark.parametrize("task", list(ruler.TASKS))
 def test_fills_the_context_without_passing_it(task):
+  """Defect: the budget left BOS out, so a prompt could be one token over what the model sees."""
   context, s = sample(task)
-  assert s.length == len(s.input.encode()) <= context
-  unit = {"cwe": 40, "fwe": 40}.get(task, 2 * len(ruler.NOISE))  # one more haystack unit would not fit
-  assert s.length > context - unit
+  assert s.length == len(TOKENIZER.encode(s.input, bos=True)) <= context
+  unit = {"cwe": 40, "fwe": 40, "qa_1": 1000, "qa_2": 1000}.get(task, 2 * len(NOISE))
+  assert s.length > context - unit  # one more haystack unit would not fit
 
 
 @pytest.mark.parametrize("task", list(ruler.TASKS))
@@ -34,8 +37,13 @@ def test_same_seed_same_sample_other_seed_other_sample(task):
   assert sample(task, seed=3)[1].input != sample(task, seed=4)[1].input
 
 
-@pytest.mark.parametrize("task", ["niah_single_1", "niah_multikey_2", "niah_multikey_3", "niah_multivalue",
-                                  "niah_multiquery"])
+def test_all_thirteen_tasks_with_the_yaml_haystacks():
+  assert len(ruler.TASKS) == 13
+  assert sorted(ESSAY_TASKS) == ["niah_multikey_1", "niah_multiquery", "niah_multivalue", "niah_single_2",
+                                 "niah_single_3"]
+
+
+@pytest.mark.parametrize("task", [t for t in ruler.TASKS if t.startswith("niah")])
 def test_niah_needles_and_template(task):
   _, s = sample(task)
   text = s.input
@@ -60,8 +68,17 @@ def test_niah_needles_and_template(task):
   pattern = {"numbers": r"\d{7}", "uuids": r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"}[kind]
   assert all(re.fullmatch(pattern, v) for v in s.outputs)
   lines = text.split("\n")[1:-1]
-  if options["type_haystack"] == "noise":
-    assert {line for line in lines if not line.startswith("One of")} == {ruler.NOISE}
+  if options["type_haystack"] == "essay":  # the prose, its words in order, with the needles between sentences
+    from longjax.evaluate.ruler_niah import essay_words
+    assert len(lines) == 1
+    prose = re.sub(r"One of the special magic \S+ for \S+ is: \S+\. ", "", lines[0] + " ").split()
+    assert len(needles) == options["num_needle_v"] * max(options["num_needle_k"], options["num_needle_q"])
+    assert prose == list(essay_words()[:len(prose)]) and len(prose) > 100
+    pieces = re.split(r"One of the special magic \S+ for \S+ is: \S+\.", lines[0])
+    for i, piece in enumerate(pieces[:-1]):  # between sentences, or after the haystack's last (cut) words
+      assert not piece.strip() or piece.strip()[-1] in ".!?" or not "".join(pieces[i + 1:]).strip()
+  elif options["type_haystack"] == "noise":
+    assert {line for line in lines if not line.startswith("One of")} == {NOISE}
     assert len(needles) == options["num_needle_v"] * max(options["num_needle_k"], options["num_needle_q"])
   else:  # distractor needles with other keys are the haystack
     assert all(line.startswith("One of the special magic") for line in lines) and len(lines) > 5
@@ -82,7 +99,8 @@ def test_vt_chain_and_fewshot_example():
   # The worked example before it: three-letter variables, its answer given.
   shot = prompt[:prompt.rindex("Memorize and track")]
   shot_chain = re.findall(r"VAR ([A-Z]{3}) = ", shot)
-  assert len(shot_chain) == 5 and shot.endswith("they are:  " + " ".join(shot_chain) + "\n")
+  # RULER inserts the example, then "\n", before the task: a blank line after the answer
+  assert len(shot_chain) == 5 and shot.endswith("they are:  " + " ".join(shot_chain) + "\n\n")
 
 
 def test_cwe_answers_are_the_most_common_words():
@@ -95,7 +113,7 @@ def test_cwe_answers_are_the_most_common_words():
   # Below 4096 tokens RULER repeats the common words 6 times and the others once.
   assert {counts[w] for w in s.outputs} == {6} and len(s.outputs) == 10
   assert set(counts.values()) == {1, 6}
-  assert all(w in ruler.words() for w in counts)
+  assert all(w in corpus.words() for w in counts)
 
 
 def test_cwe_long_context_uses_yaml_frequencies():
@@ -116,7 +134,38 @@ def test_fwe_answers_are_the_second_to_fourth_most_frequent():
   assert counts[s.outputs[0]] > counts[s.outputs[1]] > counts[s.outputs[2]]
 
 
-def test_score_is_string_match_all():
+@pytest.mark.parametrize("task", ["qa_1", "qa_2"])
+def test_qa_holds_the_gold_documents_among_numbered_distractors(task):
+  _, s = sample(task)
+  assert s.input.startswith("Answer the question based on the given documents. Only give me the answer")
+  question = re.search(r"\n\nQuestion: (.+) Answer:$", s.input).group(1)
+  documents = re.split(r"\n\nDocument \d+:\n", "\n\n" + s.input.split("\n\nThe following are given documents.")[1]
+                       .split("\n\nAnswer the question based")[0].strip())[1:]
+  numbers = [int(n) for n in re.findall(r"Document (\d+):\n", s.input)]
+  assert numbers == list(range(1, len(documents) + 1)) and len(documents) > 2
+  with_answer = [d for d in documents if s.outputs[0] in d]
+  assert with_answer
+  if task == "qa_2":  # two hops: the question's clue and the answer sit in different documents of one country
+    clue = re.search(r"whose (?:highest point|capital) is (.+)\?$", question).group(1)
+    country = re.search(r"^(?:Geography|Government) of (.+)$", next(d for d in documents if clue in d).split("\n")[0])
+    assert any(d.startswith(f"Government of {country.group(1)}\n") for d in documents)
+    assert any(d.startswith(f"Geography of {country.group(1)}\n") for d in documents)
+
+
+@pytest.mark.parametrize("name", ["byte", "tokenizer.json"])  # digits one a token, digits merged
+def test_cwe_fills_its_budget_at_every_length(tokenizers, name):
+  """Defect: past the 3,160 words of the old list cwe switched to word pairs, so whole ranges of lengths got a
+  prompt far shorter than asked."""
+  tokenizer = tokenizers[name]
+  # From 4096 tokens with generation RULER's cwe takes its long settings, whose smallest prompt is 7.3K bytes.
+  for context in ((3900, 8000) if name == "byte" else (4096, 7000)) + (23000, 61000, 100000, 131072):
+    s = ruler.generate_sample("cwe", context_tokens=context, tokenizer=tokenizer, rng=np.random.default_rng(1))
+    assert 0.95 * context <= s.length <= context, (context, s.length)
+
+
+def test_score_is_string_match_all_and_qa_string_match_part():
+  assert ruler.score("qa_1", "It is Paris, I think", ["Lyon", "paris"]) == 1.0
+  assert ruler.score("qa_2", "Lyon and Paris", ["Marseille"]) == 0.0
   assert ruler.score("niah_multivalue", "The numbers are 111 and 222.", ["111", "222", "333"]) == pytest.approx(2 / 3)
   assert ruler.score("cwe", "APPLE, pear", ["apple", "Pear"]) == 1.0
   assert ruler.score("vt", "", ["ABCDE"]) == 0.0
@@ -141,17 +190,17 @@ def test_evaluate_ruler_with_fake_models(tmp_path):
   results = ruler.evaluate_ruler(oracle, TOKENIZER, tasks, lengths, samples=2, seed=7)
   assert results == {task: {length: 1.0 for length in lengths} for task in tasks}
   assert set(prompts_seen) == set(answers)
-  assert {prompts_seen[p] for p in prompts_seen} == {128, 30, 120, 50}
+  assert {prompts_seen[p] for p in prompts_seen} == {128, 30, 120, 50, 32}
   silent = ruler.evaluate_ruler(lambda prompts, n: [""] * len(prompts), TOKENIZER, tasks, lengths, samples=2, seed=7,
                                 max_new_tokens=16)
   assert silent == {task: {length: 0.0 for length in lengths} for task in tasks}
-  path = ruler.plot_ruler(results, str(tmp_path / "ruler.png"))
+  path = plots.plot_ruler(results, str(tmp_path / "ruler.png"))
   assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_unknown_task_and_option_are_named():
-  with pytest.raises(ValueError, match="unknown task 'niah_single_2'"):
-    sample("niah_single_2")
+  with pytest.raises(ValueError, match="unknown task 'niah_single_4'"):
+    sample("niah_single_4")
   with pytest.raises(ValueError, match="num_hop"):
     sample("vt", num_hop=3)
   with pytest.raises(ValueError, match="more than context_tokens=100"):

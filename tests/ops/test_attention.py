@@ -21,7 +21,11 @@ CASES = {
     "more_queries_than_keys": (2, 50, 40, 2, 1, 8, True, None, 0, False, 16),
     # A decode step: one query whose own key opens a new key block (it sits on the causal block boundary).
     "decode_one_past_a_block": (2, 1, 17, 2, 1, 8, True, None, 0, False, 16),
+    # flash's shapes: whole causal sequences, GQA, lengths that are not whole blocks
+    "flash_gqa_unaligned": (2, 77, 77, 6, 2, 8, True, None, 0, False, 16),
+    "flash_gqa_one_partial_block": (1, 300, 300, 9, 3, 64, True, None, 0, False, 256),
 }
+FLASH_CASES = ["causal_4096", "flash_gqa_unaligned", "flash_gqa_one_partial_block"]
 
 
 def _inputs(batch, q_len, k_len, heads, kv_heads, head_dim, segments, seed=0):
@@ -73,6 +77,32 @@ def test_matches_reference(impl, case):
   np.testing.assert_allclose(out, expected, atol=1e-5)
   for name, grad, expected_grad in zip("qkv", grads, expected_grads):
     np.testing.assert_allclose(grad, expected_grad, atol=1e-5, err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("case", FLASH_CASES)
+def test_flash_matches_reference_and_blockwise(case):
+  """The flash kernel (whole causal sequences) against the materialized reference and the blockwise kernel it
+  replaces above AUTO_FLASH_AREA on CPU: outputs and gradients, GQA, lengths that are not whole blocks."""
+  inputs, rule, block, (expected, expected_grads) = _case(case)
+  out, grads = _value_and_grads(functools.partial(ops.attention, **rule, impl="flash", block_size=block), *inputs)
+  old, old_grads = _value_and_grads(functools.partial(blockwise_attention, **rule, block_q=block, block_k=block),
+                                    *inputs)
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+  np.testing.assert_allclose(out, old, atol=1e-5)
+  for name, grad, expected_grad, old_grad in zip("qkv", grads, expected_grads, old_grads):
+    np.testing.assert_allclose(grad, expected_grad, atol=1e-5, err_msg=f"d{name}")
+    np.testing.assert_allclose(grad, old_grad, atol=1e-5, err_msg=f"d{name}")
+
+
+def test_flash_default_block_and_bfloat16():
+  """impl='auto' on CPU (the flash default block) against the reference; bfloat16 inputs keep their dtype."""
+  q, k, v, _, _ = _inputs(1, 600, 600, 4, 2, 16, False, seed=3)
+  expected = ops.naive_attention(q, k, v, ops.attention_mask(600, 600))
+  np.testing.assert_allclose(jax.jit(ops.attention, static_argnames="impl")(q, k, v, impl="flash"), expected,
+                             atol=1e-5)
+  out = jax.jit(ops.attention, static_argnames="impl")(*(x.astype(jnp.bfloat16) for x in (q, k, v)), impl="flash")
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32), expected, atol=3e-2)
 
 
 @pytest.mark.parametrize("case", ["causal_segments_ragged", "gqa_kv_cache_ragged_blocks", "more_queries_than_keys"])
@@ -138,10 +168,19 @@ def test_block_pairs_are_exactly_the_blocks_the_mask_reaches():
 def test_auto_rule_on_cpu():
   if jax.default_backend() != "cpu":
     pytest.skip("the CPU rule")
-  short = jax.ShapeDtypeStruct((1, 4096, 4, 64), jnp.float32)
+  short = jax.ShapeDtypeStruct((1, 2048, 4, 64), jnp.float32)
+  medium = jax.ShapeDtypeStruct((1, 4096, 4, 64), jnp.float32)
   long = jax.ShapeDtypeStruct((1, 8192, 4, 64), jnp.float32)
+  one_query = jax.ShapeDtypeStruct((1, 1, 4, 64), jnp.float32)
   assert ops.choose_impl(short, short) == "xla"
-  assert ops.choose_impl(long, long) == "blockwise"
+  assert ops.choose_impl(medium, medium) == "flash"
+  assert ops.choose_impl(long, long) == "flash"
+  assert ops.choose_impl(medium, medium, window=256) == "xla"
+  assert ops.choose_impl(long, long, window=256) == "blockwise"  # flash takes plain causal masks only
+  assert ops.choose_impl(long, long, segment_ids=jnp.ones((1, 8192), jnp.int32)) == "blockwise"
+  assert ops.choose_impl(long, long, causal=False) == "blockwise"
+  assert ops.choose_impl(medium, long) == "blockwise"  # queries at the end of a longer key sequence
+  assert ops.choose_impl(one_query, long) == "xla"
 
 
 def test_auto_rule_on_gpu_and_tpu(monkeypatch):
@@ -165,8 +204,10 @@ def test_unknown_impl_and_bad_heads_raise():
   with pytest.raises(ValueError, match="multiple of key/value heads"):
     ops.attention(q, k, v)
   q, k, v, _, _ = _inputs(1, 8, 8, 2, 1, 4, False)
-  with pytest.raises(ValueError, match="impl='flash'"):
-    ops.attention(q, k, v, impl="flash")
+  with pytest.raises(ValueError, match="impl='splash'"):
+    ops.attention(q, k, v, impl="splash")
+  with pytest.raises(ValueError, match="impl='flash' needs a plain causal mask"):
+    ops.attention(q, k, v, impl="flash", window=4)
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="checks the error without a GPU")

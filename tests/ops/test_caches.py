@@ -8,6 +8,7 @@ import pytest
 
 from longjax import ops, positional
 from longjax.config import RopeConfig
+from longjax.ops import cached
 from longjax.ops.sink_cache import cache_positions
 
 
@@ -20,10 +21,13 @@ def heads_first(*xs):
   return tuple(jnp.swapaxes(x, 1, 2) for x in xs)
 
 
+@pytest.mark.parametrize("query_block", [256, 4], ids=["one_query_block", "query_blocks_of_4"])
 @pytest.mark.parametrize("window,sinks", [(None, 0), (5, 0), (5, 2)])
 @pytest.mark.parametrize("q_len,key_block", [(1, 4), (6, 4), (6, 64)])
-def test_cached_attention_matches_the_dense_mask(q_len, key_block, window, sinks):
-  """Rows filled to different lengths; keys in blocks (some empty, some partial); GQA 6 over 2 heads."""
+def test_cached_attention_matches_the_dense_mask(q_len, key_block, window, sinks, query_block, monkeypatch):
+  """Rows filled to different lengths; keys in blocks (some empty, some partial); GQA 6 over 2 heads; queries in
+  one block or in blocks of 4 (the last partial, each reading only the key blocks its rows may see)."""
+  monkeypatch.setattr(cached, "QUERY_BLOCK", query_block)
   batch, slots, heads, kv_heads, dim = 3, 19, 6, 2, 8
   q, k, v = _rand(0, (batch, q_len, heads, dim)), _rand(1, (batch, slots, kv_heads, dim)), _rand(2, (batch, slots,
                                                                                                      kv_heads, dim))

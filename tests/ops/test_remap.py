@@ -174,3 +174,40 @@ def test_logn_scale():
   want = [max(1.0, math.log(p + 1) / math.log(16)) for p in [0, 7, 15, 16, 31, 255]]
   np.testing.assert_allclose(ops.logn_scale(positions, 16)[0], want, rtol=1e-6)
   assert float(ops.logn_scale(positions, 16)[0, -1]) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("remap", [ops.self_extend_remap(3, 40), ops.dca_remap(96, 24), ops.rerope_remap(50)],
+                         ids=["self_extend", "dca", "rerope"])
+def test_whole_sequence_kernel_equals_the_cached_kernel_gqa_unaligned(remap):
+  """`remap_whole_sequence` (causal block pairs, passes skipped where no pair reads them) against the cache kernel
+  over all keys (the previous whole-sequence path): 9 / 3 heads, 300 tokens in blocks of 64 (the last partial),
+  rows starting at different positions, and against the direct form (all keys as one block)."""
+  length, heads, kv_heads, head_dim = 300, 9, 3, 16
+  keys = jax.random.split(jax.random.key(3), 3)
+  q = jax.random.normal(keys[0], (2, length, heads, head_dim))
+  k = jax.random.normal(keys[1], (2, length, kv_heads, head_dim))
+  v = jax.random.normal(keys[2], (2, length, kv_heads, head_dim))
+  positions = jnp.stack([jnp.arange(length), jnp.arange(length) + 37]).astype(jnp.int32)
+  freqs = positional.frequencies(RopeConfig(rope_theta=1e4), head_dim)
+  new = jax.jit(lambda q, k, v: ops.remap_whole_sequence(q, k, v, positions=positions, freqs=freqs, remap=remap,
+                                                         block_size=64))(q, k, v)
+  slots = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), positions.shape)
+  for block in (64, None):
+    old = jax.jit(lambda q, k, v: ops.remap_attention(q, jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2),
+                                                      q_positions=positions, k_positions=positions, freqs=freqs,
+                                                      remap=remap, q_slots=slots, block_size=block))(q, k, v)
+    np.testing.assert_allclose(new, old, atol=2e-5)
+
+
+def test_whole_sequence_memory_is_linear_in_length():
+  """At 4K tokens and 9 heads the [heads, T, T] logits would take 576 MiB; the kernel's scratch stays a few
+  per-pass copies of q and k plus one block pair (XLA's compiled memory analysis; nothing runs)."""
+  length, heads, kv_heads, head_dim = 4096, 9, 3, 64
+  q = jax.ShapeDtypeStruct((1, length, heads, head_dim), jnp.float32)
+  k = jax.ShapeDtypeStruct((1, length, kv_heads, head_dim), jnp.float32)
+  positions = jnp.arange(length, dtype=jnp.int32)[None]
+  freqs = positional.frequencies(RopeConfig(rope_theta=1e5), head_dim)
+  for remap in (ops.self_extend_remap(4, 1024), ops.dca_remap(3072, 1024), ops.rerope_remap(2048)):
+    compiled = jax.jit(lambda q, k, v, remap=remap: ops.remap_whole_sequence(
+        q, k, v, positions=positions, freqs=freqs, remap=remap)).lower(q, k, k).compile()
+    assert compiled.memory_analysis().temp_size_in_bytes < 96 * 2**20

