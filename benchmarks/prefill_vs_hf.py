@@ -133,8 +133,9 @@ def _hf_memory_subprocess(layers: int, length: int, mode: str) -> dict:
 
 
 def _median(values):
-  values = sorted(values)
-  return values[len(values) // 2] if len(values) % 2 else 0.5 * (values[len(values) // 2 - 1] + values[len(values) // 2])
+  import statistics
+
+  return statistics.median(values)
 
 
 def _timed(fn):
@@ -336,8 +337,9 @@ def table(result: dict) -> str:
       for part, key in (("prefill", "prefill_s"), ("decode s/token", "decode_s_per_token")):
         ours = _median(row[f"longjax_{key}"])
         theirs = row[f"transformers_{key}"] and _median(row[f"transformers_{key}"])
+        hf_peak = mib(hf_memory_bytes) if part == "prefill" else "-"
         lines.append(f"| {part} | {row['length']} | {ours:.3f} | {theirs or 0:.3f} | "
-                     f"{(theirs / ours if theirs else 0):.2f}x | - | {mib(hf_memory_bytes) if part == 'prefill' else '-'} |")
+                     f"{(theirs / ours if theirs else 0):.2f}x | - | {hf_peak} |")
   cpu = result["cpu"]
   lines.append(f"\n{cpu['model_name']}, {cpu['threads_used']} threads; avx512: {' '.join(cpu['avx512']) or 'none'}; "
                f"amx: {' '.join(cpu['amx']) or 'none'}")
