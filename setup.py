@@ -32,6 +32,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=9.2", "pytest-xdist>=3.8", "filelock>=3.20", "torch==2.13.0", "transformers>=5.23"],
+        "mutate": ["mutmut==3.8.1"],  # `make mutate`: tests/mutate.py sets mutmut's configuration for each file
         "tpu": ["jax[tpu]>=0.10.2"],
         "cuda": ["jax[cuda13]>=0.10.2"],
     },
