@@ -63,7 +63,7 @@ def tests_for(path):
   return mirrored
 
 
-def run_one(path, max_children, tests=None):
+def run_one(path, max_children, tests=None, functions=None):
   """In a fresh process: mutmut run over `path` with its tests; prints and writes the report."""
   from mutmut import configuration
 
@@ -78,7 +78,8 @@ def run_one(path, max_children, tests=None):
   module = path[:-3].replace("/", ".").removesuffix(".__init__")
   print(f"{path}: mutating, tests {' '.join(tests)}", flush=True)
   try:
-    cli(["run", "--max-children", str(max_children), f"{module}.*"], standalone_mode=False)
+    names = [f"{module}.*{name}__mutmut_*" for name in functions] if functions else [f"{module}.*"]
+    cli(["run", "--max-children", str(max_children), *names], standalone_mode=False)
   except SystemExit as stop:
     if stop.code:
       return stop.code
@@ -89,7 +90,8 @@ def run_one(path, max_children, tests=None):
   status = {}
   for line in lines:
     name, _, verdict = line.rpartition(": ")
-    status.setdefault(verdict, []).append(name)
+    if verdict != "not checked":  # outside --functions
+      status.setdefault(verdict, []).append(name)
   killed = len(status.get("killed", [])) + len(status.get("timeout", []))
   total = sum(len(v) for v in status.values())
   score = f"{path}: {killed}/{total} killed ({100 * killed / max(total, 1):.1f}%); " + ", ".join(
@@ -113,16 +115,19 @@ def main():
   parser.add_argument("modules", nargs="*", default=MUTATED, help="source files or folders (default: %(default)s)")
   parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
   parser.add_argument("--tests", help="comma-separated test files or folders, instead of the file's own")
+  parser.add_argument("--functions", help="comma-separated function names: mutate only these (one file)")
   parser.add_argument("--one", help=argparse.SUPPRESS)
   args = parser.parse_args()
   os.chdir(ROOT)
   if args.one:
-    return run_one(args.one, args.max_children, args.tests and args.tests.split(","))
+    return run_one(args.one, args.max_children, args.tests and args.tests.split(","),
+                   args.functions and args.functions.split(","))
   failed = 0
   for path in source_files(args.modules or MUTATED):
     shutil.rmtree(os.path.join(ROOT, "mutants"), ignore_errors=True)  # a file's mutants and stats start afresh
     command = [sys.executable, __file__, "--one", path, "--max-children", str(args.max_children)]
-    failed |= subprocess.call(command + (["--tests", args.tests] if args.tests else []))
+    command += ["--tests", args.tests] if args.tests else []
+    failed |= subprocess.call(command + (["--functions", args.functions] if args.functions else []))
   return failed
 
 
