@@ -29,12 +29,12 @@ MUTATED = ["longjax/ops", "longjax/evaluate", "longjax/positional", "longjax/nn/
 # Source file -> the tests that pin it, where the mirrored name is not enough (or too much: slow end-to-end tests
 # that also reach the file are left to `make test`).
 TESTS = {
-    "longjax/nn/megalodon.py": ["tests/nn/test_megalodon.py", "tests/nn/test_megalodon_equations.py",
-                                "tests/ops/test_cema.py"],
+    # test_megalodon.py's streaming and generation tests take 1-1.5 minutes each on a loaded 2-core machine
+    "longjax/nn/megalodon.py": ["tests/nn/test_megalodon_equations.py",
+                                "tests/nn/test_megalodon.py::test_cema_parameters_follow_the_reference_init",
+                                "tests/nn/test_megalodon.py::test_megalodon_7b_parameter_count"],
     "longjax/evaluate/passkey.py": ["tests/evaluate/test_passkey.py", "tests/evaluate/test_exact_lengths.py"],
     "longjax/evaluate/ruler.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py"],
-    "longjax/evaluate/loss_by_position.py": ["tests/evaluate/test_loss_by_position.py"],
-    "longjax/evaluate/kv_cache.py": ["tests/evaluate/test_kv_cache.py"],
     "longjax/ops/landmark.py": ["tests/ops/test_landmark.py", "tests/ops/test_landmark_selection.py"],
     "longjax/ops/cema.py": ["tests/ops/test_cema.py"],
     "longjax/positional/__init__.py": ["tests/positional"],
