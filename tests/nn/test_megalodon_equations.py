@@ -31,14 +31,15 @@ def _random_params(config, seed):
   """The block's parameters, every leaf drawn afresh: kernels ~ N(0, 1/fan_in), the rest ~ N(0, 0.3^2)
   (theta ~ N(0, 1): sigmoid(theta) spread over (0, 1))."""
   x = jnp.zeros((1, 4, WIDTH))
-  params = nn.unbox(megalodon_lib.MegalodonBlock(config).init(jax.random.key(0), x, None, None, None))["params"]
+  shapes = jax.eval_shape(lambda: megalodon_lib.MegalodonBlock(config).init(jax.random.key(0), x, None, None, None))
+  params = nn.unbox(shapes)["params"]
   leaves, tree = jax.tree_util.tree_flatten_with_path(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  rng = np.random.default_rng(seed)
   drawn = []
-  for (path, leaf), key in zip(leaves, keys):
+  for path, leaf in leaves:
     name = path[-1].key
     scale = 1.0 / math.sqrt(leaf.shape[0]) if name == "kernel" else 1.0 if name == "theta" else 0.3
-    drawn.append(scale * jax.random.normal(key, leaf.shape, jnp.float32))
+    drawn.append(jnp.asarray(scale * rng.standard_normal(leaf.shape), jnp.float32))
   return jax.tree_util.tree_unflatten(tree, drawn)
 
 
@@ -133,7 +134,9 @@ def reference_block(x, params, swiglu=True):
 
 
 def _apply(config, params, x):
-  out, state = megalodon_lib.MegalodonBlock(config).apply({"params": params}, x, None, None, None)
+  """One compiled call (op by op, the block's hundred-odd ops each compile on their own: ten times slower)."""
+  out, state = jax.jit(lambda p, x: megalodon_lib.MegalodonBlock(config).apply({"params": p}, x, None, None, None))(
+      params, x)
   assert state is None
   return out
 
@@ -143,7 +146,7 @@ def test_block_matches_the_reference_equations(swiglu):
   """2 rows of 20 steps: two whole chunks of 8 and a partial one."""
   config = _config(swiglu)
   params = _random_params(config, seed=3)
-  x = np.asarray(jax.random.normal(jax.random.key(4), (2, 20, WIDTH), jnp.float32))
+  x = np.random.default_rng(4).standard_normal((2, 20, WIDTH)).astype(np.float32)
   np.testing.assert_allclose(_apply(config, params, jnp.asarray(x)), reference_block(np.float64(x), params, swiglu),
                              rtol=2e-4, atol=2e-4)
 
@@ -154,7 +157,7 @@ def test_with_the_ffn_output_zeroed_the_block_returns_its_input():
   config = _config()
   params = _random_params(config, seed=5)
   params["fc2"]["kernel"] = jnp.zeros_like(params["fc2"]["kernel"])
-  x = jax.random.normal(jax.random.key(6), (2, 20, WIDTH), jnp.float32)
+  x = jnp.asarray(np.random.default_rng(6).standard_normal((2, 20, WIDTH)), jnp.float32)
   np.testing.assert_array_equal(_apply(config, params, x), x)
 
 
@@ -162,11 +165,11 @@ def test_cema_coefficients_follow_the_reference():
   """|q| = 1 - sigmoid(alpha) sigmoid(delta), angle(q) = (j + 1) 2 pi / N sigmoid(theta) (one theta per channel),
   p = sigmoid(alpha) (real), gamma = (real + i imag) sqrt(1/N): `_calc_coeffs` of the reference."""
   width, n = 6, 8
-  keys = jax.random.split(jax.random.key(8), 4)
-  alpha, delta = (2.0 * jax.random.normal(key, (width, n)) for key in keys[:2])
-  theta = 2.0 * jax.random.normal(keys[2], (width,))
-  gamma = jax.random.normal(keys[3], (width, n, 2))
-  p, q, gamma_c = (np.asarray(a) for a in megalodon_lib.cema_coefficients(alpha, delta, theta, gamma))
+  rng = np.random.default_rng(8)
+  alpha, delta = (2.0 * rng.standard_normal((width, n)).astype(np.float32) for _ in range(2))
+  theta = 2.0 * rng.standard_normal(width).astype(np.float32)
+  gamma = rng.standard_normal((width, n, 2)).astype(np.float32)
+  p, q, gamma_c = (np.asarray(a) for a in jax.jit(megalodon_lib.cema_coefficients)(alpha, delta, theta, gamma))
   alpha, delta, theta, gamma = (np.asarray(a, np.float64) for a in (alpha, delta, theta, gamma))
   assert p.dtype == np.float32 and q.dtype == gamma_c.dtype == np.complex64
   np.testing.assert_allclose(p, _sigmoid(alpha), rtol=1e-6)
