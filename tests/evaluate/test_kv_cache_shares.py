@@ -56,7 +56,9 @@ def test_megalodon_share_per_device():
   assert _all_ints(size)
 
 
-def test_no_mesh_is_one_device():
+def test_defaults_are_one_row_in_float16_on_one_device():
+  size = kv_cache_size(LLAMA3_8B, 5)
+  assert (size.batch_size, size.dtype, size.layer_bytes) == (1, "float16", 5 * KV_PER_TOKEN * 2)
   for config in (LLAMA3_8B, INFINI, MEGALODON):
     size = kv_cache_size(config, 3000, 2)
     assert size.device_bytes == size.total_bytes
