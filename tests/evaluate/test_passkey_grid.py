@@ -6,7 +6,7 @@ import re
 import numpy as np
 
 from longjax.evaluate import evaluate_passkey, passkey_prompt
-from longjax.evaluate.passkey import GARBAGE, MAX_KEY, garbage, random_keys
+from longjax.evaluate.passkey import GARBAGE, MAX_KEY, RetrievalGrid, garbage, random_keys
 
 
 class Recorder:
@@ -83,3 +83,11 @@ def test_garbage_is_a_prefix_of_the_repeated_sentence():
   for n in list(range(0, 3 * len(GARBAGE))) + [1000, 1500]:
     assert garbage(n) == repeated[:n]
   assert passkey_prompt(7, 0, 0.5).count("\n") == 4
+
+
+def test_table():
+  grid = RetrievalGrid("passkey", [128, 1024], [0.0, 0.5], [[1.0, 0.5], [0.25, 0.0]], 4, [128, 1024])
+  assert grid.table() == ("passkey: accuracy (4 per cell, mean 0.438)\n"
+                          "length \\ depth   0.00   0.50\n"
+                          "           128   1.00   0.50\n"
+                          "          1024   0.25   0.00")
