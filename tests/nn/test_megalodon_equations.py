@@ -169,7 +169,8 @@ def test_cema_coefficients_follow_the_reference():
   alpha, delta = (2.0 * rng.standard_normal((width, n)).astype(np.float32) for _ in range(2))
   theta = 2.0 * rng.standard_normal(width).astype(np.float32)
   gamma = rng.standard_normal((width, n, 2)).astype(np.float32)
-  p, q, gamma_c = (np.asarray(a) for a in jax.jit(megalodon_lib.cema_coefficients)(alpha, delta, theta, gamma))
+  # NumPy in, not traced: an index past the (real, imag) axis raises instead of being clamped as under jit
+  p, q, gamma_c = (np.asarray(a) for a in megalodon_lib.cema_coefficients(alpha, delta, theta, gamma))
   alpha, delta, theta, gamma = (np.asarray(a, np.float64) for a in (alpha, delta, theta, gamma))
   assert p.dtype == np.float32 and q.dtype == gamma_c.dtype == np.complex64
   np.testing.assert_allclose(p, _sigmoid(alpha), rtol=1e-6)
@@ -178,3 +179,17 @@ def test_cema_coefficients_follow_the_reference():
   # angle(q) compared on the unit circle: the phase reaches past pi
   np.testing.assert_allclose(q / np.abs(q), np.exp(1j * phase), atol=1e-5)
   np.testing.assert_allclose(gamma_c, (gamma[..., 0] + 1j * gamma[..., 1]) / math.sqrt(n), rtol=1e-6)
+
+
+def test_cema_coefficients_of_bfloat16_parameters_are_computed_in_float32():
+  """Parameters stored in bfloat16: the sigmoids and the phase run in float32 (DESIGN: coefficients in float32),
+  so the coefficients equal those of the same values held in float32."""
+  rng = np.random.default_rng(9)
+  width, n = 6, 8
+  params = [jnp.asarray(2.0 * rng.standard_normal(shape), jnp.bfloat16)
+            for shape in ((width, n), (width, n), (width,), (width, n, 2))]
+  low = megalodon_lib.cema_coefficients(*params)
+  full = megalodon_lib.cema_coefficients(*(x.astype(jnp.float32) for x in params))
+  assert [x.dtype for x in low] == [jnp.float32, jnp.complex64, jnp.complex64]
+  for a, b in zip(low, full):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
