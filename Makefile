@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WORKDIR ?= demo_out
 
-.PHONY: demo test install clean bench real-model
+.PHONY: demo test install clean bench real-model mutate
 
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,9 +28,16 @@ real-model: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q tests
 
+# Mutation check (mutmut), one file at a time against its own tests: `make mutate MODULE=longjax/evaluate/passkey.py`.
+# Not part of `test` or CI; see README "Contributing".
+MODULE ?=
+mutate: $(STAMP)
+	$(PY) -c 'import mutmut' 2>/dev/null || $(PY) -m pip install --quiet -e '.[mutate]'
+	nice -n 10 $(PY) tests/mutate.py $(MODULE)
+
 bench: $(STAMP)
 	$(PY) benchmarks/attention_scaling.py
 	$(PY) benchmarks/train_throughput.py
 
 clean:
-	rm -rf $(VENV) $(WORKDIR) .pytest_cache
+	rm -rf $(VENV) $(WORKDIR) .pytest_cache mutants mutants-report

@@ -36,6 +36,7 @@ setup(
                  "accelerate>=1.16",  # transformers needs it to load a GGUF (the import tests compare with it)
                  # a gs:// workdir against a local GCS emulator (tests/train/test_gcs_workdir.py)
                  "gcp-storage-emulator>=2026.7.19", "gcsfs>=2026.10.1"],
+        "mutate": ["mutmut==3.8.1"],  # `make mutate`: tests/mutate.py sets mutmut's configuration for each file
         "tpu": ["jax[tpu]>=0.10.2"],
         "cuda": ["jax[cuda13]>=0.10.2"],
     },
