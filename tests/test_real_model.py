@@ -112,3 +112,15 @@ def test_the_whole_job_on_a_tiny_gguf(tmp_path):
   assert sorted(p.name for p in cells.rglob("*.json")) == written
   assert not (again / "finetune_yarn").exists()
   assert json.loads((tmp_path / "report" / "results.json").read_text())["summary"] == results["summary"]
+
+
+@pytest.mark.parametrize("flag", ["--parts=import,bogus", "--tasks=loss,perplexity", "--documents=essays",
+                                  "--depths=half"])
+def test_bad_flags_are_one_line_and_exit_2(flag, tmp_path):
+  import subprocess
+  import sys
+
+  proc = subprocess.run([sys.executable, "-m", "longjax.real_model", f"--workdir={tmp_path}", flag],
+                        capture_output=True, text=True, timeout=120)
+  lines = [line for line in proc.stderr.splitlines() if line.strip()]
+  assert proc.returncode == 2 and len(lines) == 1 and flag.split("=")[0] in lines[0], proc.stderr[-2000:]

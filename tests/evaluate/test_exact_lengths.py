@@ -57,8 +57,8 @@ def test_fit_characters_bounds():
 class WhitespaceTokenizer:
   """One token a whitespace-separated word: the RULER cwe prompt's long form fits 4K tokens of it."""
 
-  def encode(self, text):
-    return text.split()
+  def encode(self, text, bos=False):
+    return ["<s>"] * bos + text.split()
 
 
 @pytest.mark.parametrize("context, repeats", [(3975, {6}), (3976, {30})])

