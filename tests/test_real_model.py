@@ -58,7 +58,10 @@ def test_report_conclusions_come_from_the_cells(tmp_path, rising):
     folder = cells / real_model.slug(name)
     folder.mkdir(parents=True)
     (folder / "loss_topics_128.json").write_text(json.dumps(_curve(losses)))
-  (cells / real_model.slug("YaRN x2") / "passkey_64.json").write_text(json.dumps({"accuracy": [[1.0, 0.0]], "depths": [0.1, 0.9], "trials": 1}))
+  yarn = cells / real_model.slug("YaRN x2")
+  (yarn / "passkey_64_d0.1-0.9_k1.json").write_text(json.dumps({"accuracy": [[1.0, 0.0]], "depths": [0.1, 0.9],
+                                                                "trials": 1}))
+  (yarn / "passkey_64_d0.5_k2.json").write_text(json.dumps({"accuracy": [[1.0]], "depths": [0.5], "trials": 2}))
   settings = real_model.Settings(documents={"topics": ""}, loss_length=128, passkey_lengths=(64,), depths=(0.5,),
                                  keys=1, ruler_lengths=(), ruler_samples=1, tasks=("loss",))
   path = real_model.write_report(str(tmp_path), str(cells), _trained(), [BASELINE, "YaRN x2", "PI x2"], settings,
@@ -68,9 +71,9 @@ def test_report_conclusions_come_from_the_cells(tmp_path, rising):
   text = " ".join(results["conclusions"])
   assert ("loss rises" in text) == rising
   assert "YaRN x2" in text.split("Within")[1]  # +0.1 nats: within 0.15
-  assert results["summary"]["YaRN x2"]["passkey"] == {"64": 0.5}
+  assert results["summary"]["YaRN x2"]["passkey"] == {"64": 0.75}  # both cells pooled: 3 of 4 prompts
   assert "| PI x2 | not run |" in report and "Not run yet: PI x2" in report
-  assert "| YaRN x2 | 50% (1/2) |" in report and f"| {BASELINE} | not run |" in report
+  assert "| YaRN x2 | 75% (3/4) |" in report and f"| {BASELINE} | not run |" in report
   assert (tmp_path / "loss_by_position_topics.png").stat().st_size > 0
 
 

@@ -173,11 +173,20 @@ def cell(folder: str, key: str, compute: Callable[[], dict]) -> dict:
   return value
 
 
+def passkey_key(length: int, settings: "Settings") -> str:
+  """A passkey cell is one length with one set of depths and keys; more prompts later go to another cell."""
+  return f"passkey_{length}_d{'-'.join(f'{d:g}' for d in settings.depths)}_k{settings.keys}"
+
+
+def ruler_key(length: int, settings: "Settings") -> str:
+  return f"ruler_niah_single_1_{length}_s{settings.ruler_samples}"
+
+
 def cell_keys(settings: "Settings") -> list[str]:
   """The cells one method has under `settings`, in the order `evaluate_method` computes them."""
   keys = {"loss": [f"loss_{doc}_{settings.loss_length}" for doc in settings.documents],
-          "passkey": [f"passkey_{n}" for n in settings.passkey_lengths],
-          "ruler": [f"ruler_niah_single_1_{n}" for n in settings.ruler_lengths]}
+          "passkey": [passkey_key(n, settings) for n in settings.passkey_lengths],
+          "ruler": [ruler_key(n, settings) for n in settings.ruler_lengths]}
   return [key for task in settings.tasks for key in keys[task]]
 
 
@@ -196,12 +205,12 @@ def evaluate_method(name: str, config: Config, params, tokenizer, trained: Confi
             batch_size=1)))
     elif task == "passkey":
       for n in settings.passkey_lengths:
-        cell(folder, f"passkey_{n}", lambda: dataclasses.asdict(passkey.evaluate_passkey(
+        cell(folder, passkey_key(n, settings), lambda: dataclasses.asdict(passkey.evaluate_passkey(
             run.generate, lambda text: len(run.encode(text)), [n], settings.depths, keys_per_cell=settings.keys,
             seed=n, trained_length=length)))
     elif task == "ruler":
       for n in settings.ruler_lengths:
-        cell(folder, f"ruler_niah_single_1_{n}", lambda: {"accuracy": ruler.evaluate_ruler(
+        cell(folder, ruler_key(n, settings), lambda: {"accuracy": ruler.evaluate_ruler(
             run.generate, tokenizer, ["niah_single_1"], [n], samples=settings.ruler_samples, seed=0,
             add_bos=config.data.add_bos)["niah_single_1"][n], "samples": settings.ruler_samples})
     else:
@@ -259,6 +268,16 @@ def band_means(curve: dict, bands: list[tuple[int, int]]) -> list[float]:
   return out
 
 
+def _pool(cells: list[tuple[str, float, int]]) -> tuple[dict[str, float], dict[str, int]]:
+  """(length -> accuracy over every prompt at that length, length -> prompts) from (length, accuracy, prompts)."""
+  correct: dict[str, float] = {}
+  prompts: dict[str, int] = {}
+  for length, accuracy, count in cells:
+    correct[length] = correct.get(length, 0.0) + accuracy * count
+    prompts[length] = prompts.get(length, 0) + count
+  return {n: correct[n] / prompts[n] for n in prompts}, prompts
+
+
 def summarize(names: list[str], cells: dict, length: int, loss_length: int, documents: list[str]) -> dict:
   """Per method: mean loss in each quarter-band of the window over documents, passkey and RULER by length."""
   bands = [(1, length // 2), (length // 2, length), (length, (length + loss_length) // 2),
@@ -272,11 +291,12 @@ def summarize(names: list[str], cells: dict, length: int, loss_length: int, docu
       per_doc = np.array([band_means(c, bands) for c in curves])
       entry["loss_bands"] = [float(v) for v in per_doc.mean(axis=0)]
       entry["bands"] = bands
-    entry["passkey"] = {k.split("_")[1]: float(np.mean(v["accuracy"])) for k, v in own.items()
-                        if k.startswith("passkey_")}
-    entry["passkey_prompts"] = {k.split("_")[1]: len(v["depths"]) * v["trials"] for k, v in own.items()
-                                if k.startswith("passkey_")}
-    entry["ruler"] = {k.rsplit("_", 1)[1]: v["accuracy"] for k, v in own.items() if k.startswith("ruler_")}
+    passkey_cells = [(re.match(r"passkey_(\d+)", k), v) for k, v in own.items()]
+    entry["passkey"], entry["passkey_prompts"] = _pool(
+        [(m.group(1), float(np.mean(v["accuracy"])), len(v["depths"]) * v["trials"]) for m, v in passkey_cells if m])
+    ruler_cells = [(re.match(r"ruler_niah_single_1_(\d+)", k), v) for k, v in own.items()]
+    entry["ruler"], entry["ruler_prompts"] = _pool(
+        [(m.group(1), v["accuracy"], v["samples"]) for m, v in ruler_cells if m])
     entry["seconds"] = float(sum(v.get("seconds", 0) for v in own.values()))
     summary[name] = entry
   return summary
