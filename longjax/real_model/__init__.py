@@ -45,6 +45,8 @@ FACTOR = 2  # the extension: 2x the trained length
 PARTS = ("import", "free", "finetune", "report")
 TASKS = ("loss", "passkey", "ruler")
 FINETUNE_METHODS = {"YaRN x2 fine-tuned": "yarn", "PI x2 fine-tuned": "linear"}
+DOCUMENTS = {"topics": "topics: the Python language reference, `pydoc_data.topics`, prose",
+             "decimal": "decimal: the standard library's `_pydecimal.py`, code"}
 
 # --------------------------------------------------------------------------------------------- the model
 
@@ -450,8 +452,8 @@ def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list
       f"{trained.model.num_heads}/{trained.model.num_kv_heads} heads, trained context {trained_length(trained)}, "
       f"rope_theta {trained.model.rope.rope_theta:g}) from the `{WHEEL}` wheel's Q4_1 GGUF, dequantized to float32. "
       f"Loss by position: one forward pass of {settings.loss_length} tokens per method and document "
-      f"({', '.join(settings.documents)}: the Python language reference from `pydoc_data.topics`, and "
-      "`_pydecimal.py`). Passkey: the landmark-attention prompt, greedy answer. Fine-tuning: "
+      f"({'; '.join(DOCUMENTS[d] for d in settings.documents)}). Passkey: the landmark-attention prompt, greedy "
+      "answer. Fine-tuning: "
       f"{finetune_steps} steps of {finetune_window}-token rows with PoSE positions spanning {FACTOR}x.")
   names_all = names + [n for n in FINETUNE_METHODS if n not in names]
   os.makedirs(report_dir or out, exist_ok=True)
