@@ -371,10 +371,12 @@ def write_report(out: str, cells_dir: str, trained: Config, names: list[str], se
     lines.append("")
   ruler_lengths = sorted({int(k) for s in summary.values() for k in s["ruler"]})
   if ruler_lengths:
-    lines += [f"## RULER niah_single_1 ({settings.ruler_samples} prompts per length)", "",
+    lines += ["## RULER niah_single_1 (string_match_all; correct / prompts)", "",
               "| method | " + " | ".join(map(str, ruler_lengths)) + " |", "|---" * (len(ruler_lengths) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{100 * s['ruler'][str(n)]:.0f}%" if str(n) in s["ruler"] else "not run"
-                                         for n in ruler_lengths) + " |" for name, s in summary.items()]
+    lines += [f"| {name} | " + " | ".join(
+        f"{100 * s['ruler'][str(n)]:.0f}% ({s['ruler'][str(n)] * s['ruler_prompts'][str(n)]:g}/"
+        f"{s['ruler_prompts'][str(n)]})" if str(n) in s["ruler"] else "not run" for n in ruler_lengths) + " |"
+              for name, s in summary.items()]
     lines.append("")
   if "parity" in extra:
     p = extra["parity"]
