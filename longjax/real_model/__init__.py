@@ -329,6 +329,23 @@ def conclusions(summary: dict, baseline: str, length: int, tolerance: float = 0.
   return out
 
 
+def _accuracy_table(summary: dict, task: str, title: str) -> list[str]:
+  """A method x length table of `task`'s pooled accuracy as "pct% (correct/prompts)"; [] when no cell ran."""
+  lengths = sorted({int(k) for s in summary.values() for k in s[task]})
+  if not lengths:
+    return []
+
+  def entry(s: dict, n: int) -> str:
+    if str(n) not in s[task]:
+      return "not run"
+    accuracy, prompts = s[task][str(n)], s[f"{task}_prompts"][str(n)]
+    return f"{100 * accuracy:.0f}% ({accuracy * prompts:.3g}/{prompts})"
+
+  lines = [f"## {title}", "", "| method | " + " | ".join(map(str, lengths)) + " |", "|---" * (len(lengths) + 1) + "|"]
+  lines += [f"| {name} | " + " | ".join(entry(s, n) for n in lengths) + " |" for name, s in summary.items()]
+  return lines + [""]
+
+
 def write_report(out: str, cells_dir: str, trained: Config, names: list[str], settings: Settings,
                  extra: dict) -> str:
   """report.md and results.json from the cells on disk; missing cells are listed, never filled in."""
@@ -360,24 +377,9 @@ def write_report(out: str, cells_dir: str, trained: Config, names: list[str], se
         plots.plot_loss_by_position(curves, os.path.join(out, f"loss_by_position_{doc}.png"), trained_length=length)
         lines += ["", f"![loss by position, {doc}](loss_by_position_{doc}.png)"]
     lines.append("")
-  lengths = sorted({int(k) for s in summary.values() for k in s["passkey"]})
-  if lengths:
-    lines += ["## Passkey accuracy (correct / prompts; depths and keys per cell in the cells' JSON)", "",
-              "| method | " + " | ".join(map(str, lengths)) + " |", "|---" * (len(lengths) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(
-        f"{100 * s['passkey'][str(n)]:.0f}% ({round(s['passkey'][str(n)] * s['passkey_prompts'][str(n)])}/"
-        f"{s['passkey_prompts'][str(n)]})" if str(n) in s["passkey"] else "not run" for n in lengths) + " |"
-              for name, s in summary.items()]
-    lines.append("")
-  ruler_lengths = sorted({int(k) for s in summary.values() for k in s["ruler"]})
-  if ruler_lengths:
-    lines += ["## RULER niah_single_1 (string_match_all; correct / prompts)", "",
-              "| method | " + " | ".join(map(str, ruler_lengths)) + " |", "|---" * (len(ruler_lengths) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(
-        f"{100 * s['ruler'][str(n)]:.0f}% ({s['ruler'][str(n)] * s['ruler_prompts'][str(n)]:g}/"
-        f"{s['ruler_prompts'][str(n)]})" if str(n) in s["ruler"] else "not run" for n in ruler_lengths) + " |"
-              for name, s in summary.items()]
-    lines.append("")
+  lines += _accuracy_table(summary, "passkey",
+                           "Passkey accuracy (correct / prompts; depths and keys per cell in the cells' JSON)")
+  lines += _accuracy_table(summary, "ruler", "RULER niah_single_1 (string_match_all; correct / prompts)")
   if "parity" in extra:
     p = extra["parity"]
     took = (f"`python -m longjax.convert --gguf ...` took {extra['import_seconds']:.0f} s. "
