@@ -87,9 +87,9 @@ def _options() -> TaskOptions:
   except ValueError as e:
     raise ConfigError(f"--lengths/--depths: {e}; give comma-separated numbers") from None
   if lengths and min(lengths) < 1:
-    raise ConfigError(f"--lengths={_LENGTHS.value} is invalid: lengths must be positive")
+    raise ConfigError(f"--lengths={','.join(_LENGTHS.value)} is invalid: lengths must be positive")
   if not all(0.0 <= d <= 1.0 for d in depths):
-    raise ConfigError(f"--depths={_DEPTHS.value} is invalid: depths must be in [0, 1]")
+    raise ConfigError(f"--depths={','.join(_DEPTHS.value)} is invalid: depths must be in [0, 1]")
   if _DIGITS.value is not None and _DIGITS.value < 1:
     raise ConfigError(f"--digits={_DIGITS.value} is invalid: must be >= 1")
   if _TEXT.value is not None and _TASK.value not in ("perplexity", "loss_by_position"):
