@@ -1,7 +1,8 @@
 """`longjax.load(workdir)`: a training run's model, ready in a notebook, on one device or sharded over a mesh.
 
   run = longjax.load("gs://bucket/run")  # float32, on this process's first device
-  run = longjax.load(workdir, mesh=sharding.make_mesh(MeshConfig(data=1, fsdp=-1)), dtype="bfloat16")  # cut over devices
+  # each device restores only its block of each parameter, in bfloat16
+  run = longjax.load(workdir, mesh=sharding.make_mesh(MeshConfig(data=1, fsdp=-1)), dtype="bfloat16")
 """
 
 from __future__ import annotations

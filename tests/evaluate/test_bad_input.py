@@ -75,7 +75,8 @@ def test_evaluate_reports_bad_input_in_one_line(runner, trained_workdir, tmp_pat
   s2 = [f"--config={REPO}/configs/tiny.py:attention=s2", "--config.model.attention.s2_at_eval=True"]
   cases = {
       ("--task", "bogus"): [*run, "--task=bogus"],
-      ("rope_type='bogus'", "allowed:"): [*run, f"--config={REPO}/configs/tiny.py", "--config.model.rope.rope_type=bogus"],
+      ("rope_type='bogus'", "allowed:"): [*run, f"--config={REPO}/configs/tiny.py",
+                                          "--config.model.rope.rope_type=bogus"],
       ("model.attention.type", "bogus", "allowed:"): [*run, f"--config={REPO}/configs/tiny.py",
                                                       "--config.model.attention.type=bogus"],
       ("--lengths: length 100", "s2 with s2_at_eval=True", "25 tokens", "allowed:"): [*run, *s2, "--lengths=100"],

@@ -69,7 +69,8 @@ logits = np.asarray(loaded.logits("import json"))
 print(json.dumps({"steps": [m["step"] for m in metrics], "seq_len": config.train.seq_len,
                   "checkpoints": checkpoint.Checkpointer("gs://bucket/run", read_only=True).all_steps(),
                   "local": any(p.name.startswith("gs:") for p in epath.Path(".").iterdir()),
-                  "exported_step": exported, "hf": sorted(p.name for p in epath.Path("gs://bucket/exports/hf").iterdir()),
+                  "exported_step": exported,
+                  "hf": sorted(p.name for p in epath.Path("gs://bucket/exports/hf").iterdir()),
                   "imported_error": float(np.abs(np.asarray(imported.logits("import json")) - logits).max()),
                   "half_error": float(np.abs(np.asarray(half.logits("import json")) - logits).max()),
                   "half_dtypes": sorted({str(x.dtype) for x in __import__("jax").tree.leaves(half.params)})}))
