@@ -1,7 +1,8 @@
 """Evaluation and generation across processes (jax.distributed, gloo CPU collectives on 127.0.0.1): a trained run
 restored with `longjax.load(workdir, mesh=...)` over fsdp=2 x tensor=2, each process holding only its devices'
 blocks, gives on 2 processes x 2 devices the perplexities, loss by position, logits and greedy tokens of 1 process
-x 4 devices; `dtype="bfloat16"` restores every floating parameter as bfloat16. The generate main on 2 processes
+x 4 devices; `dtype="bfloat16"` restores every floating parameter as bfloat16 (its logits:
+tests/train/test_gcs_workdir.py). The generate main on 2 processes
 (launch/local.py) prints, once, the text of 1 process.
 
 Three launches (2 processes, 1, then the main on 2) carry every check, since each pays imports and compilation.
@@ -42,7 +43,7 @@ def device_bytes(params):
   return max(held.values())
 
 text = essays()
-options = TaskOptions(lengths=(32, 64), num_bins=4, texts=tuple(text[i * 500:(i + 1) * 500] for i in range(3)))
+options = TaskOptions(lengths=(64,), num_bins=4, texts=tuple(text[i * 500:(i + 1) * 500] for i in range(3)))
 evaluation = EvalRun(run.config, {"own": run.config}, run.params, run.tokenizer)
 with sharding.use_mesh(mesh):
   perplexity = TASKS["perplexity"].run(evaluation, options).results["own"]
@@ -55,7 +56,6 @@ result = {
     "half_dtypes": sorted({str(x.dtype) for x in jax.tree.leaves(half.params)}),
     "perplexity": [r["loss"] for r in perplexity], "loss_by_position": by_position["loss"],
     "logits": np.asarray(run.logits("import os"))[0, :, :8].tolist(),
-    "half_logits": np.asarray(half.logits("import os"))[0, :, :8].tolist(),
     "tokens": np.asarray(run.generate(prompts, max_new_tokens=12, stop_at_eos=False)).tolist(),
     "text": run.generate("def main():", max_new_tokens=16),
 }
@@ -101,15 +101,13 @@ def test_evaluation_and_generation_do_not_depend_on_the_process_count(runner, tr
     assert result["device_bytes"] < 0.45 * result["model_bytes"], result
     assert result["half_dtypes"] == ["bfloat16"]
     assert result["half_device_bytes"] == result["device_bytes"] // 2
-    np.testing.assert_allclose(result["half_logits"], result["logits"], atol=0.1)  # bfloat16 weights: close
-    assert result["half_logits"] != result["logits"]  # ... and not the float32 ones
 
   # Every process gets the whole result, the same as one process's.
   for result in two:
     for key in ("perplexity", "loss_by_position", "logits"):
       np.testing.assert_allclose(result[key], one[key], rtol=1e-5, err_msg=key)
     assert result["tokens"] == one["tokens"] and result["text"] == one["text"]
-  assert len(one["perplexity"]) == 2 and len(one["loss_by_position"]) == 4 and len(one["logits"]) == 10  # BOS + 9
+  assert len(one["perplexity"]) == 1 and len(one["loss_by_position"]) == 4 and len(one["logits"]) == 10  # BOS + 9
   assert np.asarray(one["tokens"]).shape == (2, 12)
 
   # The generate main, as launch/local.py starts it on 2 processes, its mesh from --config: process 0 alone prints.
