@@ -25,7 +25,7 @@ launcher would execute, run by run, then the table's.
 
 import concurrent.futures
 import csv
-import glob
+import io
 import json
 import math
 import os
@@ -338,12 +338,17 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
   return flat
 
 
-def eval_scalars(path: str) -> dict[str, float]:
+def _path(path) -> epath.Path:
+  """A local path or a URL (gs://bucket/sweep) as an epath.Path; --collect reads and writes both alike."""
+  return epath.Path(path)
+
+
+def eval_scalars(path) -> dict[str, float]:
   """The headline numbers of one `python -m longjax.evaluate` result file (WORKDIR/eval/<task>_<name>.json)."""
-  stem = os.path.basename(path)[:-len(".json")]
+  path = _path(path)
+  stem = path.name[:-len(".json")]
   task = next((t for t in sorted(EVAL_TASKS, key=len, reverse=True) if stem.startswith(t + "_")), None)
-  with open(path) as f:
-    data = json.load(f)
+  data = json.loads(path.read_text())
   if task == "perplexity":
     return {f"{stem} ppl@{r['length']}": r["perplexity"] for results in data.values() for r in results if r["tokens"]}
   if task in ("passkey", "needle"):
@@ -356,33 +361,31 @@ def eval_scalars(path: str) -> dict[str, float]:
   return {}  # kv_cache: sizes, not a comparison of runs
 
 
-def read_run(directory: str) -> dict:
+def read_run(directory) -> dict:
   """A run's config (flattened), loss curve, last value of each metric, and evaluation results."""
+  directory = _path(directory)
   config = {}
-  if os.path.exists(os.path.join(directory, "config.json")):
-    with open(os.path.join(directory, "config.json")) as f:
-      config = _flatten(json.load(f))
+  if (directory / "config.json").exists():
+    config = _flatten(json.loads((directory / "config.json").read_text()))
   curve, last = [], {}
-  if os.path.exists(os.path.join(directory, "metrics.jsonl")):
-    with open(os.path.join(directory, "metrics.jsonl")) as f:
-      for line in filter(str.strip, f):
-        record = json.loads(line)
-        if record.get("loss") is not None:
-          curve.append((record["step"], record["loss"]))
-        last.update({k: v for k, v in record.items() if v is not None})
+  if (directory / "metrics.jsonl").exists():
+    for line in filter(str.strip, (directory / "metrics.jsonl").read_text().splitlines()):
+      record = json.loads(line)
+      if record.get("loss") is not None:
+        curve.append((record["step"], record["loss"]))
+      last.update({k: v for k, v in record.items() if v is not None})
   results = {}
-  for path in sorted(glob.glob(os.path.join(directory, "eval", "*.json"))):
+  for path in sorted(directory.glob("eval/*.json"), key=str):
     results.update(eval_scalars(path))
-  return {"name": os.path.basename(directory), "config": config, "curve": curve, "last": last, "eval": results}
+  return {"name": directory.name, "config": config, "curve": curve, "last": last, "eval": results}
 
 
 def _statuses(root: str) -> dict[str, dict]:
   """ROOT/sweep_runs.json's record of each run, by name ({} when the sweep did not write one)."""
-  path = os.path.join(root, STATUS_FILE)
-  if not os.path.exists(path):
+  path = _path(root) / STATUS_FILE
+  if not path.exists():
     return {}
-  with open(path) as f:
-    return {record["name"]: record for record in json.load(f)["runs"]}
+  return {record["name"]: record for record in json.loads(path.read_text())["runs"]}
 
 
 def _status(run: dict, record: dict | None) -> str:
@@ -398,9 +401,10 @@ def _status(run: dict, record: dict | None) -> str:
 def collect(root: str) -> tuple[list[str], list[list]]:
   """(header, rows) of every run under `root`; also writes sweep.md, sweep.csv and sweep_loss.png there."""
   statuses = _statuses(root)
-  directories = sorted(d for d in glob.glob(os.path.join(root, "*"))
-                       if os.path.exists(os.path.join(d, "config.json")) or
-                       os.path.exists(os.path.join(d, "metrics.jsonl")) or os.path.basename(d) in statuses)
+  top = _path(root)
+  children = sorted(top.iterdir(), key=str) if top.is_dir() else []
+  directories = [d for d in children if (d / "config.json").exists() or (d / "metrics.jsonl").exists() or
+                 d.name in statuses]
   if not directories and not statuses:
     raise ConfigError(f"--collect {root!r} is invalid: no run directory (with config.json or metrics.jsonl) in it")
   runs = [read_run(d) for d in directories]
@@ -426,11 +430,11 @@ def collect(root: str) -> tuple[list[str], list[list]]:
   rows = [[run["name"], run["status"], *[run["config"].get(k) for k in swept], run["last"].get("step"),
            *[run["last"].get(k) for k in metrics], *[run["eval"].get(k) for k in evals],
            *([run["error"]] if errors else [])] for run in runs]
-  with open(os.path.join(root, "sweep.csv"), "w", newline="") as f:
-    csv.writer(f).writerows([header, *[["" if v is None else v for v in row] for row in rows]])
-  with open(os.path.join(root, "sweep.md"), "w") as f:
-    f.write(markdown(header, rows))
-  _plot(runs, os.path.join(root, "sweep_loss.png"))
+  table = io.StringIO(newline="")
+  csv.writer(table).writerows([header, *[["" if v is None else v for v in row] for row in rows]])
+  (top / "sweep.csv").write_text(table.getvalue())
+  (top / "sweep.md").write_text(markdown(header, rows))
+  _plot(runs, top / "sweep_loss.png")
   return header, rows
 
 
@@ -450,7 +454,7 @@ def markdown(header: list[str], rows: list[list]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _plot(runs: list[dict], path: str) -> None:
+def _plot(runs: list[dict], path: epath.Path) -> None:
   import matplotlib
 
   matplotlib.use("Agg")
@@ -463,18 +467,20 @@ def _plot(runs: list[dict], path: str) -> None:
       axes.plot(steps, losses, marker="." if len(steps) < 20 else None, label=run["name"])
   axes.set_xlabel("step")
   axes.set_ylabel("training loss (nats/token)")
-  axes.set_title(f"{len(runs)} runs of {os.path.basename(os.path.dirname(path).rstrip('/')) or path}")
+  axes.set_title(f"{len(runs)} runs of {path.parent.name or path}")
   axes.grid(alpha=0.3)
   axes.legend(fontsize=7)
   figure.tight_layout()
-  figure.savefig(path, dpi=120)
+  image = io.BytesIO()
+  figure.savefig(image, format="png", dpi=120)
   plt.close(figure)
+  path.write_bytes(image.getvalue())
 
 
 def _report(root: str) -> None:
   header, rows = collect(root)
   print(markdown(header, rows), end="")
-  print(f"wrote {os.path.join(root, 'sweep.md')}, sweep.csv and sweep_loss.png")
+  print(f"wrote {_path(root) / 'sweep.md'}, sweep.csv and sweep_loss.png")
 
 
 def main(argv: list[str]) -> int:

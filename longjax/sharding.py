@@ -13,11 +13,13 @@ the same parameter bytes as one of fsdp=8. Activations `[batch, length, embed]` 
 `batch` takes `fsdp` and `length` takes `sequence` first, so their `embed` stays whole.
 """
 
+import contextlib
 import math
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from longjax.config import MESH_AXES, ConfigError, MeshConfig
@@ -35,6 +37,17 @@ RULES = (
     ("layers", None),
     ("lora", None),
 )
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh | None):
+  """The mesh and RULES under which the model's logical sharding constraints resolve (None: no mesh, as on one
+  device)."""
+  if mesh is None:
+    yield
+    return
+  with jax.set_mesh(mesh), nn.logical_axis_rules(RULES):
+    yield
 
 
 def mesh_shape(mesh: MeshConfig, num_devices: int) -> tuple[int, ...]:
@@ -153,3 +166,15 @@ def global_array(sharding: NamedSharding, shape: tuple[int, ...], rows: list[int
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
+
+
+def fetchable(x):
+  """`x` itself where this process can read all of it (one process, or replicated), else its global value
+  gathered to every process as numpy (a collective: every process calls it, as they called what made `x`).
+
+  Evaluation and generation over a mesh that spans processes return arrays cut over other hosts' devices
+  (logits, per-row losses, sampled tokens); each host needs the whole value to report it.
+  """
+  if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+    return x
+  return multihost_utils.process_allgather(x, tiled=True)

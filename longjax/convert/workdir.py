@@ -8,14 +8,19 @@ as a training run leaves one: `config.json` (a full Config whose model section i
 model's own tokenizer, copied in (HF: tokenizer.json and tokenizer_config.json, else tokenizer.model) or
 built from the GGUF's vocabulary. `data.tokenizer_path` is relative, so the workdir can move;
 `checkpoint.read_config` resolves it. `train.init_from=out_dir` and `longjax.load(out_dir)` read it.
+Either output may be any etils.epath path (local, gs://...), as a training workdir may: files that a library
+writes only to local disk (safetensors, a tokenizer) are written to a temporary directory and copied up.
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
+import tempfile
 
 import jax
+from etils import epath
 
 from longjax import checkpoint
 from longjax.config import Config, DataConfig, ModelConfig
@@ -26,10 +31,28 @@ from longjax.nn.lora import merge_lora
 SENTENCEPIECE_MODEL = hf.SENTENCEPIECE_MODEL  # an import copies it in as the run's tokenizer (tokenizer.json first)
 
 
-def _refuse_existing(out_dir: str, flag: str) -> None:
-  """Never write over an earlier conversion or a run: `out_dir` must be new or empty."""
-  if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+def _refuse_existing(out_dir: str, flag: str) -> epath.Path:
+  """Never write over an earlier conversion or a run: `out_dir` must be new or empty; returns it as an epath."""
+  path = checkpoint.workdir_path(out_dir)
+  if path.exists() and (not path.is_dir() or any(True for _ in path.iterdir())):
     raise hf.ConversionError(f"{flag}={out_dir}: already exists and is not empty; allowed: a new or empty directory")
+  return path
+
+
+@contextlib.contextmanager
+def _local_directory(out: epath.Path):
+  """A local directory for writers that only write local files, whose files end up in `out`: `out` itself when it
+  is local, else a temporary directory copied file by file into `out` (gs://...) when the block succeeds."""
+  if "://" not in str(out):
+    out.mkdir(parents=True, exist_ok=True)
+    yield str(out)
+    return
+  with tempfile.TemporaryDirectory(prefix="longjax-convert-") as local:
+    yield local
+    out.mkdir(parents=True, exist_ok=True)
+    for name in sorted(os.listdir(local)):
+      with open(os.path.join(local, name), "rb") as source, (out / name).open("wb") as target:
+        shutil.copyfileobj(source, target, 64 << 20)
 
 
 def _restore_params(workdir: str, config: Config, step: int | None) -> tuple[int, dict]:
@@ -46,17 +69,18 @@ def _restore_params(workdir: str, config: Config, step: int | None) -> tuple[int
 
 def export_hf(workdir: str, out_dir: str, *, step: int | None = None, torch_dtype: str = "float32") -> int:
   """Write the run in `workdir` (LoRA merged, layers unscanned) as a transformers directory; returns the step."""
-  _refuse_existing(out_dir, "--to_hf")
+  out = _refuse_existing(out_dir, "--to_hf")
   config = checkpoint.read_config(workdir)
   hf.config_to_hf(config.model)  # a model transformers cannot express fails before the restore
   step, params = _restore_params(workdir, config, step)
   params, model = merge_lora(params, config.model)
-  hf.save(model, checkpoint.host_params(params), out_dir, torch_dtype=torch_dtype)
+  with _local_directory(out) as local:
+    hf.save(model, checkpoint.host_params(params), local, torch_dtype=torch_dtype)
   return step
 
 
-def _copy_hf_tokenizer(hf_dir: str, out_dir: str) -> DataConfig:
-  """Copy `hf_dir`'s tokenizer files into `out_dir`; the DataConfig that reads the copy (`hf.tokenizer_data`)."""
+def _copy_hf_tokenizer(hf_dir: str, out: epath.Path) -> DataConfig:
+  """Copy `hf_dir`'s tokenizer files into `out`; the DataConfig that reads the copy (`hf.tokenizer_data`)."""
   data = hf.tokenizer_data(hf_dir)
   if data.tokenizer == "byte":
     logging.warning("%s: no %s or %s; the workdir keeps the byte tokenizer (set data.tokenizer to the model's)",
@@ -64,36 +88,36 @@ def _copy_hf_tokenizer(hf_dir: str, out_dir: str) -> DataConfig:
     return data
   for name in (hf.TOKENIZER_JSON, hf.TOKENIZER_CONFIG, hf.SENTENCEPIECE_MODEL):
     if os.path.isfile(os.path.join(hf_dir, name)):
-      shutil.copyfile(os.path.join(hf_dir, name), os.path.join(out_dir, name))
+      (out / name).write_bytes(epath.Path(hf_dir, name).read_bytes())
   return dataclasses.replace(data, tokenizer_path=os.path.basename(data.tokenizer_path))
 
 
-def _write_workdir(out_dir: str, model: ModelConfig, params: dict, data: DataConfig) -> Config:
+def _write_workdir(out: epath.Path, model: ModelConfig, params: dict, data: DataConfig) -> Config:
   """Parameters at step 0, then config.json (readers open it first, so a workdir that has one is complete)."""
   config = Config(model=model, data=data)
   config.validate()
-  checkpointer = checkpoint.Checkpointer(out_dir, async_save=False)
+  checkpointer = checkpoint.Checkpointer(out, async_save=False)
   try:
     checkpointer.save_params(0, params, config)
   finally:
     checkpointer.close()
-  with open(os.path.join(out_dir, "config.json"), "w") as f:
-    f.write(config.to_json())
+  (out / "config.json").write_text(config.to_json())
   return config
 
 
 def import_hf(hf_dir: str, out_dir: str) -> Config:
   """Write the transformers LLaMA in `hf_dir`, with its tokenizer, as a longjax workdir `out_dir` (params at step 0)."""
-  _refuse_existing(out_dir, "--out_dir")
+  out = _refuse_existing(out_dir, "--out_dir")
   model, params = hf.load(hf_dir)
-  os.makedirs(out_dir, exist_ok=True)
-  return _write_workdir(out_dir, model, params, _copy_hf_tokenizer(hf_dir, out_dir))
+  out.mkdir(parents=True, exist_ok=True)
+  return _write_workdir(out, model, params, _copy_hf_tokenizer(hf_dir, out))
 
 
 def import_gguf(gguf_file: str, out_dir: str) -> Config:
   """Write the llama GGUF `gguf_file` (dequantized), with the tokenizer of its vocabulary, as a workdir `out_dir`."""
-  _refuse_existing(out_dir, "--out_dir")
+  out = _refuse_existing(out_dir, "--out_dir")
   reader = gguf.read(gguf_file)
   model, params = gguf.load(gguf_file, reader=reader)
-  os.makedirs(out_dir, exist_ok=True)
-  return _write_workdir(out_dir, model, params, gguf_tokenizer.write_tokenizer(reader, gguf_file, out_dir))
+  with _local_directory(out) as local:
+    data = gguf_tokenizer.write_tokenizer(reader, gguf_file, local)
+  return _write_workdir(out, model, params, data)

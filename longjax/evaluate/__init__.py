@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Sequence
 
 import numpy as np
 
+from longjax import checkpoint
 from longjax.config import Config, DataConfig
 from longjax.data import get_tokenizer, open_documents
 from longjax.evaluate.kv_cache import CacheSize, kv_cache_bytes, kv_cache_size, kv_cache_table
@@ -45,10 +45,10 @@ def evaluate_perplexity(config: Config, params, documents: list[np.ndarray]) -> 
 
 
 def write_json(results, path: str) -> None:
-  """JSON-able results to `path`, creating its directory."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(results, f, indent=2)
+  """JSON-able results to `path` (any epath: local, gs://), creating its directory."""
+  path = checkpoint.workdir_path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(results, indent=2))
 
 
 def write_results(results: dict[str, list[LengthResult]], path: str) -> None:

@@ -8,22 +8,31 @@
   # an imported model (python -m longjax.convert --gguf/--hf_dir), on text files, YaRN x2 over its own rope
   python -m longjax.evaluate --workdir /ckpt/smollm2 --task perplexity --text /data/essays --lengths 8192,16384 \
       --config configs/base.py --config.model.rope.rope_type=yarn --config.model.rope.factor=2
+  # every host of a slice or cluster runs the same command (JAX_COORDINATOR_ADDRESS etc., or TPU/SLURM detected):
+  # the parameters are cut over the mesh (here fsdp over all devices), process 0 writes the results
+  python launch/local.py --num_processes 2 -- python -m longjax.evaluate --workdir gs://bucket/run \
+      --config configs/base.py --config.mesh.data=1 --config.mesh.fsdp=-1
 
-With --config, the run's weights are evaluated with the `model.rope`, `model.attention` and `eval` keys
+With --config, the run's weights are evaluated with the `model.rope`, `model.attention`, `eval` and `mesh` keys
 that the config sets (`config.merge_onto`: keys that differ from configs/base.py, and every --config.KEY
 flag); every other key stays the run's, and a rope method that needs L gets the run's trained length
 (model.max_position_embeddings). Shapes stay the run's. loss_by_position draws one curve for the run's own
 method and one for the override. --text replaces the run's evaluation data (perplexity, loss_by_position)
 by a UTF-8 file or a directory of them, one document a file. Writes WORKDIR/eval/<task>_<name>.json and
 .png (name: --name, default the evaluated rope_type) and prints a table.
+
+With several processes (the config's `distributed` keys, JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID,
+or a detected TPU or SLURM cluster) each restores only the blocks of the parameters its devices hold under the
+mesh (the run's `mesh` keys, or --config's) and all run every forward together; process 0 writes and prints.
 """
 
 import os
 
+import jax
 from absl import flags
 
-from longjax import checkpoint, cli, load
-from longjax.config import ConfigError, merge_onto
+from longjax import checkpoint, cli, load, sharding
+from longjax.config import Config, ConfigError, merge_onto
 from longjax.data import get_tokenizer
 from longjax.evaluate import write_json
 from longjax.evaluate.tasks import TASKS, EvalRun, TaskOptions
@@ -45,7 +54,7 @@ _DTYPE = flags.DEFINE_string("dtype", "float16", "kv_cache: the K/V storage dtyp
 _TEXT = flags.DEFINE_string("text", None, "perplexity, loss_by_position: a UTF-8 text file, or a directory of them "
                             "(one document a file), evaluated instead of the run's data.")
 # The sections an evaluation --config may change: the weights' shapes stay the run's.
-OVERRIDE_SECTIONS = ("model.rope", "model.attention", "eval")
+OVERRIDE_SECTIONS = ("model.rope", "model.attention", "eval", "mesh")
 
 
 def _read_texts(path: str) -> tuple[str, ...]:
@@ -78,9 +87,9 @@ def _options() -> TaskOptions:
   except ValueError as e:
     raise ConfigError(f"--lengths/--depths: {e}; give comma-separated numbers") from None
   if lengths and min(lengths) < 1:
-    raise ConfigError(f"--lengths={_LENGTHS.value} is invalid: lengths must be positive")
+    raise ConfigError(f"--lengths={','.join(_LENGTHS.value)} is invalid: lengths must be positive")
   if not all(0.0 <= d <= 1.0 for d in depths):
-    raise ConfigError(f"--depths={_DEPTHS.value} is invalid: depths must be in [0, 1]")
+    raise ConfigError(f"--depths={','.join(_DEPTHS.value)} is invalid: depths must be in [0, 1]")
   if _DIGITS.value is not None and _DIGITS.value < 1:
     raise ConfigError(f"--digits={_DIGITS.value} is invalid: must be >= 1")
   if _TEXT.value is not None and _TASK.value not in ("perplexity", "loss_by_position"):
@@ -94,26 +103,31 @@ def main(argv):
   del argv
   options = _options()
   task = TASKS[_TASK.value]
-  if task.needs_params:
-    loaded = load(_WORKDIR.value, _STEP.value)
-    trained, params, tokenizer = loaded.config, loaded.params, loaded.tokenizer
-  else:
-    trained = checkpoint.read_config(_WORKDIR.value)
-    params, tokenizer = None, get_tokenizer(trained.data)
+  trained = checkpoint.read_config(_WORKDIR.value)
   methods = {trained.model.rope.rope_type: trained}
+  distributed = Config().distributed
   if _CONFIG.value is not None:
-    evaluated = merge_onto(trained, _CONFIG.value, OVERRIDE_SECTIONS, explicit=cli.override_keys("config"))
+    explicit = cli.override_keys("config")
+    evaluated = merge_onto(trained, _CONFIG.value, OVERRIDE_SECTIONS, explicit=explicit)
+    distributed = merge_onto(Config(), _CONFIG.value, ("distributed",), explicit=explicit).distributed
     name = _NAME.value or evaluated.model.rope.rope_type
     methods = {f"{key} (trained)" if key == name else key: config for key, config in methods.items()}
     methods[name] = evaluated
   elif _NAME.value:
     methods = {_NAME.value: trained}
-  run = EvalRun(trained, methods, params, tokenizer)
-  report = task.run(run, options)
-  out = os.path.join(_WORKDIR.value, "eval", f"{_TASK.value}_{run.name}")
-  write_json(report.results, out + ".json")
-  report.plot(out + ".png")
-  print(report.table)
+  run = EvalRun(trained, methods, None, get_tokenizer(trained.data))
+  task.check(run, options)  # before any device work: a length a method cannot hold
+  cli.initialize_distributed(distributed)
+  mesh = sharding.make_mesh(run.config.mesh)
+  if task.needs_params:
+    run.params = load(_WORKDIR.value, _STEP.value, mesh=mesh).params
+  with sharding.use_mesh(mesh):
+    report = task.run(run, options)
+  if jax.process_index() == 0:
+    out = f"{checkpoint.workdir_path(_WORKDIR.value)}/eval/{_TASK.value}_{run.name}"
+    write_json(report.results, out + ".json")
+    report.plot(out + ".png")
+    print(report.table)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import numpy as np
 
 from longjax.inference.score import token_nll
 from longjax.nn import Llama
+from longjax.sharding import fetchable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +49,7 @@ def loss_by_position(model: Llama, params, documents: Sequence[np.ndarray], leng
   for i in range(0, len(rows), batch_size):
     batch = rows[i:i + batch_size]
     pad = batch_size - len(batch)  # one compiled shape; the copies are dropped below
-    losses = np.asarray(token_losses(model, params, jnp.asarray(np.stack(batch + [batch[0]] * pad))))
+    losses = np.asarray(fetchable(token_losses(model, params, jnp.asarray(np.stack(batch + [batch[0]] * pad)))))
     total += losses[:len(batch)].sum(axis=0)
   mean = total / len(rows)
   edges = np.linspace(0, length, min(num_bins, length) + 1).round().astype(int)

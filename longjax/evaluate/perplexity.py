@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from longjax.nn import Llama
+from longjax.sharding import fetchable
 from longjax.evaluate.loss_by_position import token_losses
 
 
@@ -100,7 +101,8 @@ def perplexity_at_length(model: Llama, params, documents: Sequence[np.ndarray], 
     batch, mask = rows[i:i + batch_size], masks[i:i + batch_size]
     pad = batch_size - len(batch)  # keep one compiled shape: pad with copies that score nothing
     batch, mask = batch + [batch[0]] * pad, mask + [np.zeros(max_len, np.float32)] * pad
-    loss_sum, n = _window_losses(model, params, jnp.asarray(np.stack(batch)), jnp.asarray(np.stack(mask)))
+    loss_sum, n = map(fetchable, _window_losses(model, params, jnp.asarray(np.stack(batch)),
+                                                jnp.asarray(np.stack(mask))))
     sums += np.asarray(loss_sum)[:len(rows[i:i + batch_size])].tolist()
     counts += np.asarray(n)[:len(rows[i:i + batch_size])].tolist()
   sums, counts = np.asarray(sums, np.float64), np.asarray(counts, np.float64)

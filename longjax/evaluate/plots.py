@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import matplotlib
 import numpy as np
+from etils import epath
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
@@ -98,10 +100,12 @@ def plot_kv_cache(sizes: list, path: str, *, title: str = "KV-cache memory") -> 
 
 
 def _save(fig, path: str) -> str:
-  """Lay out, write the PNG at 120 dpi, free the figure; returns the path."""
+  """Lay out, write the PNG at 120 dpi to `path` (any epath: local, gs://), free the figure; returns the path."""
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  image = io.BytesIO()
+  fig.savefig(image, format="png", dpi=120)
   plt.close(fig)
+  epath.Path(path).write_bytes(image.getvalue())
   return path
 
 

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from longjax.config import Config
+from longjax.config import AttentionConfig, Config, ConfigError
 from longjax.data import get_tokenizer, open_documents
 from longjax.evaluate import eval_documents, kv_cache, needle, passkey, plots, ruler
 from longjax.evaluate.loss_by_position import loss_by_position
@@ -89,10 +89,43 @@ class Report:
   scalars: dict[str, float] = dataclasses.field(default_factory=dict)  # what training logs (metrics.jsonl)
 
 
+def check_length(attention: AttentionConfig, length: int, source: str) -> None:
+  """Raise ConfigError when `attention` cannot read `length` tokens in one whole-sequence forward: s2 evaluated as
+  it trains (s2_at_eval) cuts them into groups of int(group_size_ratio * length) tokens, which must be an even
+  divisor of the length. Every other type reads any length (decoding, with a cache, too)."""
+  if attention.type != "s2" or not attention.s2_at_eval:
+    return
+  group = int(attention.group_size_ratio * length)
+  if group < 2 or group % 2 or length % group:
+    raise ConfigError(f"{source}: length {length} is one model.attention.type=s2 with s2_at_eval=True cannot hold: "
+                      f"its groups of group_size_ratio={attention.group_size_ratio} x {length} = {group} tokens must "
+                      "be an even divisor of it; allowed: such lengths, or model.attention.s2_at_eval=False")
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
   run: Callable[[EvalRun, TaskOptions], Report]
   needs_params: bool = True
+  # (config, length, flag or key that set it) of each whole-sequence forward the task runs, checked before loading
+  forward_lengths: Callable[[EvalRun, TaskOptions], list[tuple[Config, int, str]]] = lambda run, options: []
+
+  def check(self, run: EvalRun, options: TaskOptions) -> None:
+    """Raise ConfigError for a forward length that a method's attention type cannot hold (`check_length`)."""
+    for config, length, source in self.forward_lengths(run, options):
+      check_length(config.model.attention, length, source)
+
+
+def _lengths_source(options: TaskOptions) -> str:
+  return "--lengths" if options.lengths else "eval.lengths"
+
+
+def _perplexity_lengths(run: EvalRun, options: TaskOptions) -> list[tuple[Config, int, str]]:
+  return [(run.config, n, _lengths_source(options)) for n in options.lengths or run.config.eval.lengths]
+
+
+def _loss_by_position_lengths(run: EvalRun, options: TaskOptions) -> list[tuple[Config, int, str]]:
+  return [(config, max(options.lengths or run.config.eval.lengths), _lengths_source(options))
+          for config in run.methods.values()]
 
 
 def _perplexity(run: EvalRun, options: TaskOptions) -> Report:
@@ -206,11 +239,11 @@ def _ruler(run: EvalRun, options: TaskOptions) -> Report:
 
 
 TASKS: dict[str, Task] = {
-    "perplexity": Task(_perplexity),
+    "perplexity": Task(_perplexity, forward_lengths=_perplexity_lengths),
     "passkey": Task(_passkey),
     "needle": Task(_needle),
     "needle_gkamradt": Task(_needle_gkamradt),
-    "loss_by_position": Task(_loss_by_position),
+    "loss_by_position": Task(_loss_by_position, forward_lengths=_loss_by_position_lengths),
     "kv_cache": Task(_kv_cache, needs_params=False),
     "ruler": Task(_ruler),
 }

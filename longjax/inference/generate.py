@@ -24,12 +24,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from longjax.config import ConfigError
 from longjax.data import insert_landmarks
 from longjax.nn import Llama, cache_lengths, init_cache
 from longjax.nn.landmark import landmark_spec
+from longjax.sharding import fetchable
 
 DEFAULT_PREFILL_CHUNK = 1024
 _PROMPT_ROUNDING = 16  # prompt buffers grow in these steps, so nearby lengths share one compiled prefill
+
+
+class GenerationError(ConfigError):
+  """Arguments generation cannot run with (a main reports them in one line, exit status 2); the message names
+  the argument (its flag has the same name), the value and what is allowed."""
+
+
+def check_sampling(max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> None:
+  """Raise GenerationError unless max_new_tokens >= 1, temperature >= 0, top_k >= 0 and 0 < top_p <= 1."""
+  if not max_new_tokens >= 1:
+    raise GenerationError(f"max_new_tokens={max_new_tokens} is invalid: must be >= 1")
+  if not temperature >= 0.0:
+    raise GenerationError(f"temperature={temperature} is invalid: must be >= 0 (0 is greedy)")
+  if not top_k >= 0:
+    raise GenerationError(f"top_k={top_k} is invalid: must be >= 0 (0 keeps every token)")
+  if not 0.0 < top_p <= 1.0:
+    raise GenerationError(f"top_p={top_p} is invalid: must be in (0, 1] (1 keeps every token)")
+
+
+def check_cache_length(prompt_tokens: int, max_new_tokens: int, max_length: int | None) -> None:
+  """Raise GenerationError when a prompt of `prompt_tokens` plus `max_new_tokens` does not fit a cache of
+  `max_length` tokens (None: sized to fit)."""
+  if max_length is not None and max_length < prompt_tokens + max_new_tokens:
+    raise GenerationError(f"max_length={max_length} is too short: the prompt holds {prompt_tokens} tokens and "
+                          f"max_new_tokens={max_new_tokens}; allowed: a cache of at least "
+                          f"{prompt_tokens + max_new_tokens} tokens, or a shorter prompt")
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -47,7 +75,8 @@ def pad_prompts(prompts, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
     prompts = [prompts]
   rows = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
   if not rows or min(len(r) for r in rows) == 0:
-    raise ValueError("generate: every prompt needs at least one token")
+    raise GenerationError("prompt: every prompt needs at least one token; allowed: non-empty prompts (text that "
+                          "tokenizes to at least one token, or token ids)")
   lengths = np.asarray([len(r) for r in rows], np.int32)
   tokens = np.full((len(rows), int(lengths.max())), pad_id, np.int32)
   for i, row in enumerate(rows):
@@ -158,23 +187,20 @@ def generate(model: Llama, params, prompts, max_new_tokens: int, *, temperature:
   The cache holds `max_length` tokens (default: the longest prompt plus max_new_tokens, plus the landmarks
   landmark attention inserts); the sliding and infini types keep constant memory whatever it is.
   """
-  if max_new_tokens < 1:
-    raise ValueError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+  check_sampling(max_new_tokens, temperature, top_k, top_p)
   tokens, lengths = pad_prompts(prompts, pad_id)
   landmarks = landmark_spec(model.config)
   new_slots = max_new_tokens
   if landmarks is not None:
     tokens, lengths = pad_prompts([insert_landmarks(row[:n], *landmarks) for row, n in zip(tokens, lengths)], pad_id)
     new_slots += max_new_tokens // landmarks[0] + 1
-  needed = int(lengths.max()) + new_slots
-  max_length = needed if max_length is None else max_length
-  if max_length < needed:
-    raise ValueError(f"generate: max_length={max_length} is shorter than the longest prompt plus max_new_tokens "
-                     f"(with landmarks, if any: {needed})")
+  check_cache_length(int(lengths.max()), new_slots, max_length)  # with landmark attention, the landmarks count
+  max_length = int(lengths.max()) + new_slots if max_length is None else max_length
   cache = init_cache(model.config, tokens.shape[0], max_length, cache_dtype)
   logits, cache = prefill(model, params, cache, tokens, lengths, chunk=prefill_chunk)
   out, cache = _decode(model, params, cache, logits, jax.random.key(seed), jnp.asarray(list(stop_tokens) or [-1],
                                                                                           jnp.int32),
                        jnp.int32(pad_id), max_new_tokens=max_new_tokens, temperature=float(temperature),
                        top_k=int(top_k), top_p=float(top_p))
+  out = fetchable(out)  # over a mesh that spans processes: the tokens, on every process
   return (out, cache) if return_cache else out

@@ -1,4 +1,9 @@
-"""`longjax.load(workdir)`: a training run's model, ready in a notebook."""
+"""`longjax.load(workdir)`: a training run's model, ready in a notebook, on one device or sharded over a mesh.
+
+  run = longjax.load("gs://bucket/run")  # float32, on this process's first device
+  # each device restores only its block of each parameter, in bfloat16
+  run = longjax.load(workdir, mesh=sharding.make_mesh(MeshConfig(data=1, fsdp=-1)), dtype="bfloat16")
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longjax import checkpoint
+from longjax import checkpoint, sharding
 from longjax.config import Config
 from longjax.data import get_tokenizer
 from longjax.inference.generate import generate as _generate
@@ -19,13 +24,15 @@ from longjax.nn import Llama, abstract_params
 
 @dataclasses.dataclass
 class LoadedModel:
-  """A restored model: `config`, `params`, `model`, `tokenizer`, `step`, and `logits`/`generate` helpers."""
+  """A restored model: `config`, `params`, `model`, `tokenizer`, `step`, and `logits`/`generate` helpers, which
+  run under `mesh` (the parameters' mesh; None: one device)."""
 
   config: Config
   params: dict
   model: Llama
   tokenizer: object
   step: int
+  mesh: jax.sharding.Mesh | None = None
 
   def encode(self, text: str) -> np.ndarray:
     return np.asarray(self.tokenizer.encode(text, bos=self.config.data.add_bos), np.int32)
@@ -53,7 +60,8 @@ class LoadedModel:
     padded = length_bucket(length)
     tokens = jnp.pad(tokens, [(0, 0), (0, padded - length)])
     positions = jnp.pad(positions, [(0, 0), (0, padded - length)], mode="edge")
-    return _logits(self.model, self.params, tokens, positions, seq_len)[:, :length]
+    with sharding.use_mesh(self.mesh):
+      return sharding.fetchable(_logits(self.model, self.params, tokens, positions, seq_len)[:, :length])
 
   def generate(self, prompt: str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | np.ndarray,
                max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
@@ -65,8 +73,9 @@ class LoadedModel:
         isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], str)) else None
     prompts = [self.encode(text) for text in texts] if texts is not None else prompt
     stop = (self.tokenizer.eos_id,) if stop_at_eos else ()
-    tokens = _generate(self.model, self.params, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
-                       top_p=top_p, seed=seed, stop_tokens=stop, pad_id=self.tokenizer.pad_id, **kwargs)
+    with sharding.use_mesh(self.mesh):
+      tokens = _generate(self.model, self.params, prompts, max_new_tokens, temperature=temperature, top_k=top_k,
+                         top_p=top_p, seed=seed, stop_tokens=stop, pad_id=self.tokenizer.pad_id, **kwargs)
     if texts is None:
       return tokens
     decoded = [self.tokenizer.decode(row) for row in np.asarray(tokens).tolist()]
@@ -89,15 +98,31 @@ def _logits(model: Llama, params, tokens, positions, seq_len):
   return model.apply({"params": params}, tokens, positions, seq_len=seq_len)
 
 
-def load(workdir: str, step: int | None = None) -> LoadedModel:
-  """Restore the parameters of `step` (newest by default) of the run in `workdir`, on the default device."""
+def load(workdir: str, step: int | None = None, *, mesh: jax.sharding.Mesh | None = None,
+         dtype: str | jnp.dtype | None = None) -> LoadedModel:
+  """Restore the parameters of `step` (newest by default) of the run in `workdir` (any epath: local, gs://).
+
+  Without `mesh`, onto this process's first device; with one, each parameter cut over `mesh` by its logical axes
+  (`sharding.tree_shardings`, as training cuts it), each device reading only its own block. `dtype` (e.g.
+  "bfloat16") casts the floating parameters as they are read, block by block: no float32 copy of the model is
+  made. In a multi-process run every process calls it with the same global mesh.
+  """
   config = checkpoint.read_config(workdir)
-  abstract, _ = abstract_params(config.model)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
+  abstract, logical = abstract_params(config.model)
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract)
+  else:
+    shardings = sharding.tree_shardings(mesh, logical, abstract)
+
+  def target(x, where):
+    cast = dtype is not None and jnp.issubdtype(x.dtype, jnp.floating)
+    return jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype) if cast else x.dtype, sharding=where)
+
+  abstract = jax.tree.map(target, abstract, shardings)
   checkpointer = checkpoint.Checkpointer(workdir, read_only=True)
   try:
     step, params = checkpointer.restore_params(abstract, step)
   finally:
     checkpointer.close()
-  return LoadedModel(config, params, Llama(config.model), get_tokenizer(config.data), step)
+  return LoadedModel(config, params, Llama(config.model), get_tokenizer(config.data), step, mesh)

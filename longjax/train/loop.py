@@ -184,7 +184,7 @@ class Trainer:
   @contextlib.contextmanager
   def context(self):
     """Mesh and logical-rule context under which the model's sharding constraints resolve."""
-    with jax.set_mesh(self.mesh), nn.logical_axis_rules(sharding.RULES):
+    with sharding.use_mesh(self.mesh):
       yield
 
   def initial_state(self) -> dict:
