@@ -14,7 +14,7 @@ from longjax import checkpoint
 from longjax.config import Config
 from longjax.data import get_tokenizer
 from longjax.inference.generate import generate as _generate
-from longjax.nn import Llama, abstract_params
+from longjax.nn import Llama
 
 
 @dataclasses.dataclass
@@ -92,12 +92,5 @@ def _logits(model: Llama, params, tokens, positions, seq_len):
 def load(workdir: str, step: int | None = None) -> LoadedModel:
   """Restore the parameters of `step` (newest by default) of the run in `workdir`, on the default device."""
   config = checkpoint.read_config(workdir)
-  abstract, _ = abstract_params(config.model)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
-  checkpointer = checkpoint.Checkpointer(workdir, read_only=True)
-  try:
-    step, params = checkpointer.restore_params(abstract, step)
-  finally:
-    checkpointer.close()
+  step, params = checkpoint.restore_model_params(workdir, config.model, step)
   return LoadedModel(config, params, Llama(config.model), get_tokenizer(config.data), step)
