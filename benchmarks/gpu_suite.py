@@ -8,7 +8,7 @@ Each part runs as its own process (an out-of-memory or a failing kernel is recor
 memory for the next part), writing its JSON into a scratch folder; the suite merges them into
 $OUT/gpu_suite.json when OUT is set, else benchmarks/results/gpu_suite.json, beside the full log.
 MFU counts 6 x non-embedding parameters + causal attention per token against the card's dense bf16 peak
-(989 TFLOP/s on H100 and H200; longjax.train.step.flops_per_token, peak_flops).
+(989 TFLOP/s on H100 and H200; longjax.flops.flops_per_token, peak_flops).
 """
 
 import argparse

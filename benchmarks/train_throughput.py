@@ -33,7 +33,8 @@ from longjax.config import ModelConfig, TrainConfig  # noqa: E402
 from longjax.nn import abstract_params, init_params  # noqa: E402
 from longjax.nn import Llama  # noqa: E402
 from longjax.train.optimizer import make_optimizer, parameter_labels  # noqa: E402
-from longjax.train.step import flops_per_token, make_train_step, peak_flops  # noqa: E402
+from longjax.flops import flops_per_token, peak_flops  # noqa: E402
+from longjax.train.step import make_train_step  # noqa: E402
 
 SHAPES = {  # name: (model config, batch, seq_len)
     # the shape of issue 12: 4 layers, d256, 8 heads / 4 KV heads, vocab 256, 8 x 512 tokens

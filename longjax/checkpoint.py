@@ -26,11 +26,13 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from longjax.config import Config, ConfigError, from_config_dict
+from longjax.config import Config, ConfigError, ModelConfig, error_line, from_config_dict
+from longjax.nn import abstract_params
 
 CHECKPOINTS = "checkpoints"
 # Keys that earlier versions wrote to config.json and that no longer exist; the runs they made still open.
 RETIRED_KEYS = (("eval", "passkey_trials"),)
+_ERROR_LIMIT = 200  # characters of an error kept in a one-line warning (TensorStore's run to pages)
 
 
 class _NoReadOnlyNotice(logging.Filter):
@@ -145,14 +147,14 @@ class Checkpointer:
       except Exception as e:  # noqa: BLE001 - a step that fails to read falls back to the previous one
         last_error = e
         failed.append(candidate)
-        logging.warning("checkpoint %s/%d does not restore (%s: %s); trying the previous one", self.directory,
-                        candidate, type(e).__name__, _first_line(e))
+        logging.warning("checkpoint %s/%d does not restore (%s); trying the previous one", self.directory,
+                        candidate, error_line(e, _ERROR_LIMIT))
         continue
       if set_aside and failed:
         self._set_aside(failed)
       return result
     raise CheckpointError(f"{self.directory}: no step restores; the last error was "
-                          f"{type(last_error).__name__}: {_first_line(last_error)}")
+                          f"{error_line(last_error, _ERROR_LIMIT)}")
 
   def _set_aside(self, steps: list[int]) -> None:
     """Rename step directories that do not restore to `<step>.unrestorable` (kept for inspection, ignored by
@@ -202,12 +204,6 @@ class Checkpointer:
     return self._first_restorable(step, restore_one)
 
 
-def _first_line(error: Exception | None, limit: int = 200) -> str:
-  """The start of an error's message, short enough for a one-line warning (TensorStore's run to pages)."""
-  line = str(error).splitlines()[0] if error is not None and str(error) else ""
-  return line if len(line) <= limit else line[:limit] + "..."
-
-
 def read_config(workdir: str | os.PathLike) -> Config:
   """The validated config a run wrote to `workdir/config.json` (any epath: local, gs://)."""
   path = workdir_path(workdir) / "config.json"
@@ -234,3 +230,32 @@ def _tokenizer_in_workdir(config: Config, workdir: str) -> Config:
 def host_params(params):
   """Device arrays -> numpy (for export)."""
   return jax.tree.map(np.asarray, params)
+
+
+def restore_model_params(workdir: str | os.PathLike, model_config: ModelConfig, step: int | None = None, *,
+                         mesh: jax.sharding.Mesh | None = None, dtype: Any = None) -> tuple[int, dict]:
+  """(step, params) of `step` (newest restorable by default) of the run in `workdir`.
+
+  Without `mesh`, onto this process's first device; with one, each parameter cut over `mesh` by its logical axes
+  (`sharding.tree_shardings`, as training cuts it), each device reading only its own block. `dtype` (e.g.
+  "bfloat16") casts the floating parameters as they are read, block by block. In a multi-process run every
+  process calls it with the same global mesh."""
+  from longjax import sharding  # noqa: PLC0415 (sharding is not needed by the rest of this module)
+
+  abstract, logical = abstract_params(model_config)
+  if mesh is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: device, abstract)
+  else:
+    shardings = sharding.tree_shardings(mesh, logical, abstract)
+
+  def target(x, where):
+    cast = dtype is not None and np.issubdtype(x.dtype, np.floating)
+    return jax.ShapeDtypeStruct(x.shape, np.dtype(dtype) if cast else x.dtype, sharding=where)
+
+  abstract = jax.tree.map(target, abstract, shardings)
+  checkpointer = Checkpointer(workdir, read_only=True)
+  try:
+    return checkpointer.restore_params(abstract, step)
+  finally:
+    checkpointer.close()

@@ -28,6 +28,7 @@ from safetensors.numpy import save_file
 from longjax.config import ConfigError, DataConfig, ModelConfig, RopeConfig, model_config_from_dict
 from longjax.data.tokenizer import HuggingFaceTokenizer
 from longjax.nn import scan_params, unscan_params
+from longjax.nn.attention import attention_type
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -39,7 +40,6 @@ _ROPE_KEYS = tuple(f.name for f in dataclasses.fields(RopeConfig))
 _LONGJAX_ONLY_ROPE_KEYS = ("alpha",)
 _LONGJAX_ONLY_ROPE_TYPES = ("ntk", "dynamic_yarn")
 # Attention that transformers' LlamaForCausalLM computes the same at inference (S2 shifts groups only in training).
-_EXPORTABLE_ATTENTION = ("full", "s2")
 # Keys some checkpoints carry that transformers does not read (YaRN's original code wrote `finetuned`).
 _IGNORED_ROPE_KEYS = ("finetuned",)
 
@@ -134,7 +134,7 @@ def config_to_hf(model: ModelConfig, torch_dtype: str = "float32") -> dict:
     raise ConversionError(f"model.block={model.block!r} has no transformers LlamaForCausalLM equivalent; "
                           "allowed for export: llama")
   attention = model.attention
-  if attention.type not in _EXPORTABLE_ATTENTION or (attention.type == "s2" and attention.s2_at_eval):
+  if not attention_type(model).evaluates_plain(attention):
     raise ConversionError(f"model.attention.type={attention.type!r} (s2_at_eval={attention.s2_at_eval}) has no "
                           "transformers equivalent; allowed for export: full, or s2 with s2_at_eval=False")
   if model.rope.rope_type in _LONGJAX_ONLY_ROPE_TYPES:

@@ -19,13 +19,11 @@ import os
 import shutil
 import tempfile
 
-import jax
 from etils import epath
 
 from longjax import checkpoint
 from longjax.config import Config, DataConfig, ModelConfig
 from longjax.convert import gguf, gguf_tokenizer, hf
-from longjax.nn import abstract_params
 from longjax.nn.lora import merge_lora
 
 SENTENCEPIECE_MODEL = hf.SENTENCEPIECE_MODEL  # an import copies it in as the run's tokenizer (tokenizer.json first)
@@ -55,24 +53,12 @@ def _local_directory(out: epath.Path):
         shutil.copyfileobj(source, target, 64 << 20)
 
 
-def _restore_params(workdir: str, config: Config, step: int | None) -> tuple[int, dict]:
-  """(step, params) of `step` (newest restorable by default), restored onto one device."""
-  abstract, _ = abstract_params(config.model)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract)
-  checkpointer = checkpoint.Checkpointer(workdir, read_only=True)
-  try:
-    return checkpointer.restore_params(abstract, step)
-  finally:
-    checkpointer.close()
-
-
 def export_hf(workdir: str, out_dir: str, *, step: int | None = None, torch_dtype: str = "float32") -> int:
   """Write the run in `workdir` (LoRA merged, layers unscanned) as a transformers directory; returns the step."""
   out = _refuse_existing(out_dir, "--to_hf")
   config = checkpoint.read_config(workdir)
   hf.config_to_hf(config.model)  # a model transformers cannot express fails before the restore
-  step, params = _restore_params(workdir, config, step)
+  step, params = checkpoint.restore_model_params(workdir, config.model, step)
   params, model = merge_lora(params, config.model)
   with _local_directory(out) as local:
     hf.save(model, checkpoint.host_params(params), local, torch_dtype=torch_dtype)

@@ -9,8 +9,10 @@ Full attention keeps every token's K and V: 2 (K and V) * layers * kv_heads * he
 - megalodon (block): the CEMA state complex64[hidden, ema_dim], the timestep-norm statistics (count
   int32, mean and var float32[groups]) and the open chunk's K/V, min(length, chunk_size) tokens of
   z_dim + value_dim values over all heads (MEGALODON), plus the final norm's statistics once.
-These are the formulas' counts; the buffers `longjax.inference.init_cache` allocates add small int32
-bookkeeping (lengths, key positions) and round full caches up to whole kernel blocks.
+Each block gives its counts (`cache_formula`); a llama block asks its attention type's registry entry
+(`longjax.nn.attention`: `cached_tokens`, `state_bytes`). These are the formulas' counts; the buffers
+`longjax.inference.init_cache` allocates add small int32 bookkeeping (lengths, key positions) and round full
+caches up to whole kernel blocks.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from typing import Sequence
 import jax.numpy as jnp
 
 from longjax.config import ModelConfig
-
-_FLOAT32, _INT32, _COMPLEX64 = 4, 4, 8
+from longjax.nn import BLOCKS
+from longjax.nn.cache_size import LayerCacheFormula
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,40 +42,14 @@ class CacheSize:
   device_bytes: int  # the share of one device of the mesh
 
 
+def _formula(model_config: ModelConfig, length: int) -> LayerCacheFormula:
+  """The block's count of one layer's cache (a llama block asks its attention type)."""
+  return BLOCKS[model_config.block].cache_formula(model_config, length)
+
+
 def cached_tokens(model_config: ModelConfig, length: int) -> int:
   """How many tokens' K/V one layer holds after `length` tokens."""
-  if model_config.block == "megalodon":
-    return min(length, model_config.megalodon.chunk_size)
-  attention = model_config.attention
-  if attention.type == "sliding":
-    return min(length, attention.sinks + attention.window)
-  if attention.type == "infini":
-    return min(length, attention.segment_len)
-  return length  # full, and s2 (LongLoRA generates with full attention)
-
-
-def _kv_values_per_token(model_config: ModelConfig) -> int:
-  """K plus V values one token adds to one layer (one batch row)."""
-  if model_config.block == "megalodon":
-    return model_config.megalodon.z_dim + model_config.megalodon.value_dim
-  return 2 * model_config.num_kv_heads * model_config.resolved_head_dim
-
-
-def _state_bytes(model_config: ModelConfig) -> int:
-  """One layer's constant recurrent state (one batch row)."""
-  if model_config.block == "megalodon":
-    mega = model_config.megalodon
-    return model_config.hidden_size * mega.ema_dim * _COMPLEX64 + _INT32 + 2 * mega.norm_groups * _FLOAT32
-  if model_config.attention.type == "infini":
-    kv_heads, head_dim = model_config.num_kv_heads, model_config.resolved_head_dim
-    return kv_heads * head_dim * (head_dim + 1) * _FLOAT32
-  return 0
-
-
-def _final_state_bytes(model_config: ModelConfig) -> int:
-  if model_config.block == "megalodon":
-    return _INT32 + 2 * model_config.megalodon.norm_groups * _FLOAT32
-  return 0
+  return _formula(model_config, length).cached_tokens
 
 
 def kv_cache_bytes(model_config: ModelConfig, length: int, batch_size: int = 1, dtype: str = "float16") -> int:
@@ -93,17 +69,15 @@ def kv_cache_size(model_config: ModelConfig, length: int, batch_size: int = 1, d
   As longjax.sharding's rules place it: the batch over data * fsdp, the kv heads (megalodon: heads) over
   tensor, each only when divisible (else replicated).
   """
-  tokens = cached_tokens(model_config, length)
-  kv = tokens * _kv_values_per_token(model_config) * jnp.dtype(dtype).itemsize
-  state = _state_bytes(model_config)
+  formula = _formula(model_config, length)
+  tokens, state, final = formula.cached_tokens, formula.state_bytes, formula.final_state_bytes
+  kv = tokens * formula.kv_values_per_token * jnp.dtype(dtype).itemsize
   layer = (kv + state) * batch_size
-  total = layer * model_config.num_layers + _final_state_bytes(model_config) * batch_size
-  heads = model_config.num_heads if model_config.block == "megalodon" else model_config.num_kv_heads
-  batch_cut, head_cut = _shards(batch_size, data * fsdp), _shards(heads, tensor)
-  # megalodon's CEMA state runs over the hidden width, not heads: only the batch cuts it
-  head_cut_state = head_cut if model_config.attention.type == "infini" else 1
+  total = layer * model_config.num_layers + final * batch_size
+  batch_cut, head_cut = _shards(batch_size, data * fsdp), _shards(formula.heads, tensor)
+  head_cut_state = head_cut if formula.state_follows_heads else 1
   device_layer = kv * batch_size // (batch_cut * head_cut) + state * batch_size // (batch_cut * head_cut_state)
-  device = device_layer * model_config.num_layers + _final_state_bytes(model_config) * batch_size // batch_cut
+  device = device_layer * model_config.num_layers + final * batch_size // batch_cut
   return CacheSize(length, batch_size, dtype, tokens, layer, state * batch_size, total, device)
 
 

@@ -19,7 +19,7 @@ from longjax.evaluate import eval_documents, kv_cache, needle, passkey, plots, r
 from longjax.evaluate.loss_by_position import loss_by_position
 from longjax.evaluate.perplexity import perplexity_vs_length
 from longjax.inference.loaded import LoadedModel
-from longjax.nn import Llama
+from longjax.nn import ATTENTION_TYPES, Llama
 from longjax.sharding import mesh_shape
 
 EXTENSION_FACTORS = (1, 2, 4, 8)  # default retrieval lengths: the trained length times these
@@ -90,16 +90,11 @@ class Report:
 
 
 def check_length(attention: AttentionConfig, length: int, source: str) -> None:
-  """Raise ConfigError when `attention` cannot read `length` tokens in one whole-sequence forward: s2 evaluated as
-  it trains (s2_at_eval) cuts them into groups of int(group_size_ratio * length) tokens, which must be an even
-  divisor of the length. Every other type reads any length (decoding, with a cache, too)."""
-  if attention.type != "s2" or not attention.s2_at_eval:
-    return
-  group = int(attention.group_size_ratio * length)
-  if group < 2 or group % 2 or length % group:
-    raise ConfigError(f"{source}: length {length} is one model.attention.type=s2 with s2_at_eval=True cannot hold: "
-                      f"its groups of group_size_ratio={attention.group_size_ratio} x {length} = {group} tokens must "
-                      "be an even divisor of it; allowed: such lengths, or model.attention.s2_at_eval=False")
+  """Raise ConfigError when `attention` cannot read `length` tokens in one whole-sequence forward (its registry
+  entry's `length_problem`: s2 evaluated as it trains; every other type reads any length)."""
+  problem = ATTENTION_TYPES[attention.type].length_problem(attention, length)
+  if problem is not None:
+    raise ConfigError(f"{source}: length {length} is invalid: {problem}")
 
 
 @dataclasses.dataclass(frozen=True)

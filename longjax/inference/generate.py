@@ -8,11 +8,11 @@ The prompt is read in chunks of `prefill_chunk` tokens, so a long prompt never m
 [T, T] scores (the cached kernel walks key blocks). The decode loop is one `lax.while_loop`
 under `jax.jit` with the cache donated; it stops early once every row has produced a stop token.
 
-With landmark attention, prompts get a landmark token after every `landmark_block` ordinary tokens
-before prefill, and each decode step feeds the sampled token plus, when that token closes a block,
-the landmark (else the second slot is padding); the next token is sampled from the landmark's logits,
-the landmark id is never sampled, and the returned tokens hold no landmarks (the reference's
-`prepare_inputs_for_generation` inserts them the same way).
+With an attention type that inserts tokens (`longjax.nn.attention.inserted_tokens`: landmark attention's
+landmark after every `landmark_block` ordinary tokens), prompts get them before prefill, and each decode
+step feeds the sampled token plus, when that token closes a block, the landmark (else the second slot is
+padding); the next token is sampled from the landmark's logits, the landmark id is never sampled, and the
+returned tokens hold no landmarks (the reference's `prepare_inputs_for_generation` inserts them the same way).
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import numpy as np
 from longjax.config import ConfigError
 from longjax.data import insert_landmarks
 from longjax.nn import Llama, cache_lengths, init_cache
-from longjax.nn.landmark import landmark_spec
+from longjax.nn.attention import inserted_tokens
+from longjax.ops import round_up
 from longjax.sharding import fetchable
 
 DEFAULT_PREFILL_CHUNK = 1024
@@ -58,10 +59,6 @@ def check_cache_length(prompt_tokens: int, max_new_tokens: int, max_length: int 
     raise GenerationError(f"max_length={max_length} is too short: the prompt holds {prompt_tokens} tokens and "
                           f"max_new_tokens={max_new_tokens}; allowed: a cache of at least "
                           f"{prompt_tokens + max_new_tokens} tokens, or a shorter prompt")
-
-
-def _round_up(n: int, multiple: int) -> int:
-  return -(-n // multiple) * multiple
 
 
 def pad_prompts(prompts, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -117,8 +114,8 @@ def prefill(model: Llama, params, cache, tokens, lengths, *, chunk: int = DEFAUL
   """Read prompts tokens int32[B, P] (row b's first lengths[b] tokens are real) into the cache, `chunk` tokens at a
   time -> (logits float32[B, vocab] at each row's last prompt token, cache)."""
   tokens, lengths = np.asarray(tokens, np.int32), np.asarray(lengths, np.int32)
-  width = _round_up(tokens.shape[1], _PROMPT_ROUNDING) if tokens.shape[1] <= chunk else chunk
-  padded = _round_up(tokens.shape[1], width)
+  width = round_up(tokens.shape[1], _PROMPT_ROUNDING) if tokens.shape[1] <= chunk else chunk
+  padded = round_up(tokens.shape[1], width)
   tokens = np.pad(tokens, [(0, 0), (0, padded - tokens.shape[1])])
   valid = np.arange(padded)[None, :] < lengths[:, None]
   logits = jnp.zeros((tokens.shape[0], model.config.vocab_size), jnp.float32)
@@ -137,11 +134,11 @@ def _decode(model: Llama, params, cache, logits, rng, stop_tokens, pad_id, *, ma
             temperature: float, top_k: int, top_p: float):
   """Sample token 0 from the prefill logits, then feed each token and sample the next; int32[B, max_new_tokens]."""
   batch = logits.shape[0]
-  landmarks = landmark_spec(model.config)
+  inserted = inserted_tokens(model.config)
 
   def sample(logits, key):
-    if landmarks is not None:  # generation inserts landmarks itself
-      logits = logits.at[:, landmarks[1]].set(-jnp.inf)
+    if inserted is not None:  # generation inserts these tokens itself
+      logits = logits.at[:, inserted.token_id].set(-jnp.inf)
     return sample_logits(logits, key, temperature=temperature, top_k=top_k, top_p=top_p)
 
   def emit(i, logits, rng, out, done):
@@ -159,12 +156,12 @@ def _decode(model: Llama, params, cache, logits, rng, stop_tokens, pad_id, *, ma
 
   def body(carry):
     i, cache, token, rng, out, done = carry
-    if landmarks is None:
+    if inserted is None:
       logits, cache = model.apply({"params": params}, token[:, None],
                                   segment_ids=(~done)[:, None].astype(jnp.int32), cache=cache)
       logits = logits[:, 0]
     else:  # the token, then the landmark where the token closes a block (slot % (block + 1) == block - 1)
-      block, landmark_id = landmarks
+      block, landmark_id = inserted
       closes = (cache_lengths(cache) % (block + 1) == block - 1) & ~done
       tokens = jnp.stack([token, jnp.full_like(token, landmark_id)], axis=1)
       segment_ids = jnp.stack([~done, closes], axis=1).astype(jnp.int32)
@@ -189,11 +186,11 @@ def generate(model: Llama, params, prompts, max_new_tokens: int, *, temperature:
   """
   check_sampling(max_new_tokens, temperature, top_k, top_p)
   tokens, lengths = pad_prompts(prompts, pad_id)
-  landmarks = landmark_spec(model.config)
+  inserted = inserted_tokens(model.config)
   new_slots = max_new_tokens
-  if landmarks is not None:
-    tokens, lengths = pad_prompts([insert_landmarks(row[:n], *landmarks) for row, n in zip(tokens, lengths)], pad_id)
-    new_slots += max_new_tokens // landmarks[0] + 1
+  if inserted is not None:
+    tokens, lengths = pad_prompts([insert_landmarks(row[:n], *inserted) for row, n in zip(tokens, lengths)], pad_id)
+    new_slots += max_new_tokens // inserted.every + 1
   check_cache_length(int(lengths.max()), new_slots, max_length)  # with landmark attention, the landmarks count
   max_length = int(lengths.max()) + new_slots if max_length is None else max_length
   cache = init_cache(model.config, tokens.shape[0], max_length, cache_dtype)

@@ -19,7 +19,7 @@ from longjax import checkpoint, sharding
 from longjax.config import Config
 from longjax.data import get_tokenizer
 from longjax.inference.generate import generate as _generate
-from longjax.nn import Llama, abstract_params
+from longjax.nn import Llama
 
 
 @dataclasses.dataclass
@@ -108,21 +108,5 @@ def load(workdir: str, step: int | None = None, *, mesh: jax.sharding.Mesh | Non
   made. In a multi-process run every process calls it with the same global mesh.
   """
   config = checkpoint.read_config(workdir)
-  abstract, logical = abstract_params(config.model)
-  if mesh is None:
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree.map(lambda _: device, abstract)
-  else:
-    shardings = sharding.tree_shardings(mesh, logical, abstract)
-
-  def target(x, where):
-    cast = dtype is not None and jnp.issubdtype(x.dtype, jnp.floating)
-    return jax.ShapeDtypeStruct(x.shape, jnp.dtype(dtype) if cast else x.dtype, sharding=where)
-
-  abstract = jax.tree.map(target, abstract, shardings)
-  checkpointer = checkpoint.Checkpointer(workdir, read_only=True)
-  try:
-    step, params = checkpointer.restore_params(abstract, step)
-  finally:
-    checkpointer.close()
+  step, params = checkpoint.restore_model_params(workdir, config.model, step, mesh=mesh, dtype=dtype)
   return LoadedModel(config, params, Llama(config.model), get_tokenizer(config.data), step, mesh)

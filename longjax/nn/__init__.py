@@ -1,7 +1,6 @@
 """flax.linen modules: they own the parameters and call longjax.ops and longjax.positional."""
 
-from longjax.nn.attention import Attention
-from longjax.nn.attention_types import ATTENTION_TYPES, AttentionInputs, AttentionType
+from longjax.nn.attention import ATTENTION_TYPES, Attention, AttentionInputs, AttentionType
 from longjax.nn.layers import MLP, Dense, RMSNorm
 from longjax.nn.blocks import BLOCKS
 from longjax.nn.decoder import DecoderBlock

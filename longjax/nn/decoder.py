@@ -4,8 +4,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from longjax.config import ModelConfig
-from longjax.nn.attention import Attention
-from longjax.nn.attention_types import ATTENTION_TYPES
+from longjax.nn.attention import ATTENTION_TYPES, Attention
+from longjax.nn.cache_size import LayerCacheFormula
 from longjax.nn.layers import MLP, RMSNorm, normal_init
 
 
@@ -38,9 +38,17 @@ class DecoderBlock(nn.Module):
 
   @staticmethod
   def init_state(config: ModelConfig, batch: int, max_length: int, dtype):
-    """One layer's empty cache: the attention type's state (longjax.nn.attention_types)."""
+    """One layer's empty cache: the attention type's state (longjax.nn.attention)."""
     return ATTENTION_TYPES[config.attention.type].init_state(config.attention, batch, max_length,
                                                              config.num_kv_heads, config.resolved_head_dim, dtype)
+
+  @staticmethod
+  def cache_formula(config: ModelConfig, length: int) -> LayerCacheFormula:
+    """What one layer caches after `length` tokens: its attention type's K/V and state."""
+    entry, attention = ATTENTION_TYPES[config.attention.type], config.attention
+    kv_heads, head_dim = config.num_kv_heads, config.resolved_head_dim
+    return LayerCacheFormula(entry.cached_tokens(attention, length), 2 * kv_heads * head_dim,
+                             entry.state_bytes(attention, kv_heads, head_dim), kv_heads, entry.state_follows_heads, 0)
 
   @staticmethod
   def embedding_init(config: ModelConfig):

@@ -1,4 +1,6 @@
-"""The LLaMA decoder (Touvron et al. 2023): pre-norm blocks of GQA attention and SwiGLU, tied or untied head."""
+"""The model: token embedding, `model.num_layers` blocks picked from BLOCKS by `model.block` (llama: Touvron et
+al. 2023's pre-norm GQA attention and SwiGLU; megalodon), scanned or not, remat by policy, the block's final norm
+and a tied or untied head; with a cache, each layer's state threaded through (`init_cache`)."""
 
 import flax.linen as nn
 import jax
@@ -127,11 +129,13 @@ def lm_head_kernel(config: ModelConfig, params) -> jax.Array:
   return params["lm_head"]
 
 
-def init_params(config: ModelConfig, rng: jax.Array, seq_len: int = 8):
-  """Unboxed float parameters of `Llama(config)` (use `abstract_params` for shapes without allocating)."""
+def init_params(config: ModelConfig, rng: jax.Array, seq_len: int = 8, *, out_shardings=None):
+  """Unboxed float parameters of `Llama(config)` (use `abstract_params` for shapes without allocating), placed by
+  `out_shardings` (a tree of shardings, as `longjax.sharding` gives for a mesh) when given."""
   tokens = jnp.zeros((1, seq_len), jnp.int32)
+  placed = {} if out_shardings is None else {"out_shardings": out_shardings}
   # Compiled: op-by-op initialisation of even a tiny model costs seconds of dispatch.
-  return jax.jit(lambda key: nn.meta.unbox(Llama(config).init(key, tokens)["params"]))(rng)
+  return jax.jit(lambda key: nn.meta.unbox(Llama(config).init(key, tokens)["params"]), **placed)(rng)
 
 
 def abstract_params(config: ModelConfig, seq_len: int = 8):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from longjax import ops, positional
 from longjax.config import ModelConfig
+from longjax.nn.cache_size import COMPLEX64, FLOAT32, INT32, LayerCacheFormula
 from longjax.nn.layers import Dense
 
 # The reference's `he` init: kaiming_normal_(a=sqrt(5)), i.e. variance 1 / (3 fan_in).
@@ -60,19 +61,6 @@ class TimestepNorm(nn.Module):
     return ops.timestep_norm(x, weight, bias, num_groups=self.num_groups, eps=self.eps, state=state, mask=valid)
 
 
-def _offset_norm(x, weight, bias, eps, *, center: bool):
-  """LayerNorm (center) or RMSNorm over the last axis in float32, scaled by weight + 1 (and + bias)."""
-  x32 = x.astype(jnp.float32)
-  if center:
-    x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
-  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-  if weight is not None:
-    y = y * (weight + 1.0)
-  if bias is not None:
-    y = y + bias
-  return y.astype(x.dtype)
-
-
 class _Norm(nn.Module):
   center: bool
   eps: float = 1e-5
@@ -83,7 +71,7 @@ class _Norm(nn.Module):
     weight = self.param("weight", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (width,))
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                       (width,)) if self.center else None
-    return _offset_norm(x, weight, bias, self.eps, center=self.center)
+    return ops.megalodon.offset_norm(x, weight, bias, self.eps, center=self.center)
 
 
 def _theta_init(key, shape, dtype=jnp.float32):
@@ -115,58 +103,14 @@ class ComplexEMA(nn.Module):
     gamma = self.param("gamma", nn.with_logical_partitioning(_gamma_init, ("embed", None, None)), (width, n, 2))
     omega = self.param("omega", nn.with_logical_partitioning(
         nn.initializers.truncated_normal(0.25, lower=-4.0, upper=4.0), ("embed",)), (width,))
-    p, q, gamma_c = cema_coefficients(alpha, delta, theta, gamma)
+    p, q, gamma_c = ops.megalodon.cema_coefficients(alpha, delta, theta, gamma)
     x32 = x.astype(jnp.float32)
     if valid is not None:
       x32 = x32 * valid[..., None]
     y, h_last = ops.cema(x32, p, q, gamma_c, omega.astype(jnp.float32), h0, method=self.method)
     if valid is not None:  # padding (a suffix of each row) must not move the state: h after the last real step
-      h_last = _masked_last_state(x32, p, q, h0, valid)
+      h_last = ops.megalodon.cema_last_state(x32, p, q, h0, valid)
     return y, h_last
-
-
-def cema_coefficients(alpha, delta, theta, gamma):
-  """p float32[D, N], q complex64[D, N], gamma complex64[D, N] (scaled by sqrt(1/N)) from the parameters."""
-  n = alpha.shape[-1]
-  alpha, delta = jax.nn.sigmoid(alpha.astype(jnp.float32)), jax.nn.sigmoid(delta.astype(jnp.float32))
-  angle = (2 * math.pi / n) * jax.nn.sigmoid(theta.astype(jnp.float32))[:, None]  # one per channel
-  phase = jnp.arange(1, n + 1, dtype=jnp.float32) * angle
-  q = (1.0 - alpha * delta) * jnp.exp(1j * phase.astype(jnp.complex64))
-  gamma_c = (gamma[..., 0] + 1j * gamma[..., 1]).astype(jnp.complex64) * math.sqrt(1.0 / n)
-  return alpha, q.astype(jnp.complex64), gamma_c
-
-
-def _masked_last_state(x, p, q, h0, valid):
-  """The CEMA state after each row's last real step (real steps first): a scan that holds h on padding."""
-  batch, _, width = x.shape
-  h = jnp.zeros((batch, width, p.shape[-1]), jnp.complex64) if h0 is None else h0
-
-  def step(h, inputs):
-    x_t, valid_t = inputs
-    new = p * x_t[:, :, None] + q * h
-    return jnp.where(valid_t[:, None, None], new, h), None
-
-  h, _ = jax.lax.scan(step, h, (jnp.moveaxis(x, 1, 0), jnp.moveaxis(valid, 1, 0)))
-  return h
-
-
-def _chunked_attention(q, k, v, chunk: int, impl: str):
-  """Causal attention inside consecutive chunks (the last may be partial); q, k [B, T, H, d], v [B, T, H, e]."""
-  batch, length = q.shape[:2]
-  chunks = -(-length // chunk)
-  pad = chunks * chunk - length if chunks > 1 else 0
-  width = chunk if chunks > 1 else length
-
-  def split(x):  # chunks become batch rows; zero padding at the end is causally invisible to real queries
-    x = jnp.pad(x, [(0, 0), (0, pad), (0, 0), (0, 0)]) if pad else x
-    return x.reshape(batch * chunks, width, *x.shape[2:])
-
-  qs, ks, vs = split(q), split(k), split(v)
-  if q.shape[-1] == v.shape[-1]:
-    out = ops.attention(qs, ks, vs, causal=True, impl=impl)
-  else:
-    out = ops.naive_attention(qs, ks, vs, ops.attention_mask(width, width, causal=True))
-  return out.reshape(batch, chunks * width, *out.shape[2:])[:, :length]
 
 
 class MegalodonBlock(nn.Module):
@@ -203,7 +147,7 @@ class MegalodonBlock(nn.Module):
     mx = _Norm(center=False, eps=mega.norm_eps, name="ema_norm")(ema.astype(dtype))
 
     z = self._dense((mega.z_dim,), ("embed",), ("mlp",), "z_proj", width)(mx) + self._bias("z_bias", mega.z_dim, "mlp")
-    z = _offset_norm(z.reshape(batch, length, heads, z_head), None, None, mega.norm_eps, center=False)
+    z = ops.megalodon.offset_norm(z.reshape(batch, length, heads, z_head), None, None, mega.norm_eps, center=False)
     scale = self.param("qk_scale", nn.with_logical_partitioning(nn.initializers.zeros, (None, "mlp")), (2, mega.z_dim))
     shift = self.param("qk_shift", nn.with_logical_partitioning(nn.initializers.zeros, (None, "mlp")), (2, mega.z_dim))
     scale = ((scale + 1.0) / math.sqrt(z_head)).reshape(2, heads, z_head)
@@ -221,10 +165,11 @@ class MegalodonBlock(nn.Module):
     if state is None:
       chunk_positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32) % mega.chunk_size, (batch, length))
       q, k = (positional.apply_rope(t, chunk_positions, freqs) for t in (q, k))
-      attn = _chunked_attention(q, k, v, mega.chunk_size, cfg.attention.impl)
+      attn = ops.megalodon.chunked_attention(q, k, v, mega.chunk_size, cfg.attention.impl)
       new_state = None
     else:
-      attn, (key, value, filled) = _stream_chunk_attention(q, k, v, state, valid, freqs, mega.chunk_size)
+      attn, (key, value, filled) = ops.megalodon.stream_chunk_attention(q, k, v, state.key, state.value, state.length,
+                                                                        valid, freqs, mega.chunk_size)
       new_state = MegalodonState(cema_h, *norm_state, key, value, filled)
     attn = attn.reshape(batch, length, mega.value_dim) * r
     h = (self._dense((width,), ("embed",), (None,), "h1_proj", width)(mx) + self._bias("h1_bias", width, "embed") +
@@ -250,6 +195,17 @@ class MegalodonBlock(nn.Module):
         jnp.zeros((batch, heads, mega.chunk_size, mega.value_dim // heads), dtype), jnp.zeros((batch,), jnp.int32))
 
   @staticmethod
+  def cache_formula(config: ModelConfig, length: int) -> LayerCacheFormula:
+    """The CEMA state complex64[hidden, ema_dim], the timestep-norm statistics (count int32, mean and var
+    float32[groups]) and the open chunk's K/V, min(length, chunk_size) tokens of z_dim + value_dim values over all
+    heads; the final norm's statistics once. The CEMA state runs over the hidden width: only the batch cuts it."""
+    mega = config.megalodon
+    norm_bytes = INT32 + 2 * mega.norm_groups * FLOAT32
+    return LayerCacheFormula(min(length, mega.chunk_size), mega.z_dim + mega.value_dim,
+                             config.hidden_size * mega.ema_dim * COMPLEX64 + norm_bytes, config.num_heads, False,
+                             norm_bytes)
+
+  @staticmethod
   def embedding_init(config: ModelConfig):
     std = 1.0 / math.sqrt(config.hidden_size)  # the reference's `gaussian` init: truncated at 3 std
     return nn.with_logical_partitioning(nn.initializers.truncated_normal(std, lower=-3.0, upper=3.0),
@@ -263,24 +219,3 @@ class MegalodonBlock(nn.Module):
   @staticmethod
   def init_final_state(config: ModelConfig, batch: int):
     return ops.init_timestep_norm_state(batch, config.megalodon.norm_groups)
-
-
-def _stream_chunk_attention(q, k, v, state: MegalodonState, valid, freqs, chunk: int):
-  """One token at a time (lax.scan) through the open chunk: token n sits at slot n % chunk, RoPE at that slot,
-  and sees slots 0..n % chunk; the slots of a finished chunk are overwritten by the next one."""
-  batch, length = q.shape[:2]
-  valid = jnp.ones((batch, length), bool) if valid is None else valid
-
-  def step(carry, inputs):
-    key, value, filled = carry
-    q_t, k_t, v_t, valid_t = inputs
-    slot = filled % chunk
-    q_t, k_t = (positional.apply_rope(t[:, None], slot[:, None], freqs) for t in (q_t, k_t))
-    target = jnp.where(valid_t, slot, chunk)[:, None]
-    key, value = ops.write_heads(key, target, k_t), ops.write_heads(value, target, v_t[:, None])
-    out = ops.cached_attention(q_t, key, value, q_offsets=slot, kv_lengths=slot + 1, key_block=chunk)
-    return (key, value, filled + valid_t.astype(jnp.int32)), out[:, 0]
-
-  carry, out = jax.lax.scan(step, (state.key, state.value, state.length),
-                            tuple(jnp.moveaxis(t, 1, 0) for t in (q, k, v, valid)))
-  return jnp.moveaxis(out, 0, 1), carry

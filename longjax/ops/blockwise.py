@@ -82,12 +82,13 @@ class Masking(NamedTuple):
   pairs: jax.Array  # int32[P, 2]
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
+  """The smallest multiple of `multiple` that is >= n."""
   return -(-n // multiple) * multiple
 
 
 def _blocks(length: int, block: int) -> int:
-  return _round_up(length, block) // block
+  return round_up(length, block) // block
 
 
 def reachable(spec: BlockSpec, q_min, q_max, k_min, k_max):
@@ -145,8 +146,8 @@ def _padded_inputs(spec: BlockSpec, q, k, v, m: Masking):
   q [B, Tp, Hkv, G, D]."""
   batch, _, heads, head_dim = q.shape
   kv_heads = k.shape[2]
-  q_pad = _round_up(spec.q_len, spec.block_q)
-  k_pad = _round_up(spec.k_len, spec.block_k)
+  q_pad = round_up(spec.q_len, spec.block_q)
+  k_pad = round_up(spec.k_len, spec.block_k)
   q = _pad_to(q, q_pad).reshape(batch, q_pad, kv_heads, heads // kv_heads, head_dim)
   k, v = _pad_to(k, k_pad), _pad_to(v, k_pad)
   segments = {} if m.q_segments is None else dict(q_segments=_pad_to(m.q_segments, q_pad, value=-2),

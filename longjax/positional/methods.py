@@ -89,8 +89,7 @@ def _yarn_correction_range(rope: RopeConfig, dim: int) -> tuple[float, float]:
   tokens; floor/ceil unless truncate=False; clamped to [0, d-1] as in transformers and jquesnelle/yarn.
   """
   original = rope.original_max_position_embeddings
-  beta_fast = 32.0 if rope.beta_fast is None else rope.beta_fast
-  beta_slow = 1.0 if rope.beta_slow is None else rope.beta_slow
+  beta_fast, beta_slow = rope.yarn_betas
 
   def correction_dim(rotations: float) -> float:
     return dim * np.log(original / (rotations * 2 * np.pi)) / (2 * np.log(rope.rope_theta))
@@ -157,8 +156,7 @@ def _llama3(rope: RopeConfig, dim: int, seq_len):
   del seq_len
   inv_freq = _host_inv_freq(rope.rope_theta, dim)
   factor = rope.factor
-  low = 1.0 if rope.low_freq_factor is None else rope.low_freq_factor
-  high = 4.0 if rope.high_freq_factor is None else rope.high_freq_factor
+  low, high = rope.llama3_freq_factors
   original = rope.original_max_position_embeddings
   wavelength = 2 * np.pi / inv_freq
   smooth = np.clip((original / wavelength - low) / (high - low), 0.0, 1.0)

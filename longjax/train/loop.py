@@ -11,9 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-import queue
 import signal
-import threading
 import time
 
 log = logging.getLogger(__name__)
@@ -28,13 +26,15 @@ from jax.experimental import multihost_utils
 from longjax import checkpoint, sharding
 from longjax.config import Config, ConfigError
 from longjax.data import get_tokenizer, make_batches
-from longjax.nn import Llama, abstract_params
-from longjax.nn.landmark import landmark_spec
+from longjax.data.prefetch import Prefetch
+from longjax.flops import flops_per_token, peak_flops
+from longjax.nn import Llama, abstract_params, init_params
+from longjax.nn.attention import inserted_tokens
 from longjax.train import data_state as data_state_lib
 from longjax.train import init as init_lib
 from longjax.train.metrics import MetricWriter
 from longjax.train.optimizer import learning_rate_schedule, make_optimizer, parameter_labels
-from longjax.train.step import flops_per_token, make_eval_step, make_train_step, peak_flops
+from longjax.train.step import make_eval_step, make_train_step
 
 
 class TrainingError(ConfigError):
@@ -76,59 +76,6 @@ def _any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
-
-
-class Prefetch:
-  """Iterates `batches` on a background thread, `depth` batches ahead, each passed through `place` (host ->
-  device), so that reading, packing and transfer overlap the running step instead of following it.
-
-  `get_state()` is the wrapped iterator's state after the last batch handed out (not after the ones read
-  ahead), so a checkpoint resumes exactly at the next batch the loop would have seen. An error or the end
-  of the stream on the thread is raised by `next`, in order. Set the wrapped iterator's state before
-  wrapping it; `close()` stops the thread.
-  """
-
-  def __init__(self, batches, place=lambda batch: batch, depth: int = 2):
-    self._batches, self._place = batches, place
-    self._state = batches.get_state()
-    self._queue: queue.Queue = queue.Queue(maxsize=depth)
-    self._stop = threading.Event()
-    self._thread = threading.Thread(target=self._fill, name="longjax-prefetch", daemon=True)
-    self._thread.start()
-
-  def _fill(self):
-    while not self._stop.is_set():
-      try:
-        batch = next(self._batches)
-        item = (self._place(batch), self._batches.get_state(), None)
-      except BaseException as error:  # noqa: BLE001 - StopIteration and data errors go to the consumer
-        item = (None, None, error)
-      while not self._stop.is_set():
-        try:
-          self._queue.put(item, timeout=0.1)
-          break
-        except queue.Full:
-          continue
-      if item[2] is not None:
-        return
-
-  def __iter__(self):
-    return self
-
-  def __next__(self):
-    batch, state, error = self._queue.get()
-    if error is not None:
-      self._queue.put((None, None, error))  # the stream stays ended (or failed) for later calls
-      raise error
-    self._state = state
-    return batch
-
-  def get_state(self) -> dict:
-    return self._state
-
-  def close(self) -> None:
-    self._stop.set()
-    self._thread.join()
 
 
 def _abstract(tree, shardings):
@@ -194,9 +141,7 @@ class Trainer:
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": opt_state}
 
   def initial_params(self):
-    init = jax.jit(lambda rng: nn.meta.unbox(self.model.init(rng, jnp.zeros((1, 8), jnp.int32))["params"]),
-                   out_shardings=self.param_shardings)
-    params = init(jax.random.key(self.config.seed))
+    params = init_params(self.config.model, jax.random.key(self.config.seed), out_shardings=self.param_shardings)
     if self.source_params is None:
       return params
     return init_lib.merge_into(params, self.source_params, self.config.model.scan_layers,
@@ -210,7 +155,7 @@ class Trainer:
     """This process's rows (those its devices hold) of the global batches of `split`: GlobalBatches."""
     cfg = self.config
     return make_batches(cfg.data, split=split, seq_len=cfg.train.seq_len, global_batch_size=cfg.train.global_batch_size,
-                        seed=cfg.seed, rows=self.batch_rows, landmarks=landmark_spec(cfg.model))
+                        seed=cfg.seed, rows=self.batch_rows, landmarks=inserted_tokens(cfg.model))
 
   def global_batch(self, batch: dict, rows: list[int]) -> dict:
     """This process's rows `rows` of a global batch -> one global array per key, each device given its block."""

@@ -17,7 +17,7 @@ from longjax import positional
 from longjax.config import ROPE_TYPES, AttentionConfig, ModelConfig, RopeConfig
 from longjax.inference import generate, init_cache, prefill
 from longjax.nn import Llama, init_params
-from longjax.nn import attention_types
+from longjax.nn.attention import full as full_attention
 
 PRETRAINED = 16  # original_max_position_embeddings: prompts start below it, decoding crosses it
 PROMPT, TOTAL = 10, 26
@@ -89,7 +89,7 @@ def test_decode_matches_full_forward(rope_type, scan):
 def test_keys_cached_after_rope_break_dynamic_ntk(monkeypatch):
   """The oracle has teeth: caching rotated keys (transformers #25104) leaves them at the prompt's frequencies."""
   model, params = model_and_params(ROPES["dynamic"], layers=1)
-  monkeypatch.setattr(attention_types.positional, "is_dynamic", lambda rope: False)
+  monkeypatch.setattr(full_attention.positional, "is_dynamic", lambda rope: False)
   errors = decode_errors(model, params, tokens_for())
   assert errors[:PRETRAINED - PROMPT + 1].max() < 1e-4  # frequencies do not move before the pre-trained length
   assert errors.max() > 1e-3

@@ -12,6 +12,7 @@ from longjax.config import MegalodonConfig, ModelConfig, from_config_dict
 from longjax.inference import generate, init_cache
 from longjax.nn import Llama, abstract_params, init_params
 from longjax.nn import megalodon as megalodon_lib
+from longjax.ops import megalodon as megalodon_ops
 
 CHUNK = 8
 
@@ -111,5 +112,5 @@ def test_cema_parameters_follow_the_reference_init():
                              np.sort(np.exp(-np.arange(1, width + 1) * np.log(width) / width)), rtol=1e-5)
   assert np.all(np.asarray(cema["gamma"][..., 1]) == 0)
   assert np.all(np.abs(np.asarray(cema["omega"])) <= 1.0)
-  p, q, gamma = megalodon_lib.cema_coefficients(cema["alpha"], cema["delta"], cema["theta"], cema["gamma"])
+  p, q, gamma = megalodon_ops.cema_coefficients(cema["alpha"], cema["delta"], cema["theta"], cema["gamma"])
   assert p.shape == q.shape == gamma.shape == (width, 4) and np.all(np.abs(np.asarray(q)) < 1)

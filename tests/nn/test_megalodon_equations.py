@@ -14,6 +14,7 @@ import pytest
 
 from longjax.config import MegalodonConfig, ModelConfig
 from longjax.nn import megalodon as megalodon_lib
+from longjax.ops import megalodon as megalodon_ops
 
 WIDTH, HEADS, Z_DIM, VALUE_DIM, EMA_DIM, CHUNK, GROUPS, FFN = 32, 2, 16, 24, 4, 8, 4, 48
 EPS = 1e-5
@@ -170,7 +171,7 @@ def test_cema_coefficients_follow_the_reference():
   theta = 2.0 * rng.standard_normal(width).astype(np.float32)
   gamma = rng.standard_normal((width, n, 2)).astype(np.float32)
   # NumPy in, not traced: an index past the (real, imag) axis raises instead of being clamped as under jit
-  p, q, gamma_c = (np.asarray(a) for a in megalodon_lib.cema_coefficients(alpha, delta, theta, gamma))
+  p, q, gamma_c = (np.asarray(a) for a in megalodon_ops.cema_coefficients(alpha, delta, theta, gamma))
   alpha, delta, theta, gamma = (np.asarray(a, np.float64) for a in (alpha, delta, theta, gamma))
   assert p.dtype == np.float32 and q.dtype == gamma_c.dtype == np.complex64
   np.testing.assert_allclose(p, _sigmoid(alpha), rtol=1e-6)
@@ -188,8 +189,8 @@ def test_cema_coefficients_of_bfloat16_parameters_are_computed_in_float32():
   width, n = 6, 8
   params = [jnp.asarray(2.0 * rng.standard_normal(shape), jnp.bfloat16)
             for shape in ((width, n), (width, n), (width,), (width, n, 2))]
-  low = megalodon_lib.cema_coefficients(*params)
-  full = megalodon_lib.cema_coefficients(*(x.astype(jnp.float32) for x in params))
+  low = megalodon_ops.cema_coefficients(*params)
+  full = megalodon_ops.cema_coefficients(*(x.astype(jnp.float32) for x in params))
   assert [x.dtype for x in low] == [jnp.float32, jnp.complex64, jnp.complex64]
   for a, b in zip(low, full):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from longjax.data import ByteTokenizer, PackedBatches
-from longjax.train.loop import Prefetch
+from longjax.data.prefetch import Prefetch
 
 DOCUMENTS = [f"document {i}: " + "x" * (7 * i + 3) for i in range(40)]
 

@@ -6,7 +6,8 @@ from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
 
 from longjax.config import AttentionConfig, LoraConfig, RopeConfig
-from longjax.nn.attention_types import ATTENTION_TYPES, AttentionInputs
+from longjax.nn.attention.common import AttentionInputs
+from longjax.nn.attention.registry import ATTENTION_TYPES
 from longjax.nn.layers import Dense, Dtype
 from longjax.ops import logn_scale
 

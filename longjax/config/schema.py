@@ -1,21 +1,18 @@
-"""ConfigDict -> validated, frozen, typed configs.
+"""The schema: ConfigDict -> validated, frozen, typed configs; ConfigError.
 
-`load_file("configs/x.py:arg")` runs a config file's `get_config(arg)` in any process;
-`from_config_dict(cd)` is called once at the top of a run; every module below
-receives only its own typed sub-config (`ModelConfig`, `RopeConfig`, ...).
-Every error a user can cause is a `ConfigError` whose one-line message names the
-key, the bad value and what is allowed.
+`from_config_dict(cd)` is called once at the top of a run, `model_config_from_dict` reads a checkpoint's model,
+and `merge_onto` applies a file's changed keys onto a loaded run. Modules receive their typed section
+(`ModelConfig`, `RopeConfig`, `AttentionConfig`, ...), never the ConfigDict. The attention types' allowed values
+are checked here; their code lives in `longjax.nn.attention` (a test keeps the registry and ATTENTION_TYPES
+equal). Every error a user can cause is a `ConfigError` whose one-line message names the key, the bad value and
+what is allowed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib.util
 import json
-import os
-import sys
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import ml_collections
 
@@ -68,6 +65,12 @@ def _check_keys(section: str, given: dict, cls: type) -> None:
     _require(key in names, f"{section}.{key}", given[key], f"unknown key; known: {', '.join(sorted(names))}")
 
 
+# YaRN's ramp boundaries in rotations (YaRN paper sec. 3.2: alpha = 1, beta = 32), as transformers defaults them.
+YARN_BETA_FAST, YARN_BETA_SLOW = 32.0, 1.0
+# Llama 3.1's band edges (Meta's reference `apply_scaling`: low_freq_factor 1, high_freq_factor 4).
+LLAMA3_LOW_FREQ_FACTOR, LLAMA3_HIGH_FREQ_FACTOR = 1.0, 4.0
+
+
 @dataclasses.dataclass(frozen=True)
 class RopeConfig:
   rope_type: str = "default"
@@ -89,6 +92,18 @@ class RopeConfig:
 
   def rotary_dim(self, head_dim: int) -> int:
     return int(head_dim * self.partial_rotary_factor)
+
+  @property
+  def yarn_betas(self) -> tuple[float, float]:
+    """(beta_fast, beta_slow), the unset ones at their defaults."""
+    return (YARN_BETA_FAST if self.beta_fast is None else self.beta_fast,
+            YARN_BETA_SLOW if self.beta_slow is None else self.beta_slow)
+
+  @property
+  def llama3_freq_factors(self) -> tuple[float, float]:
+    """(low_freq_factor, high_freq_factor), the unset ones at their defaults."""
+    return (LLAMA3_LOW_FREQ_FACTOR if self.low_freq_factor is None else self.low_freq_factor,
+            LLAMA3_HIGH_FREQ_FACTOR if self.high_freq_factor is None else self.high_freq_factor)
 
   def validate(self, head_dim: int, key: str = "model.rope") -> None:
     _choice(f"{key}.rope_type", self.rope_type, ROPE_TYPES)
@@ -113,13 +128,11 @@ class RopeConfig:
       _require(self.alpha is not None and self.alpha >= 1, f"{key}.alpha", self.alpha,
                "rope_type=ntk needs alpha >= 1")
     if self.rope_type in ("yarn", "dynamic_yarn"):
-      fast = 32.0 if self.beta_fast is None else self.beta_fast
-      slow = 1.0 if self.beta_slow is None else self.beta_slow
+      fast, slow = self.yarn_betas
       _require(slow > 0, f"{key}.beta_slow", slow, "must be > 0 (a number of rotations)")
       _require(fast > slow, f"{key}.beta_fast", fast, f"must be > beta_slow={slow}")
     if self.rope_type == "llama3":
-      low = 1.0 if self.low_freq_factor is None else self.low_freq_factor
-      high = 4.0 if self.high_freq_factor is None else self.high_freq_factor
+      low, high = self.llama3_freq_factors
       _require(low > 0, f"{key}.low_freq_factor", low, "must be > 0")
       _require(high > low, f"{key}.high_freq_factor", high, f"must be > low_freq_factor={low}")
     if self.rope_type == "longrope":
@@ -598,127 +611,3 @@ def merge_onto(base: Config | dict, override: ml_collections.ConfigDict | dict, 
   if rope["rope_type"] in NEEDS_ORIGINAL_LENGTH and rope.get("original_max_position_embeddings") is None:
     rope["original_max_position_embeddings"] = trained_length or merged["model"]["max_position_embeddings"]
   return from_config_dict(merged)
-
-
-def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
-  """Parse a config file's argument string `key=value,key=value` against typed defaults.
-
-  `configs/llama2_7b.py:rope=yarn,factor=16` calls get_config("rope=yarn,factor=16");
-  each value is converted to its default's type; unknown keys are a ConfigError.
-  """
-  parsed = ml_collections.ConfigDict(defaults)
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    key = key.strip()
-    _require(bool(sep) and key in defaults, f"config argument {key}", value,
-             f"expected key=value with key one of: {', '.join(defaults)}")
-    default = defaults[key]
-    try:
-      if isinstance(default, bool):
-        _require(value.lower() in ("true", "false", "1", "0"), f"config argument {key}", value, "a boolean")
-        parsed[key] = value.lower() in ("true", "1")
-      else:
-        parsed[key] = type(default)(value) if default is not None else value
-    except ValueError:
-      raise ConfigError(f"config argument {key}={value!r} is invalid: expected {type(default).__name__}") from None
-  return parsed
-
-
-def _config_directories(path: str) -> list[str]:
-  """The directory of a config file and those above it, up to the configs root (the one holding base.py)."""
-  directory = os.path.dirname(path)
-  chain = [directory]
-  while not os.path.isfile(os.path.join(directory, "base.py")):
-    parent = os.path.dirname(directory)
-    if parent == directory:
-      return chain[:1]  # no configs root above: only the file's own siblings are importable
-    directory = parent
-    chain.append(directory)
-  return chain
-
-
-@contextlib.contextmanager
-def _importable(directories: list[str]) -> Iterator[None]:
-  """Let `import base` / `from common import extend` find the config modules of `directories`, for a while.
-
-  The config modules are imported afresh (an unrelated `base` or `common` already imported is set aside,
-  then put back), and sys.path and sys.modules are left as they were.
-  """
-  names = {entry.name[:-3] for directory in directories for entry in os.scandir(directory)
-           if entry.name.endswith(".py") and entry.is_file()}
-  set_aside = {name: sys.modules.pop(name) for name in names if name in sys.modules}
-  saved_path = list(sys.path)
-  sys.path[:0] = directories
-  try:
-    yield
-  finally:
-    sys.path[:] = saved_path
-    for name in names:
-      sys.modules.pop(name, None)
-    sys.modules.update(set_aside)
-
-
-def _first_line(error: BaseException) -> str:
-  message = str(error).strip()
-  return f"{type(error).__name__}: {message.splitlines()[0]}" if message else type(error).__name__
-
-
-@contextlib.contextmanager
-def _config_module(spec: str) -> Iterator[tuple[Any, str | None]]:
-  """(module, argument or None) of `path/to/config.py[:arg]`; its sibling config modules import while inside."""
-  path, has_arg, arg = spec.partition(":")
-  if not path.endswith(".py") or not os.path.isfile(path):
-    raise ConfigError(f"config file {path!r} is invalid: expected an existing path/to/config.py[:arg]")
-  path = os.path.abspath(path)
-  name = os.path.basename(path)[:-3]
-  with _importable(_config_directories(path)):
-    try:
-      module_spec = importlib.util.spec_from_file_location(name, path)
-      module = importlib.util.module_from_spec(module_spec)
-      sys.modules[name] = module  # as an import would: a sibling importing this file gets this module
-      module_spec.loader.exec_module(module)
-    except Exception as e:  # a config file is user code: report what broke, in one line
-      raise ConfigError(f"config file {spec!r} does not load: {_first_line(e)}") from e
-    yield module, (arg if has_arg else None)
-
-
-def load_file(spec: str) -> ml_collections.ConfigDict:
-  """The ConfigDict of `path/to/config.py` or `path/to/config.py:arg`: the file's `get_config(arg)` (big_vision style).
-
-  Works from any working directory: a config file may import the config files beside it and above it up to
-  configs/ (configs/extend/pi_x4.py imports `common` and, through it, `tiny` and `base`). Any failure is a
-  ConfigError of one line naming the file.
-  """
-  with _config_module(spec) as (module, arg):
-    get_config = getattr(module, "get_config", None)
-    if not callable(get_config):
-      raise ConfigError(f"config file {spec!r} is invalid: it defines no get_config(arg=None)")
-    try:
-      config = get_config(arg) if arg is not None else get_config()
-    except ConfigError as e:
-      raise ConfigError(f"config file {spec!r}: {e}") from None
-    except Exception as e:
-      raise ConfigError(f"config file {spec!r}: get_config failed: {_first_line(e)}") from e
-  if not isinstance(config, ml_collections.ConfigDict):
-    raise ConfigError(f"config file {spec!r} is invalid: get_config returned {type(config).__name__}, "
-                      "not a ConfigDict")
-  return config
-
-
-def load_sweep(spec: str) -> list[dict[str, Any]]:
-  """The runs of a config file's `get_sweep(add)` (big_vision style): each `add(**{"train.learning_rate": 1e-3,
-  ...})` call is one run, a dict of dotted config keys to values that override the file's get_config."""
-  runs: list[dict[str, Any]] = []
-  with _config_module(spec) as (module, _):
-    get_sweep = getattr(module, "get_sweep", None)
-    if not callable(get_sweep):
-      raise ConfigError(f"config file {spec!r} is invalid for a sweep: it defines no get_sweep(add)")
-    try:
-      get_sweep(lambda **overrides: runs.append(overrides))
-    except ConfigError as e:
-      raise ConfigError(f"config file {spec!r}: {e}") from None
-    except Exception as e:
-      raise ConfigError(f"config file {spec!r}: get_sweep failed: {_first_line(e)}") from e
-  if not runs:
-    raise ConfigError(f"config file {spec!r} is invalid for a sweep: get_sweep called add() for no run")
-  return runs
