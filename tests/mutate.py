@@ -30,12 +30,17 @@ MUTATED = ["longjax/ops", "longjax/evaluate", "longjax/positional", "longjax/nn/
 # that also reach the file are left to `make test`).
 TESTS = {
     # test_megalodon.py's streaming and generation tests take 1-1.5 minutes each on a loaded 2-core machine
-    "longjax/nn/megalodon.py": ["tests/nn/test_megalodon_equations.py",
+    "longjax/nn/megalodon.py": ["tests/nn/test_megalodon_equations.py", "tests/nn/test_megalodon_streaming.py",
                                 "tests/nn/test_megalodon.py::test_cema_parameters_follow_the_reference_init",
                                 "tests/nn/test_megalodon.py::test_megalodon_7b_parameter_count"],
     "longjax/evaluate/passkey.py": ["tests/evaluate/test_passkey.py", "tests/evaluate/test_passkey_grid.py",
                                     "tests/evaluate/test_exact_lengths.py"],
     "longjax/evaluate/ruler.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py"],
+    # ruler.py's task families, tested through it
+    "longjax/evaluate/ruler_niah.py": ["tests/evaluate/test_ruler.py"],
+    "longjax/evaluate/ruler_vt.py": ["tests/evaluate/test_ruler.py"],
+    "longjax/evaluate/ruler_aggregation.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py"],
+    "longjax/evaluate/ruler_qa.py": ["tests/evaluate/test_ruler.py"],
     "longjax/ops/landmark.py": ["tests/ops/test_landmark.py", "tests/ops/test_landmark_selection.py"],
     "longjax/ops/cema.py": ["tests/ops/test_cema.py"],
     "longjax/ops/backends.py": ["tests/ops/test_attention.py"],
@@ -44,7 +49,8 @@ TESTS = {
     "longjax/ops/cached.py": ["tests/ops/test_caches.py"],
     "longjax/ops/sink_cache.py": ["tests/ops/test_caches.py"],
     "longjax/evaluate/plots.py": ["tests/evaluate/test_ruler.py"],
-    "longjax/evaluate/tasks.py": ["tests/evaluate/test_ruler_task.py", "tests/evaluate/test_training_eval.py"],
+    "longjax/evaluate/tasks.py": ["tests/evaluate/test_tasks.py", "tests/evaluate/test_ruler_task.py",
+                                  "tests/evaluate/test_training_eval.py"],
     "longjax/positional/__init__.py": ["tests/positional"],
     "longjax/positional/rope.py": ["tests/positional"],
     "longjax/positional/methods.py": ["tests/positional"],
