@@ -1,7 +1,10 @@
 """MEGALODON's streaming pieces alone against NumPy loops: the CEMA state held on padding, the open chunk's K/V
-(slot = tokens so far mod chunk, RoPE at the slot, attention over slots 0..slot) and the empty states. Small and
-unjitted: test_megalodon.py's streaming-equals-full-pass tests check the same through whole models, slowly."""
+(slot = tokens so far mod chunk, RoPE at the slot, attention over slots 0..slot), the empty states and the final
+norm's statistics. Small and unjitted: test_megalodon.py's streaming-equals-full-pass tests check the same through
+whole models, slowly."""
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -96,3 +99,30 @@ def test_empty_states_have_the_configured_shapes():
   final = megalodon_lib.MegalodonBlock.init_final_state(config, 3)
   for got, want_field in zip(final, ops.init_timestep_norm_state(3, 4)):
     assert (got.shape, got.dtype) == (want_field.shape, want_field.dtype) and not np.asarray(got).any()
+
+
+def test_final_norm_continues_its_state_and_leaves_padding_out():
+  config = ModelConfig(block="megalodon", vocab_size=64, hidden_size=8, intermediate_size=16, num_layers=1,
+                       num_heads=2, num_kv_heads=2, megalodon=MegalodonConfig(norm_groups=2, norm_eps=0.5))
+
+  class Head(nn.Module):
+    @nn.compact
+    def __call__(self, x, valid, state):
+      return megalodon_lib.MegalodonBlock.final_norm(config, x, valid, state)
+
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 5, 8)).astype(np.float32))
+  valid = jnp.asarray(np.array([[True] * 5, [True] * 3 + [False] * 2]))
+  zero = jnp.zeros(8)
+  want_first, want_state = ops.timestep_norm(x[:, :2], zero, zero, num_groups=2, eps=0.5, mask=valid[:, :2])
+  want_y, want_state = ops.timestep_norm(x[:, 2:], zero, zero, num_groups=2, eps=0.5, state=want_state,
+                                         mask=valid[:, 2:])
+  params = nn.unbox(Head().init(jax.random.key(0), x, valid, None))
+  assert jax.tree.map(jnp.shape, params) == {"params": {"norm": {"weight": (8,), "bias": (8,)}}}
+  first, state = Head().apply(params, x[:, :2], valid[:, :2], None)
+  y, state = Head().apply(params, x[:, 2:], valid[:, 2:], state)
+  np.testing.assert_array_equal(np.asarray(state[0]), [5, 3])
+  for got, want in zip(state, want_state):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(first), np.asarray(want_first), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(y)[np.asarray(valid[:, 2:])], np.asarray(want_y)[np.asarray(valid[:, 2:])],
+                             rtol=1e-5, atol=1e-6)
