@@ -236,3 +236,12 @@ def test_evaluate_ruler_passes_its_generation_budget_and_bos_choice():
   [(budget, lengths)] = seen
   assert budget == 16 and all(1200 - 16 - 2 * len(NOISE) < n <= 1200 - 16 for n in lengths)
   assert tokenizer.bos == {False}
+
+
+def test_fit_takes_the_smallest_prompt_when_it_is_exactly_the_budget():
+  build = lambda n: ("x" * (10 + 3 * n), [str(n)])  # noqa: E731
+  assert ruler._fit(build, len, 16, 2) == ("x" * 16, ["2"], 16)
+  assert ruler._fit(build, len, 18, 2) == ("x" * 16, ["2"], 16)
+  assert ruler._fit(build, len, 400, 2) == ("x" * 400, ["130"], 400)
+  with pytest.raises(ValueError, match="smallest prompt has 16 tokens, more than context_tokens=15"):
+    ruler._fit(build, len, 15, 2)
