@@ -238,7 +238,8 @@ def test_evaluate_ruler_passes_its_generation_budget_and_bos_choice():
   assert tokenizer.bos == {False}
 
 
-def test_fit_takes_the_smallest_prompt_when_it_is_exactly_the_budget():
+def test_fit_takes_a_prompt_of_exactly_the_budget():
+  """The smallest prompt, and the search's first guess (3 tokens a unit: n = 2 + (400 - 16) / 3 = 130)."""
   build = lambda n: ("x" * (10 + 3 * n), [str(n)])  # noqa: E731
   assert ruler._fit(build, len, 16, 2) == ("x" * 16, ["2"], 16)
   assert ruler._fit(build, len, 18, 2) == ("x" * 16, ["2"], 16)
