@@ -124,3 +124,11 @@ def test_embeddings_follow_the_reference_gaussian_init():
   z = np.asarray(boxed.unbox()) * np.sqrt(width)  # in units of the untruncated std
   assert z.min() >= -3.0 and z.max() <= 3.0 and z.min() < -2.8 and z.max() > 2.8
   assert abs(z.std() - 0.9866) < 0.02  # the std of N(0, 1) cut at +-3
+
+
+def test_cema_inits_keep_the_parameter_dtype():
+  """theta and gamma in bfloat16 when the parameters are (the values checked in float32 above)."""
+  theta = megalodon_lib._theta_init(jax.random.key(0), (16,), jnp.bfloat16)
+  gamma = megalodon_lib._gamma_init(jax.random.key(1), (16, 4, 2), jnp.bfloat16)
+  assert (theta.dtype, theta.shape, gamma.dtype, gamma.shape) == (jnp.bfloat16, (16,), jnp.bfloat16, (16, 4, 2))
+  assert np.all(np.asarray(gamma[..., 1]) == 0) and np.any(np.asarray(gamma[..., 0]) != 0)
