@@ -126,3 +126,19 @@ def test_final_norm_continues_its_state_and_leaves_padding_out():
   np.testing.assert_allclose(np.asarray(first), np.asarray(want_first), rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(np.asarray(y)[np.asarray(valid[:, 2:])], np.asarray(want_y)[np.asarray(valid[:, 2:])],
                              rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("length", [CHUNK + 3, 2 * CHUNK + 1])
+def test_chunked_attention_of_two_and_three_chunks(length):
+  """Causal softmax attention inside each chunk of CHUNK tokens (the last partial), NumPy per chunk."""
+  rng = np.random.default_rng(3)
+  q, k, v = (rng.normal(size=(1, length, HEADS, KEY_DIM)).astype(np.float32) for _ in range(3))
+  got = megalodon_lib._chunked_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), CHUNK, "auto")
+  want = np.zeros_like(v)
+  for start in range(0, length, CHUNK):
+    qc, kc, vc = (t[0, start:start + CHUNK] for t in (q, k, v))
+    logits = np.einsum("qhd,khd->hqk", qc, kc) / np.sqrt(KEY_DIM)
+    logits = np.where(np.tril(np.ones((len(qc), len(qc)), bool)), logits, -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    want[0, start:start + CHUNK] = np.einsum("hqk,khd->qhd", weights / weights.sum(-1, keepdims=True), vc)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
