@@ -29,11 +29,13 @@ test: $(STAMP)
 	$(PY) -m pytest -n 2 -q tests
 
 # Mutation check (mutmut), one file at a time against its own tests: `make mutate MODULE=longjax/evaluate/passkey.py`.
+# MUTATE_ARGS: tests/mutate.py's options, e.g. "--max-children 1" on a shared machine, "--again" after adding tests.
 # Not part of `test` or CI; see README "Contributing".
 MODULE ?=
+MUTATE_ARGS ?=
 mutate: $(STAMP)
 	$(PY) -c 'import mutmut' 2>/dev/null || $(PY) -m pip install --quiet -e '.[mutate]'
-	nice -n 10 $(PY) tests/mutate.py $(MODULE)
+	nice -n 10 $(PY) tests/mutate.py $(MODULE) $(MUTATE_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/attention_scaling.py

@@ -205,3 +205,44 @@ def test_unknown_task_and_option_are_named():
     sample("vt", num_hop=3)
   with pytest.raises(ValueError, match="more than context_tokens=100"):
     ruler.generate_sample("niah_single_1", context_tokens=100, tokenizer=TOKENIZER, rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("task", ["niah_single_1", "niah_single_2", "niah_single_3"])
+def test_single_needle_tasks_hide_one_needle_and_ask_for_one_value(task):
+  _, s = sample(task)
+  assert s.input.count("One of the special magic") == 1 and len(s.outputs) == 1
+
+
+class _RecordingTokenizer:
+  """The byte tokenizer, noting the `bos` of every encode call."""
+
+  def __init__(self):
+    self.bos = set()
+
+  def encode(self, text, bos=True):
+    self.bos.add(bos)
+    return TOKENIZER.encode(text, bos=bos)
+
+
+def test_evaluate_ruler_passes_its_generation_budget_and_bos_choice():
+  seen, tokenizer = [], _RecordingTokenizer()
+
+  def model(prompts, max_new_tokens):
+    seen.append((max_new_tokens, [len(TOKENIZER.encode(p, bos=False)) for p in prompts]))
+    return [""] * len(prompts)
+
+  ruler.evaluate_ruler(model, tokenizer, ["niah_single_1"], [1200], samples=2, seed=0, max_new_tokens=16,
+                       add_bos=False)
+  [(budget, lengths)] = seen
+  assert budget == 16 and all(1200 - 16 - 2 * len(NOISE) < n <= 1200 - 16 for n in lengths)
+  assert tokenizer.bos == {False}
+
+
+def test_fit_takes_a_prompt_of_exactly_the_budget():
+  """The smallest prompt, and the search's first guess (3 tokens a unit: n = 2 + (400 - 16) / 3 = 130)."""
+  build = lambda n: ("x" * (10 + 3 * n), [str(n)])  # noqa: E731
+  assert ruler._fit(build, len, 16, 2) == ("x" * 16, ["2"], 16)
+  assert ruler._fit(build, len, 18, 2) == ("x" * 16, ["2"], 16)
+  assert ruler._fit(build, len, 400, 2) == ("x" * 400, ["130"], 400)
+  with pytest.raises(ValueError, match="smallest prompt has 16 tokens, more than context_tokens=15"):
+    ruler._fit(build, len, 15, 2)

@@ -114,3 +114,22 @@ def test_cema_parameters_follow_the_reference_init():
   assert np.all(np.abs(np.asarray(cema["omega"])) <= 1.0)
   p, q, gamma = megalodon_ops.cema_coefficients(cema["alpha"], cema["delta"], cema["theta"], cema["gamma"])
   assert p.shape == q.shape == gamma.shape == (width, 4) and np.all(np.abs(np.asarray(q)) < 1)
+
+
+def test_embeddings_follow_the_reference_gaussian_init():
+  """The reference's `gaussian` init: N(0, 1/E) truncated at 3 std, on the ("vocab", "embed") axes."""
+  width = 64
+  config = ModelConfig(block="megalodon", vocab_size=512, hidden_size=width, num_heads=2, num_kv_heads=2)
+  boxed = megalodon_lib.MegalodonBlock.embedding_init(config)(jax.random.key(0), (512, width))
+  assert boxed.names == ("vocab", "embed")
+  z = np.asarray(boxed.unbox()) * np.sqrt(width)  # in units of the untruncated std
+  assert z.min() >= -3.0 and z.max() <= 3.0 and z.min() < -2.8 and z.max() > 2.8
+  assert abs(z.std() - 0.9866) < 0.02  # the std of N(0, 1) cut at +-3
+
+
+def test_cema_inits_keep_the_parameter_dtype():
+  """theta and gamma in bfloat16 when the parameters are (the values checked in float32 above)."""
+  theta = megalodon_lib._theta_init(jax.random.key(0), (16,), jnp.bfloat16)
+  gamma = megalodon_lib._gamma_init(jax.random.key(1), (16, 4, 2), jnp.bfloat16)
+  assert (theta.dtype, theta.shape, gamma.dtype, gamma.shape) == (jnp.bfloat16, (16,), jnp.bfloat16, (16, 4, 2))
+  assert np.all(np.asarray(gamma[..., 1]) == 0) and np.any(np.asarray(gamma[..., 0]) != 0)

@@ -194,3 +194,15 @@ def test_cema_coefficients_of_bfloat16_parameters_are_computed_in_float32():
   assert [x.dtype for x in low] == [jnp.float32, jnp.complex64, jnp.complex64]
   for a, b in zip(low, full):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_offset_norms_of_small_inputs_feel_eps(center):
+  """Inputs of mean square ~1e-5: eps moves the result by ~30%, so its sign and place show."""
+  rng = np.random.default_rng(5)
+  x = (3e-3 * rng.normal(size=(2, 3, WIDTH))).astype(np.float32)
+  weight, bias = (0.3 * rng.normal(size=WIDTH)).astype(np.float32), (0.3 * rng.normal(size=WIDTH)).astype(np.float32)
+  got = megalodon_lib._offset_norm(jnp.asarray(x), jnp.asarray(weight), jnp.asarray(bias) if center else None, EPS,
+                                   center=center)
+  want = _layer_norm(x, weight, bias) if center else _rms_norm(x, weight)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
