@@ -329,6 +329,8 @@ class DataConfig:
   retrieval_digits: int = 5
   retrieval_pairs: int = 8
   retrieval_queries: int = 4
+  retrieval_rows: bool = False
+  retrieval_loss: str = "all"
   pose_target_length: int = 0
   pose_chunks: int = 2
 
@@ -354,6 +356,8 @@ class DataConfig:
     _require(isinstance(self.retrieval_queries, int) and 1 <= self.retrieval_queries <= self.retrieval_pairs,
              f"{key}.retrieval_queries", self.retrieval_queries,
              f"must be an integer in [1, retrieval_pairs={self.retrieval_pairs}]")
+    _require(isinstance(self.retrieval_rows, bool), f"{key}.retrieval_rows", self.retrieval_rows, "must be True or False")
+    _choice(f"{key}.retrieval_loss", self.retrieval_loss, ("all", "answer"))
     _require(isinstance(self.pose_target_length, int) and self.pose_target_length >= 0, f"{key}.pose_target_length",
              self.pose_target_length, "must be 0 (off) or the target context length > train.seq_len")
     _require(isinstance(self.pose_chunks, int) and self.pose_chunks >= 2, f"{key}.pose_chunks", self.pose_chunks,
