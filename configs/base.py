@@ -129,7 +129,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Synthetic retrieval documents replace real training documents with this probability (landmark attention
   # and Infini-attention fine-tune on passkey retrieval); 0 disables. The eval split stays real text.
   data.retrieval_rate = 0.0
-  data.retrieval_task = "passkey"  # passkey (landmark-attention template) | kv_recall (key=value pairs, then queries)
+  # passkey (landmark-attention template) | kv_recall (key=value pairs, then queries) | passkey+kv_recall (either,
+  # even odds, a document)
+  data.retrieval_task = "passkey"
   data.retrieval_digits = 5  # passkey: digits of the key
   data.retrieval_pairs = 8  # kv_recall: two-letter keys with two-digit values, an episode
   data.retrieval_queries = 4  # kv_recall: keys asked back, an episode (episodes repeat to fill the document)

@@ -20,8 +20,9 @@ With `retrieval_rate` > 0, each document is replaced, with that probability, by 
 document sized to a row (`retrieval(rng, n_chars)`, see synthetic.py); the draw and the document are
 seeded by (seed, epoch, document index), so they need no state. With `retrieval_rows`, a retrieval document
 starts a row (the rest of the row before it is padding) and owns it: the next row starts at the next document, so
-a key is never cut from its question. With `retrieval_loss="answer"`, a retrieval document's targets keep their
-loss only on its answers (synthetic.Pieces); the template and filler around them are masked.
+a key is never cut from its question; its length is drawn between half a row and a row (a model that sees every
+answer at one place learns the place, not the retrieval). With `retrieval_loss="answer"`, a retrieval document's
+targets keep their loss only on its answers (synthetic.Pieces); the template and filler around them are masked.
 
 With `landmarks` = (landmark_block, landmark_id) (landmark attention, Mohtashami & Jaggi 2023), each document's
 tokens get the landmark id after every landmark_block ordinary tokens (`insert_landmarks`), so positions count
@@ -182,7 +183,10 @@ class PackedBatches:
       rng = np.random.default_rng((self.seed, _RETRIEVAL_STREAM, epoch, index)) if self.retrieval else None
       is_retrieval = rng is not None and rng.random() < self.retrieval_rate
       if is_retrieval:
-        ids, weights = self._encode_pieces(self.retrieval(rng, self._retrieval_length()))
+        n_chars = self._retrieval_length()
+        if self.retrieval_rows:  # anywhere from half a row to a row, so that the answer's place says nothing
+          n_chars = int(rng.integers(n_chars // 2, n_chars + 1))
+        ids, weights = self._encode_pieces(self.retrieval(rng, n_chars))
       else:
         ids = np.asarray(self.tokenizer.encode(self.documents[index], bos=self.add_bos, eos=self.add_eos), np.int32)
         weights = np.ones(len(ids), np.float32)

@@ -51,8 +51,12 @@ def passkey_pieces(rng: np.random.Generator, n_chars: int, digits: int, depth: f
   fixed = len(PASSKEY_INTRO) + len(passkey_line(key)) + len(PASSKEY_QUESTION) + len(answer) + 4  # 4 newlines
   garbage = max(n_chars - fixed, 0)
   before = int(round(garbage * depth))
-  lines = [PASSKEY_INTRO, _filler(before), passkey_line(key), _filler(garbage - before), PASSKEY_QUESTION]
-  return [("\n".join(lines), False), (answer, True)]
+  # The key's second mention in its line is an answer too: copying it from a few tokens back trains the same
+  # copying of digits that the question needs from further away, and doubles the answers a document holds.
+  mention = f"{key} is the pass key."
+  first = "\n".join([PASSKEY_INTRO, _filler(before), passkey_line(key)[:-len(mention)]])
+  rest = "\n".join([mention[len(str(key)):], _filler(garbage - before), PASSKEY_QUESTION])
+  return [(first, False), (str(key), True), (rest, False), (answer, True)]
 
 
 def passkey_document(rng: np.random.Generator, n_chars: int, digits: int, depth: float) -> str:
@@ -93,6 +97,9 @@ RETRIEVAL_TASKS: dict[str, Callable[[DataConfig], Callable[[np.random.Generator,
                                                                 depth=rng.random()),
     "kv_recall": lambda data: lambda rng, n_chars: kv_recall_pieces(rng, n_chars, data.retrieval_pairs,
                                                                     data.retrieval_queries),
+    # Each document one of the two, even odds: kv_recall's many answers a document teach copying sooner.
+    "passkey+kv_recall": lambda data: lambda rng, n_chars: RETRIEVAL_TASKS[
+        ("passkey", "kv_recall")[int(rng.integers(2))]](data)(rng, n_chars),
 }
 
 
