@@ -141,6 +141,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Loss on a retrieval document's targets: "all" of them, or only its "answer" tokens (the passkey, the recalled
   # values), since the template and filler are learned early and otherwise swamp the one answer a row holds.
   data.retrieval_loss = "all"
+  # Each answer token's loss weight (loss_mask; the loss is token-weighted): a row of text has hundreds of targets,
+  # a passkey row a few answers, so mixed with text at weight 1 the answers barely move the model.
+  data.retrieval_answer_weight = 1.0
   # PoSE (Zhu et al. 2023): train rows get positions up to this target length, in pose_chunks chunks with
   # uniformly sampled skips between them (train split only); 0 disables. Must exceed train.seq_len.
   data.pose_target_length = 0

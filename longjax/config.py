@@ -331,6 +331,7 @@ class DataConfig:
   retrieval_queries: int = 4
   retrieval_rows: bool = False
   retrieval_loss: str = "all"
+  retrieval_answer_weight: float = 1.0
   pose_target_length: int = 0
   pose_chunks: int = 2
 
@@ -359,6 +360,8 @@ class DataConfig:
     _require(isinstance(self.retrieval_rows, bool), f"{key}.retrieval_rows", self.retrieval_rows,
              "must be True or False")
     _choice(f"{key}.retrieval_loss", self.retrieval_loss, ("all", "answer"))
+    _require(isinstance(self.retrieval_answer_weight, (int, float)) and self.retrieval_answer_weight > 0,
+             f"{key}.retrieval_answer_weight", self.retrieval_answer_weight, "must be > 0")
     _require(isinstance(self.pose_target_length, int) and self.pose_target_length >= 0, f"{key}.pose_target_length",
              self.pose_target_length, "must be 0 (off) or the target context length > train.seq_len")
     _require(isinstance(self.pose_chunks, int) and self.pose_chunks >= 2, f"{key}.pose_chunks", self.pose_chunks,

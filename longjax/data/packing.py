@@ -23,6 +23,8 @@ starts a row (the rest of the row before it is padding) and owns it: the next ro
 a key is never cut from its question; its length is drawn between half a row and a row (a model that sees every
 answer at one place learns the place, not the retrieval). With `retrieval_loss="answer"`, a retrieval document's
 targets keep their loss only on its answers (synthetic.Pieces); the template and filler around them are masked.
+`retrieval_answer_weight` scales an answer's loss_mask: a row of text has hundreds of targets and a passkey row a
+handful, so in a token-weighted loss the text alone would set the gradient.
 
 With `landmarks` = (landmark_block, landmark_id) (landmark attention, Mohtashami & Jaggi 2023), each document's
 tokens get the landmark id after every landmark_block ordinary tokens (`insert_landmarks`), so positions count
@@ -90,6 +92,7 @@ class PackedBatches:
                process_count: int = 1, num_epochs: int | None = None, shuffle_buffer: int = 0,
                retrieval: Callable[[np.random.Generator, int], synthetic.Pieces] | None = None,
                retrieval_rate: float = 0.0, retrieval_rows: bool = False, retrieval_loss: str = "all",
+               retrieval_answer_weight: float = 1.0,
                landmarks: tuple[int, int] | None = None, pose_target_length: int = 0, pose_chunks: int = 2):
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
@@ -120,6 +123,7 @@ class PackedBatches:
     self.retrieval_rate = retrieval_rate
     self.retrieval_rows = retrieval_rows
     self.retrieval_loss = retrieval_loss
+    self.retrieval_answer_weight = retrieval_answer_weight
     self.landmarks = landmarks
     self.pose_target_length = pose_target_length
     self.pose_chunks = pose_chunks
@@ -204,7 +208,7 @@ class PackedBatches:
     ids = [self.tokenizer.encode(piece, bos=self.add_bos and i == 0, eos=self.add_eos and i == len(pieces) - 1)
            for i, (piece, _) in enumerate(pieces)]
     answer_only = self.retrieval_loss == "answer"
-    weights = [np.full(len(piece_ids), float(is_answer or not answer_only), np.float32)
+    weights = [np.full(len(piece_ids), self.retrieval_answer_weight if is_answer else float(not answer_only), np.float32)
                for piece_ids, (_, is_answer) in zip(ids, pieces)]
     if answer_only and self.add_eos:  # eos closes the document, it is not an answer
       weights[-1][-1] = 0.0

@@ -174,3 +174,13 @@ def test_answer_loss_keeps_only_the_answers(task):
       else:
         assert mask.sum() >= (segments > 0).sum() - 1  # real documents keep their loss (bar a target in padding)
   assert checked > 10
+
+
+def test_answer_weight_scales_the_answers_only():
+  kwargs = dict(retrieval_rate=0.5, retrieval_rows=True, retrieval_loss="answer", seq_len=256, add_bos=True)
+  plain, weighted = (take(mixed(VARIED, retrieval_answer_weight=w, **kwargs), 6) for w in (1.0, 5.0))
+  for a, b in zip(plain, weighted):
+    np.testing.assert_array_equal(a["targets"], b["targets"])
+    np.testing.assert_array_equal(b["loss_mask"], np.where(a["loss_mask"] * [[float("pass key" in t)] for t in
+                                                                              row_texts(a)] > 0, 5.0, a["loss_mask"]))
+  assert any((b["loss_mask"] == 5.0).any() for b in weighted)
