@@ -1,6 +1,6 @@
 """`make demo`: pre-train a small LLaMA that retrieves passkeys, extend its context, evaluate retrieval, report.
 
-  python -m longjax.demo --workdir demo_out [--warmup_steps 400] [--pretrain_steps 1200] [--finetune_steps 100]
+  python -m longjax.demo --workdir demo_out [--warmup_steps 400] [--pretrain_steps 800] [--finetune_steps 100]
 
 1. Warm up on key=value recall at 128 tokens (configs/demo.py:stage=warmup): copying a value named earlier is
    what a passkey needs, and the model learns it from these dense episodes long before it would from passkeys.
@@ -36,7 +36,7 @@ from longjax.train import train_and_evaluate
 
 _WORKDIR = flags.DEFINE_string("workdir", "demo_out", "Where the runs, results and report go.")
 _WARMUP_STEPS = flags.DEFINE_integer("warmup_steps", 400, "Key=value recall steps at 128 tokens, before pre-training.")
-_PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", 1200, "Pre-training steps at 512 tokens.")
+_PRETRAIN_STEPS = flags.DEFINE_integer("pretrain_steps", 800, "Pre-training steps at 512 tokens.")
 _FINETUNE_STEPS = flags.DEFINE_integer("finetune_steps", 100, "Fine-tuning steps at 4x the length per method.")
 _PASSKEY_TRIALS = flags.DEFINE_integer("passkey_trials", 4, "Passkeys per (length, depth) cell.")
 _DEPTHS = flags.DEFINE_list("depths", ["0", "0.5", "1"], "Passkey depths in [0, 1].")
@@ -57,7 +57,7 @@ DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fil
 class DemoSettings:
   """What the flags set; the test shrinks these."""
 
-  pretrain_steps: int = 1200
+  pretrain_steps: int = 800
   finetune_steps: int = 100
   passkey_trials: int = 4
   depths: tuple[float, ...] = (0.0, 0.5, 1.0)
