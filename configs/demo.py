@@ -16,7 +16,7 @@ from longjax.config import parse_arg
 
 # 512, not 256: the byte-token passkey prompt (intro, key line, question) alone is ~242 tokens, so at 256 every
 # training passkey has the same 0-14 characters of filler and the model learns their places, not retrieval
-# (measured, docs/demo.md: 100% at 242 tokens, 0-10% at 256 at depths 0 and 0.5). At 512 the filler runs 14-270.
+# (measured, docs/demo_retrieval.md: 100% at 242 tokens, 0-10% at 256 at depths 0 and 0.5). At 512 the filler runs 14-270.
 PRETRAIN_LENGTH = 512
 WARMUP_LENGTH = 128
 EXTENSION = 4
@@ -35,12 +35,12 @@ def get_config(arg=None):
   data = config.data
   # Passkey documents with 2-digit keys: 5-digit keys are not learned by this model at CPU budgets
   # (REFERENCES: it predicts one fixed string), and retrieval must work at 1x before 2x-8x means anything.
-  # Measured (docs/demo.md): packed into the stream, a passkey document of a row's length usually straddles two
+  # Measured (docs/demo_retrieval.md): packed into the stream, a passkey document of a row's length usually straddles two
   # rows, cutting the key from its question, and its loss is mostly filler; the model learned no retrieval. So
   # each retrieval document owns a row and only its answer carries loss. The rate replaces whole documents and a
   # source file fills many rows, a passkey document one: 0.95 gives ~2/3 passkey rows. Fine-tuning keeps the mix
   # (each method sees the same passkeys). The warm-up's key=value episodes stay out of pre-training: mixed in at
-  # even odds their many answers outweighed the passkey's and it was not learned (docs/demo.md).
+  # even odds their many answers outweighed the passkey's and it was not learned (docs/demo_retrieval.md).
   data.retrieval_rate = 0.95
   data.retrieval_task = "passkey"
   data.retrieval_digits = 2
@@ -49,7 +49,7 @@ def get_config(arg=None):
   data.retrieval_rows = True
   data.retrieval_loss = "answer"
   # A 512-token row of source has ~500 targets, a passkey row 6 answers: at weight 1 the source set the gradient and
-  # no key was learned in 400 steps; at 40 (100 did no better) 63% were (docs/demo.md).
+  # no key was learned in 400 steps; at 40 (100 did no better) 63% were (docs/demo_retrieval.md).
   data.retrieval_answer_weight = 40.0
   train = config.train
   train.seq_len = PRETRAIN_LENGTH
@@ -65,7 +65,7 @@ def get_config(arg=None):
   config.eval.max_document_tokens = 4096
   if args.stage == "warmup":
     # Copying a value named earlier in the row is what a passkey needs, and a small model learns it sooner from
-    # short dense episodes (measured: docs/demo.md) than from one passkey a 256-token row: key=value recall
+    # short dense episodes (measured: docs/demo_retrieval.md) than from one passkey a 256-token row: key=value recall
     # only, 16 short rows a step (the same tokens a step as pre-training).
     data.retrieval_rate = 1.0
     data.retrieval_task = "kv_recall"
