@@ -16,7 +16,8 @@ from longjax.config import parse_arg
 
 # 512, not 256: the byte-token passkey prompt (intro, key line, question) alone is ~242 tokens, so at 256 every
 # training passkey has the same 0-14 characters of filler and the model learns their places, not retrieval
-# (measured, docs/demo_retrieval.md: 100% at 242 tokens, 0-10% at 256 at depths 0 and 0.5). At 512 the filler runs 14-270.
+# (measured, docs/demo_retrieval.md: 100% at 242 tokens, 0-10% at 256 at depths 0 and 0.5). At 512 the filler
+# runs 14-270 characters.
 PRETRAIN_LENGTH = 512
 WARMUP_LENGTH = 128
 EXTENSION = 4
@@ -35,11 +36,11 @@ def get_config(arg=None):
   data = config.data
   # Passkey documents with 2-digit keys: 5-digit keys are not learned by this model at CPU budgets
   # (REFERENCES: it predicts one fixed string), and retrieval must work at 1x before 2x-8x means anything.
-  # Measured (docs/demo_retrieval.md): packed into the stream, a passkey document of a row's length usually straddles two
-  # rows, cutting the key from its question, and its loss is mostly filler; the model learned no retrieval. So
-  # each retrieval document owns a row and only its answer carries loss. The rate replaces whole documents and a
-  # source file fills many rows, a passkey document one: 0.95 gives ~2/3 passkey rows. Fine-tuning keeps the mix
-  # (each method sees the same passkeys). The warm-up's key=value episodes stay out of pre-training: mixed in at
+  # Measured (docs/demo_retrieval.md): packed into the stream, a passkey document of a row's length usually
+  # straddles two rows, cutting the key from its question, and its loss is mostly filler; the model learned no
+  # retrieval. So each retrieval document owns a row and only its answers carry loss. The rate replaces whole
+  # documents and a source file fills many rows, a passkey document one: 0.95 gives ~2/3 passkey rows.
+  # Fine-tuning keeps the mix (each method sees the same passkeys). The warm-up's key=value episodes stay out of pre-training: mixed in at
   # even odds their many answers outweighed the passkey's and it was not learned (docs/demo_retrieval.md).
   data.retrieval_rate = 0.95
   data.retrieval_task = "passkey"
@@ -65,12 +66,12 @@ def get_config(arg=None):
   config.eval.max_document_tokens = 4096
   if args.stage == "warmup":
     # Copying a value named earlier in the row is what a passkey needs, and a small model learns it sooner from
-    # short dense episodes (measured: docs/demo_retrieval.md) than from one passkey a 256-token row: key=value recall
-    # only, 16 short rows a step (the same tokens a step as pre-training).
+    # short dense episodes (measured: docs/demo_retrieval.md) than from one passkey a row: key=value recall only,
+    # 16 short rows a step (the same tokens a step as pre-training).
     data.retrieval_rate = 1.0
     data.retrieval_task = "kv_recall"
     train.seq_len = WARMUP_LENGTH
-    train.global_batch_size = 16  # twice the tokens a step of pre-training
+    train.global_batch_size = 16
     train.num_steps = args.steps or 400
   elif args.stage != "base":  # fine-tune at 4x the pre-training length (YaRN paper recipe, shrunk)
     model.max_position_embeddings = EXTENSION * PRETRAIN_LENGTH

@@ -208,8 +208,8 @@ class PackedBatches:
     ids = [self.tokenizer.encode(piece, bos=self.add_bos and i == 0, eos=self.add_eos and i == len(pieces) - 1)
            for i, (piece, _) in enumerate(pieces)]
     answer_only = self.retrieval_loss == "answer"
-    weights = [np.full(len(piece_ids), self.retrieval_answer_weight if is_answer else float(not answer_only), np.float32)
-               for piece_ids, (_, is_answer) in zip(ids, pieces)]
+    weights = [np.full(len(piece_ids), self.retrieval_answer_weight if is_answer else float(not answer_only),
+                       np.float32) for piece_ids, (_, is_answer) in zip(ids, pieces)]
     if answer_only and self.add_eos:  # eos closes the document, it is not an answer
       weights[-1][-1] = 0.0
     return np.asarray(np.concatenate(ids), np.int32), np.concatenate(weights)
