@@ -40,8 +40,9 @@ def get_config(arg=None):
   # straddles two rows, cutting the key from its question, and its loss is mostly filler; the model learned no
   # retrieval. So each retrieval document owns a row and only its answers carry loss. The rate replaces whole
   # documents and a source file fills many rows, a passkey document one: 0.95 gives ~2/3 passkey rows.
-  # Fine-tuning keeps the mix (each method sees the same passkeys). The warm-up's key=value episodes stay out of pre-training: mixed in at
-  # even odds their many answers outweighed the passkey's and it was not learned (docs/demo_retrieval.md).
+  # Fine-tuning keeps the mix (each method sees the same passkeys). The warm-up's key=value episodes stay out of
+  # pre-training: mixed in at even odds their many answers outweighed the passkey's and it was not learned
+  # (docs/demo_retrieval.md).
   data.retrieval_rate = 0.95
   data.retrieval_task = "passkey"
   data.retrieval_digits = 2
