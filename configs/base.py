@@ -124,15 +124,26 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data.shuffle = True  # shuffle documents each epoch (deterministic from config.seed)
   # Packed rows pass through a buffer of this many rows (shared out among the global batch's row streams), emitted
   # in a seeded random order, so that consecutive rows of a stream mix documents; 0 disables. Memory: at most
-  # 3 * shuffle_buffer * (seq_len + 1) int32 per process (lower it at 128K).
+  # 4 * shuffle_buffer * (seq_len + 1) int32 per process (lower it at 128K).
   data.shuffle_buffer = 256
   # Synthetic retrieval documents replace real training documents with this probability (landmark attention
   # and Infini-attention fine-tune on passkey retrieval); 0 disables. The eval split stays real text.
   data.retrieval_rate = 0.0
-  data.retrieval_task = "passkey"  # passkey (landmark-attention template) | kv_recall (key=value pairs, then queries)
+  # passkey (landmark-attention template) | kv_recall (key=value pairs, then queries) | passkey+kv_recall (either,
+  # even odds, a document)
+  data.retrieval_task = "passkey"
   data.retrieval_digits = 5  # passkey: digits of the key
   data.retrieval_pairs = 8  # kv_recall: two-letter keys with two-digit values, an episode
   data.retrieval_queries = 4  # kv_recall: keys asked back, an episode (episodes repeat to fill the document)
+  # A retrieval document starts a row (padding the rest of the row before it) and owns it, so that its key is never
+  # in another row than its question; False packs it into the stream like any document.
+  data.retrieval_rows = False
+  # Loss on a retrieval document's targets: "all" of them, or only its "answer" tokens (the passkey, the recalled
+  # values), since the template and filler are learned early and otherwise swamp the one answer a row holds.
+  data.retrieval_loss = "all"
+  # Each answer token's loss weight (loss_mask; the loss is token-weighted): a row of text has hundreds of targets,
+  # a passkey row a few answers, so mixed with text at weight 1 the answers barely move the model.
+  data.retrieval_answer_weight = 1.0
   # PoSE (Zhu et al. 2023): train rows get positions up to this target length, in pose_chunks chunks with
   # uniformly sampled skips between them (train split only); 0 disables. Must exceed train.seq_len.
   data.pose_target_length = 0

@@ -10,7 +10,7 @@ from longjax import demo
 
 def test_demo_end_to_end(tmp_path):
   settings = demo.DemoSettings(pretrain_steps=3, finetune_steps=2, passkey_trials=1, depths=(0.5,), factors=(1, 2),
-                               perplexity=False)
+                               perplexity=False, warmup_steps=2)
   returned = demo.run_demo(str(tmp_path), settings)
   with open(tmp_path / "results.json") as f:
     results = json.load(f)
@@ -20,7 +20,7 @@ def test_demo_end_to_end(tmp_path):
     assert f"- {sentence}" in report
   assert report.count("| method |") == 4  # passkey and loss-by-position tables, training-free and fine-tuned
   for name in ["loss.png", "loss_by_position_training_free.png", "loss_by_position_finetuned.png",
-               *[f"passkey_training_free_{i}.png" for i in range(len(demo.training_free_methods(256, 2.0)))],
+               *[f"passkey_training_free_{i}.png" for i in range(len(demo.demo_methods(256, 2.0)))],
                *[f"passkey_finetuned_{i}.png" for i in range(3)]]:
     assert os.path.getsize(tmp_path / name) > 0, name
     assert f"]({name})" in report, name

@@ -33,7 +33,7 @@ SEQUENCE_PARALLEL_TYPES = ("full", "sliding")
 EVAL_TASKS = ("perplexity", "passkey", "needle", "needle_gkamradt", "loss_by_position", "kv_cache", "ruler")
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
 TOKENIZERS = ("byte", "sentencepiece", "hf")
-RETRIEVAL_TASKS = ("passkey", "kv_recall")
+RETRIEVAL_TASKS = ("passkey", "kv_recall", "passkey+kv_recall")
 DISTRIBUTED_MODES = ("auto", "always", "never")
 # Rope methods that scale relative to the pre-trained length L (rope.original_max_position_embeddings).
 NEEDS_ORIGINAL_LENGTH = ("dynamic", "yarn", "dynamic_yarn", "llama3", "longrope")
@@ -342,6 +342,9 @@ class DataConfig:
   retrieval_digits: int = 5
   retrieval_pairs: int = 8
   retrieval_queries: int = 4
+  retrieval_rows: bool = False
+  retrieval_loss: str = "all"
+  retrieval_answer_weight: float = 1.0
   pose_target_length: int = 0
   pose_chunks: int = 2
 
@@ -367,6 +370,11 @@ class DataConfig:
     _require(isinstance(self.retrieval_queries, int) and 1 <= self.retrieval_queries <= self.retrieval_pairs,
              f"{key}.retrieval_queries", self.retrieval_queries,
              f"must be an integer in [1, retrieval_pairs={self.retrieval_pairs}]")
+    _require(isinstance(self.retrieval_rows, bool), f"{key}.retrieval_rows", self.retrieval_rows,
+             "must be True or False")
+    _choice(f"{key}.retrieval_loss", self.retrieval_loss, ("all", "answer"))
+    _require(isinstance(self.retrieval_answer_weight, (int, float)) and self.retrieval_answer_weight > 0,
+             f"{key}.retrieval_answer_weight", self.retrieval_answer_weight, "must be > 0")
     _require(isinstance(self.pose_target_length, int) and self.pose_target_length >= 0, f"{key}.pose_target_length",
              self.pose_target_length, "must be 0 (off) or the target context length > train.seq_len")
     _require(isinstance(self.pose_chunks, int) and self.pose_chunks >= 2, f"{key}.pose_chunks", self.pose_chunks,

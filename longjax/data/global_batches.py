@@ -99,7 +99,9 @@ def make_batches(data: DataConfig, *, split: str, seq_len: int, global_batch_siz
     return PackedBatches(documents, tokenizer, seq_len=seq_len, batch_size=batch_size, seed=seed,
                          shuffle=data.shuffle, add_bos=data.add_bos, add_eos=data.add_eos, process_index=index,
                          process_count=count, shuffle_buffer=-(-data.shuffle_buffer // count), retrieval=retrieval,
-                         retrieval_rate=data.retrieval_rate if train else 0.0, landmarks=landmarks,
+                         retrieval_rate=data.retrieval_rate if train else 0.0, retrieval_rows=data.retrieval_rows,
+                         retrieval_loss=data.retrieval_loss, retrieval_answer_weight=data.retrieval_answer_weight,
+                         landmarks=landmarks,
                          pose_target_length=data.pose_target_length if train else 0, pose_chunks=data.pose_chunks)
 
   return GlobalBatches(make_stream, global_batch_size=global_batch_size, streams=streams, rows=rows)

@@ -18,7 +18,13 @@ shuffles its own rows.
 
 With `retrieval_rate` > 0, each document is replaced, with that probability, by a synthetic retrieval
 document sized to a row (`retrieval(rng, n_chars)`, see synthetic.py); the draw and the document are
-seeded by (seed, epoch, document index), so they need no state.
+seeded by (seed, epoch, document index), so they need no state. With `retrieval_rows`, a retrieval document
+starts a row (the rest of the row before it is padding) and owns it: the next row starts at the next document, so
+a key is never cut from its question; its length is drawn between half a row and a row (a model that sees every
+answer at one place learns the place, not the retrieval). With `retrieval_loss="answer"`, a retrieval document's
+targets keep their loss only on its answers (synthetic.Pieces); the template and filler around them are masked.
+`retrieval_answer_weight` scales an answer's loss_mask: a row of text has hundreds of targets and a passkey row a
+handful, so in a token-weighted loss the text alone would set the gradient.
 
 With `landmarks` = (landmark_block, landmark_id) (landmark attention, Mohtashami & Jaggi 2023), each document's
 tokens get the landmark id after every landmark_block ordinary tokens (`insert_landmarks`), so positions count
@@ -71,18 +77,22 @@ class PackedBatches:
 
   inputs, targets: int32 token ids; segment_ids: int32, 1, 2, ... for the documents of an input row,
   0 for padding; positions: int32 place of the input token in its document; loss_mask: float32, 1
-  where the target is a real token. A target across a document boundary (eos -> next bos) keeps its
+  where the target is a real token (and, with retrieval_loss="answer", not a retrieval document's template or
+  filler). A target across a document boundary (eos -> next bos) keeps its
   loss, as in LLaMA's packing. `num_epochs` None reads forever; otherwise the last batch is padded
   and iteration stops. `shuffle_buffer` rows are shuffled together (0: rows in stream order);
   `retrieval(rng, n_chars) -> text` replaces a document with probability `retrieval_rate`; `landmarks`
-  (landmark_block, landmark_id) inserts landmark tokens (see the module docstring).
+  (landmark_block, landmark_id) inserts landmark tokens; `retrieval_rows` and `retrieval_loss` (see the module
+  docstring).
   `pose_target_length` > 0 adds pose_positions: int32 PoSE ids of the row (below that length).
   """
 
   def __init__(self, documents: Sequence[str], tokenizer: Tokenizer, *, seq_len: int, batch_size: int, seed: int,
                shuffle: bool = True, add_bos: bool = True, add_eos: bool = True, process_index: int = 0,
                process_count: int = 1, num_epochs: int | None = None, shuffle_buffer: int = 0,
-               retrieval: Callable[[np.random.Generator, int], str] | None = None, retrieval_rate: float = 0.0,
+               retrieval: Callable[[np.random.Generator, int], synthetic.Pieces] | None = None,
+               retrieval_rate: float = 0.0, retrieval_rows: bool = False, retrieval_loss: str = "all",
+               retrieval_answer_weight: float = 1.0,
                landmarks: tuple[int, int] | None = None, pose_target_length: int = 0, pose_chunks: int = 2):
     if not 0 <= process_index < process_count:
       raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
@@ -92,6 +102,8 @@ class PackedBatches:
       raise ValueError(f"seq_len={seq_len} and batch_size={batch_size} must be >= 1")
     if shuffle_buffer < 0 or not 0 <= retrieval_rate <= 1:
       raise ValueError(f"shuffle_buffer={shuffle_buffer} must be >= 0 and retrieval_rate={retrieval_rate} in [0, 1]")
+    if retrieval_loss not in ("all", "answer"):
+      raise ValueError(f"retrieval_loss={retrieval_loss!r} must be 'all' or 'answer'")
     if pose_target_length and not (pose_target_length > seq_len and 2 <= pose_chunks <= seq_len):
       raise ValueError(f"pose_target_length={pose_target_length} must exceed seq_len={seq_len} and pose_chunks="
                        f"{pose_chunks} be in [2, seq_len]")
@@ -109,15 +121,20 @@ class PackedBatches:
     self.shuffle_buffer = shuffle_buffer
     self.retrieval = retrieval if retrieval_rate > 0 else None
     self.retrieval_rate = retrieval_rate
+    self.retrieval_rows = retrieval_rows
+    self.retrieval_loss = retrieval_loss
+    self.retrieval_answer_weight = retrieval_answer_weight
     self.landmarks = landmarks
     self.pose_target_length = pose_target_length
     self.pose_chunks = pose_chunks
     self._position = (0, 0, 0)  # (epoch, document place in this process's share, token offset)
     self._share_cache: tuple[int, np.ndarray] | None = None
-    self._token_cache: dict[tuple[int, int], np.ndarray] = {}
+    # (epoch, document) -> (ids, loss weight of each id as a target, whether it is a retrieval document)
+    self._token_cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, bool]] = {}
     self._retrieval_chars: int | None = None
     # The shuffle buffer: where the packer stood when it was filled, how many buffers were filled, how many
-    # rows of the current one were emitted, and its (tokens, segments, positions, order); None until needed.
+    # rows of the current one were emitted, and its (tokens, segments, positions, weights, order); None until
+    # needed.
     self._buffer_start = (0, 0, 0)
     self._block = 0
     self._taken = 0
@@ -158,21 +175,44 @@ class PackedBatches:
     return self._share_cache[1]
 
   def _tokens(self, epoch: int, document: int) -> np.ndarray:
+    return self._document(epoch, document)[0]
+
+  def _document(self, epoch: int, document: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(ids, float32 loss weight of each id as a target, whether it is a retrieval document)."""
     key = (epoch, document)
     if key not in self._token_cache:
       if len(self._token_cache) > 2:  # A row rarely spans more than the current and the next document.
         self._token_cache.pop(next(iter(self._token_cache)))
       index = int(self._share(epoch)[document])
       rng = np.random.default_rng((self.seed, _RETRIEVAL_STREAM, epoch, index)) if self.retrieval else None
-      if rng is not None and rng.random() < self.retrieval_rate:
-        text = self.retrieval(rng, self._retrieval_length())
+      is_retrieval = rng is not None and rng.random() < self.retrieval_rate
+      if is_retrieval:
+        n_chars = self._retrieval_length()
+        if self.retrieval_rows:  # anywhere from half a row to a row, so that the answer's place says nothing
+          n_chars = int(rng.integers(n_chars // 2, n_chars + 1))
+        ids, weights = self._encode_pieces(self.retrieval(rng, n_chars))
       else:
-        text = self.documents[index]
-      ids = np.asarray(self.tokenizer.encode(text, bos=self.add_bos, eos=self.add_eos), np.int32)
+        ids = np.asarray(self.tokenizer.encode(self.documents[index], bos=self.add_bos, eos=self.add_eos), np.int32)
+        weights = np.ones(len(ids), np.float32)
       if self.landmarks is not None:
-        ids = insert_landmarks(ids, *self.landmarks)
-      self._token_cache[key] = ids
+        landmarked = insert_landmarks(ids, *self.landmarks)
+        # The tokens keep their weights; a landmark's is 1 (loss_mask drops landmark targets anyway).
+        landmarked_weights = np.ones(len(landmarked), np.float32)
+        landmarked_weights[landmarked != self.landmarks[1]] = weights
+        ids, weights = landmarked, landmarked_weights
+      self._token_cache[key] = (ids, weights, is_retrieval)
     return self._token_cache[key]
+
+  def _encode_pieces(self, pieces: synthetic.Pieces) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of the pieces (bos/eos around them, each piece encoded alone) and their loss weights."""
+    ids = [self.tokenizer.encode(piece, bos=self.add_bos and i == 0, eos=self.add_eos and i == len(pieces) - 1)
+           for i, (piece, _) in enumerate(pieces)]
+    answer_only = self.retrieval_loss == "answer"
+    weights = [np.full(len(piece_ids), self.retrieval_answer_weight if is_answer else float(not answer_only),
+                       np.float32) for piece_ids, (_, is_answer) in zip(ids, pieces)]
+    if answer_only and self.add_eos:  # eos closes the document, it is not an answer
+      weights[-1][-1] = 0.0
+    return np.asarray(np.concatenate(ids), np.int32), np.concatenate(weights)
 
   def _retrieval_length(self) -> int:
     """Characters of a synthetic document whose tokens (with bos/eos) fill about one row."""
@@ -203,22 +243,34 @@ class PackedBatches:
         raise ValueError("no document of this process's share has any token")
       document, offset = document + 1, 0
 
-  def _row(self, tokens: np.ndarray, segments: np.ndarray, positions: np.ndarray) -> bool:
-    """Fill one row of seq_len + 1 stream tokens in place and advance by seq_len; False if none is left."""
+  def _row(self, tokens: np.ndarray, segments: np.ndarray, positions: np.ndarray, weights: np.ndarray) -> bool:
+    """Fill one row of seq_len + 1 stream tokens in place and advance by seq_len (with retrieval_rows, to the
+    document after a retrieval document or to the one that starts the next row); False if none is left."""
     length = self.seq_len + 1
     filled, segment, cursor, next_start = 0, 0, self._position, None
     while filled < length and (cursor := self._settle(cursor)) is not None:
       epoch, document, offset = cursor
-      doc = self._tokens(epoch, document)
+      doc, doc_weights, is_retrieval = self._document(epoch, document)
+      owns_row = self.retrieval_rows and is_retrieval
+      if owns_row and filled:
+        if filled > 1:  # the rest of this row is padding; the retrieval document starts the next one
+          next_start = cursor
+          break
+        filled, segment = 0, 0  # a lone token carried over from the last row was a target there already
       take = min(length - filled, len(doc) - offset)
       tokens[filled:filled + take] = doc[offset:offset + take]
       positions[filled:filled + take] = np.arange(offset, offset + take)
+      weights[filled:filled + take] = doc_weights[offset:offset + take]
       segment += 1
       segments[filled:filled + take] = segment
       if next_start is None and filled + take > self.seq_len:
         next_start = (epoch, document, offset + self.seq_len - filled)
       filled += take
       cursor = (epoch, document, offset + take)
+      if owns_row:  # alone in its row; what is left of it after this row, if more than the last token, goes on
+        if offset + take >= len(doc) - 1:
+          next_start = (epoch, document + 1, 0)
+        break
     if filled < 2:  # A lone token has no target.
       return False
     self._position = next_start if next_start is not None else (self.num_epochs, 0, 0)
@@ -226,15 +278,19 @@ class PackedBatches:
 
   def _fill_buffer(self, number: int) -> int:
     """Pack up to shuffle_buffer rows from the current position as buffer `number` (from 0); their count."""
-    shape = (self.shuffle_buffer, self.seq_len + 1)
-    tokens, segments, positions = (np.full(shape, self.tokenizer.pad_id, np.int32), np.zeros(shape, np.int32),
-                                   np.zeros(shape, np.int32))
+    arrays = self._empty_rows(self.shuffle_buffer)
     rows = 0
-    while rows < self.shuffle_buffer and self._row(tokens[rows], segments[rows], positions[rows]):
+    while rows < self.shuffle_buffer and self._row(*(array[rows] for array in arrays)):
       rows += 1
     order = np.random.default_rng((self.seed, _SHUFFLE_STREAM, self.process_index, number)).permutation(rows)
-    self._buffer = (tokens, segments, positions, order)
+    self._buffer = (*arrays, order)
     return rows
+
+  def _empty_rows(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Padding rows, [count, seq_len + 1]: tokens, segments, positions, weights."""
+    shape = (count, self.seq_len + 1)
+    return (np.full(shape, self.tokenizer.pad_id, np.int32), np.zeros(shape, np.int32), np.zeros(shape, np.int32),
+            np.zeros(shape, np.float32))
 
   def _refill_after_restore(self) -> None:
     """Rebuild the buffer a restored state was reading from; the packer must end where the state says."""
@@ -245,31 +301,29 @@ class PackedBatches:
                         "shuffle buffer does not reach its saved position; resume with the data.shuffle_buffer and "
                         "train.seq_len it was saved with")
 
-  def _buffered_row(self, tokens: np.ndarray, segments: np.ndarray, positions: np.ndarray) -> bool:
+  def _buffered_row(self, tokens: np.ndarray, segments: np.ndarray, positions: np.ndarray,
+                    weights: np.ndarray) -> bool:
     """Copy the buffer's next row in place (filling the buffer when it is empty); False if none is left."""
     if self._buffer is None and self._taken:
       self._refill_after_restore()
-    if self._buffer is None or self._taken == len(self._buffer[3]):
+    if self._buffer is None or self._taken == len(self._buffer[4]):
       start = self._position
       if not self._fill_buffer(self._block):
         self._buffer, self._taken = None, 0  # The stream has ended; the state holds no rows.
         return False
       self._buffer_start, self._block, self._taken = start, self._block + 1, 0
-    row = self._buffer[3][self._taken]
-    tokens[:], segments[:], positions[:] = (array[row] for array in self._buffer[:3])
+    row = self._buffer[4][self._taken]
+    tokens[:], segments[:], positions[:], weights[:] = (array[row] for array in self._buffer[:4])
     self._taken += 1
     return True
 
   def __next__(self) -> dict[str, np.ndarray]:
-    shape = (self.batch_size, self.seq_len + 1)
-    tokens = np.full(shape, self.tokenizer.pad_id, np.int32)
-    segments = np.zeros(shape, np.int32)
-    positions = np.zeros(shape, np.int32)
+    tokens, segments, positions, weights = self._empty_rows(self.batch_size)
     next_row = self._buffered_row if self.shuffle_buffer else self._row
     # PoSE draws are seeded by the state the batch starts from, so a resumed run draws the same ones.
     pose_seed = (self.seed, _POSE_STREAM, self.process_index, *self.get_state().values())
     rows = 0
-    while rows < self.batch_size and next_row(tokens[rows], segments[rows], positions[rows]):
+    while rows < self.batch_size and next_row(tokens[rows], segments[rows], positions[rows], weights[rows]):
       rows += 1
     if rows == 0:
       raise StopIteration
@@ -278,7 +332,7 @@ class PackedBatches:
         "targets": np.ascontiguousarray(tokens[:, 1:]),
         "segment_ids": np.ascontiguousarray(segments[:, :-1]),
         "positions": np.ascontiguousarray(positions[:, :-1]),
-        "loss_mask": self._loss_mask(tokens[:, 1:], segments[:, 1:]),
+        "loss_mask": self._loss_mask(tokens[:, 1:], segments[:, 1:], weights[:, 1:]),
     }
     if self.pose_target_length:
       rng = np.random.default_rng(pose_seed)
@@ -287,8 +341,8 @@ class PackedBatches:
     return batch
 
 
-  def _loss_mask(self, targets: np.ndarray, segments: np.ndarray) -> np.ndarray:
+  def _loss_mask(self, targets: np.ndarray, segments: np.ndarray, weights: np.ndarray) -> np.ndarray:
     real = segments > 0
     if self.landmarks is not None:
       real &= targets != self.landmarks[1]
-    return real.astype(np.float32)
+    return real.astype(np.float32) * weights

@@ -117,7 +117,8 @@ def test_the_default_and_the_trainer_configs_shuffle_rows():
 
 def test_invalid_keys_are_refused_in_one_line():
   cases = {"shuffle_buffer": -1, "retrieval_rate": 1.5, "retrieval_task": "needle", "retrieval_digits": 0,
-           "retrieval_pairs": 0, "retrieval_queries": 9}
+           "retrieval_pairs": 0, "retrieval_queries": 9, "retrieval_rows": 1, "retrieval_loss": "answers",
+           "retrieval_answer_weight": 0}
   for key, value in cases.items():
     with pytest.raises(ConfigError) as error:
       DataConfig(**{key: value}).validate()

@@ -98,10 +98,10 @@ def test_mixing_is_deterministic_and_seeded():
   assert not np.array_equal(stream(4), stream(5))
 
 
-@pytest.mark.parametrize("task", ["passkey", "kv_recall"])
-def test_exact_resume_with_mixing_and_shuffling(task):
+@pytest.mark.parametrize("task,rows", [("passkey", False), ("kv_recall", False), ("passkey", True)])
+def test_exact_resume_with_mixing_and_shuffling(task, rows):
   kwargs = dict(task=task, retrieval_rate=0.3, shuffle=True, shuffle_buffer=16, seed=7, process_index=1,
-                process_count=2)
+                process_count=2, retrieval_rows=rows, retrieval_loss="answer" if rows else "all")
   iterator = mixed(**kwargs)
   take(iterator, 5)
   state = json.loads(json.dumps(iterator.get_state()))
@@ -119,3 +119,68 @@ def test_make_batches_mixes_retrieval_into_the_train_split_only(corpus_config):
     batches = make_batches(config, split=split, seq_len=512, global_batch_size=2, seed=0)
     return TOKENIZER.decode(np.concatenate([b["inputs"].reshape(-1) for b in take(batches, 4)]))
   assert "The pass key is" in text("train") and "The pass key is" not in text("validation")
+
+
+VARIED = ["".join(chr(97 + (i + j) % 26) for j in range(n)) for i, n in enumerate(range(20, 620, 7))]
+
+
+def row_texts(batch):
+  return [TOKENIZER.decode(row[segments > 0]) for row, segments in zip(batch["inputs"], batch["segment_ids"])]
+
+
+@pytest.mark.parametrize("shuffle_buffer", [0, 16])
+def test_retrieval_rows_start_a_row_and_own_it(shuffle_buffer):
+  kwargs = dict(retrieval_rate=0.5, shuffle=True, seq_len=256, add_bos=True, shuffle_buffer=shuffle_buffer)
+  passkeys = 0
+  for batch in take(mixed(VARIED, retrieval_rows=True, **kwargs), 30):
+    for row, segments, text in zip(batch["inputs"], batch["segment_ids"], row_texts(batch)):
+      if "pass key" in text:  # the whole document, key to answer, from the row's first token
+        passkeys += 1
+        assert row[0] == TOKENIZER.bos_id and set(segments[segments > 0]) == {1} and PASSKEY.search(text), text
+      else:
+        assert set(text) <= set("abcdefghijklmnopqrstuvwxyz"), text
+  assert passkeys > 20
+  # Packed as ordinary documents, most passkey documents straddle two rows.
+  loose = [text for batch in take(mixed(VARIED, **kwargs), 30) for text in row_texts(batch)]
+  assert sum("pass key" in t and not PASSKEY.search(t) for t in loose) > 10
+
+
+def test_retrieval_rows_lose_no_real_token():
+  """Every document is read whole once an epoch, retrieval documents in rows of their own."""
+  documents = documents_read(mixed(VARIED, retrieval_rate=0.4, retrieval_rows=True, shuffle=False, seq_len=256,
+                                   num_epochs=1))
+  real = [t for t in documents if "pass key" not in t]
+  assert len(documents) == len(VARIED) and 0 < len(real) < len(VARIED) and set(real) <= set(VARIED)
+  assert all(PASSKEY.search(t) for t in documents if t not in real)
+
+
+@pytest.mark.parametrize("task", ["passkey", "kv_recall"])
+def test_answer_loss_keeps_only_the_answers(task):
+  batches = take(mixed(VARIED, task=task, retrieval_rate=0.5, retrieval_rows=True, retrieval_loss="answer",
+                       seq_len=256, add_bos=True, shuffle=True), 10)
+  checked = 0
+  for batch in batches:
+    for targets, segments, mask, text in zip(batch["targets"], batch["segment_ids"], batch["loss_mask"],
+                                             row_texts(batch)):
+      answered = TOKENIZER.decode(targets[mask > 0])
+      if "pass key" in text or "Remember:" in text:
+        checked += 1
+        if task == "passkey":
+          key = PASSKEY.search(text).group(1)
+          assert answered == f"{key} {key}.", (answered, text[-40:])  # its second mention, and the answer
+        else:
+          recalled = [v for line in re.findall(r"Recall: (.*)\n", text) for v in re.findall(r"=(\d\d)", line)]
+          assert answered == "".join(recalled) and len(recalled) >= 4, (answered, text)
+      else:
+        assert mask.sum() >= (segments > 0).sum() - 1  # real documents keep their loss (bar a target in padding)
+  assert checked > 10
+
+
+def test_answer_weight_scales_the_answers_only():
+  kwargs = dict(retrieval_rate=0.5, retrieval_rows=True, retrieval_loss="answer", seq_len=256, add_bos=True)
+  plain, weighted = (take(mixed(VARIED, retrieval_answer_weight=w, **kwargs), 6) for w in (1.0, 5.0))
+  for a, b in zip(plain, weighted):
+    np.testing.assert_array_equal(a["targets"], b["targets"])
+    np.testing.assert_array_equal(b["loss_mask"], np.where(a["loss_mask"] * [[float("pass key" in t)] for t in
+                                                                              row_texts(a)] > 0, 5.0, a["loss_mask"]))
+  assert any((b["loss_mask"] == 5.0).any() for b in weighted)
