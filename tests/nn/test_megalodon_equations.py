@@ -202,7 +202,7 @@ def test_offset_norms_of_small_inputs_feel_eps(center):
   rng = np.random.default_rng(5)
   x = (3e-3 * rng.normal(size=(2, 3, WIDTH))).astype(np.float32)
   weight, bias = (0.3 * rng.normal(size=WIDTH)).astype(np.float32), (0.3 * rng.normal(size=WIDTH)).astype(np.float32)
-  got = megalodon_lib._offset_norm(jnp.asarray(x), jnp.asarray(weight), jnp.asarray(bias) if center else None, EPS,
-                                   center=center)
+  got = megalodon_ops.offset_norm(jnp.asarray(x), jnp.asarray(weight), jnp.asarray(bias) if center else None, EPS,
+                                  center=center)
   want = _layer_norm(x, weight, bias) if center else _rms_norm(x, weight)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)

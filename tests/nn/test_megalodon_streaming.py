@@ -12,6 +12,7 @@ import pytest
 from longjax import ops, positional
 from longjax.config import MegalodonConfig, ModelConfig, RopeConfig
 from longjax.nn import megalodon as megalodon_lib
+from longjax.ops import megalodon as megalodon_ops
 
 BATCH, LENGTH, WIDTH, EMA_DIM = 2, 7, 3, 2
 HEADS, KEY_DIM, VALUE_DIM, CHUNK = 2, 4, 3, 4
@@ -36,7 +37,7 @@ def test_masked_last_state_holds_the_state_on_padding(with_h0):
       if valid[b, t]:
         h[b] = p * x[b, t][:, None] + q * h[b]
 
-  got = megalodon_lib._masked_last_state(jnp.asarray(x), jnp.asarray(p), jnp.asarray(q),
+  got = megalodon_ops.cema_last_state(jnp.asarray(x), jnp.asarray(p), jnp.asarray(q),
                                          None if h0 is None else jnp.asarray(h0), jnp.asarray(valid))
   assert got.shape == (BATCH, WIDTH, EMA_DIM) and got.dtype == jnp.complex64
   np.testing.assert_allclose(np.asarray(got), h, rtol=1e-5, atol=1e-5)
@@ -53,12 +54,9 @@ def test_stream_chunk_attention_follows_the_open_chunk(with_padding):
   filled0 = np.array([0, 3], np.int32)  # row 1 resumes inside a chunk, with its first 3 slots already written
   valid = np.array([[True] * 5 + [False] * 2, [True] * LENGTH]) if with_padding else np.ones((BATCH, LENGTH), bool)
   freqs = positional.frequencies(RopeConfig(), KEY_DIM)
-  state = megalodon_lib.MegalodonState(None, None, None, None, jnp.asarray(key0), jnp.asarray(value0),
-                                       jnp.asarray(filled0))
-
-  out, (key, value, filled) = megalodon_lib._stream_chunk_attention(
-      jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), state, jnp.asarray(valid) if with_padding else None, freqs,
-      CHUNK)
+  out, (key, value, filled) = megalodon_ops.stream_chunk_attention(
+      jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(key0), jnp.asarray(value0), jnp.asarray(filled0),
+      jnp.asarray(valid) if with_padding else None, freqs, CHUNK)
 
   # token t of row b sits at slot (filled0 + real tokens before it) % chunk; the project's RoPE turns it there
   slots = (filled0[:, None] + np.cumsum(valid, axis=1) - valid) % CHUNK
@@ -133,7 +131,7 @@ def test_chunked_attention_of_two_and_three_chunks(length):
   """Causal softmax attention inside each chunk of CHUNK tokens (the last partial), NumPy per chunk."""
   rng = np.random.default_rng(3)
   q, k, v = (rng.normal(size=(1, length, HEADS, KEY_DIM)).astype(np.float32) for _ in range(3))
-  got = megalodon_lib._chunked_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), CHUNK, "auto")
+  got = megalodon_ops.chunked_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), CHUNK, "auto")
   want = np.zeros_like(v)
   for start in range(0, length, CHUNK):
     qc, kc, vc = (t[0, start:start + CHUNK] for t in (q, k, v))
