@@ -115,6 +115,12 @@ def test_the_whole_job_on_a_tiny_gguf(tmp_path):
   assert sorted(p.name for p in cells.rglob("*.json")) == written
   assert not (again / "finetune_yarn").exists()
   assert json.loads((tmp_path / "report" / "results.json").read_text())["summary"] == results["summary"]
+  # New cells asked of finished fine-tunes evaluate them as they are: no training again (nor a resume).
+  fresh = tmp_path / "fresh_cells"
+  real_model.run(str(out), ("free", "finetune"), *args[2:4], str(fresh), 2, 32, str(gguf))
+  tuned = {p.parent.name for p in fresh.rglob("loss_*.json")}
+  assert tuned >= {real_model.slug(name) for name in real_model.FINETUNE_METHODS}, tuned
+  assert "finetune_seconds" not in json.loads((fresh / "parts.json").read_text())
 
 
 @pytest.mark.parametrize("flag", ["--parts=import,bogus", "--tasks=loss,perplexity", "--documents=essays",

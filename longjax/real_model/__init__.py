@@ -404,6 +404,19 @@ def write_report(out: str, cells_dir: str, trained: Config, names: list[str], se
 # ----------------------------------------------------------------------------------------------- the job
 
 
+def _checkpoint_steps(run_dir: str) -> list[int]:
+  """Steps of the checkpoints in a fine-tuning run's workdir (none when it has not started)."""
+  if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+    return []
+  from longjax.checkpoint import Checkpointer
+
+  checkpointer = Checkpointer(run_dir, read_only=True)
+  try:
+    return list(checkpointer.all_steps())
+  finally:
+    checkpointer.close()
+
+
 def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list[str] | None, cells: str,
         finetune_steps: int, finetune_window: int, gguf: str | None = None, report_dir: str | None = None) -> str:
   """The parts asked for, in order; returns report.md's path."""
@@ -437,14 +450,17 @@ def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list
       if all(os.path.isfile(os.path.join(cells, slug(name), key + ".json")) for key in cell_keys(settings)):
         print(f"[finetune] {name}: every cell is on disk, not trained again", flush=True)
         continue
-      print(f"[finetune] {name}: {finetune_steps} steps of {finetune_window} tokens", flush=True)
       run_dir = os.path.join(out, f"finetune_{method}")
-      started = time.time()
-      from longjax.train import train_and_evaluate
+      if finetune_steps in _checkpoint_steps(run_dir):  # trained before (new cells asked of it): evaluate only
+        print(f"[finetune] {name}: {run_dir} holds step {finetune_steps}, not trained again", flush=True)
+      else:
+        print(f"[finetune] {name}: {finetune_steps} steps of {finetune_window} tokens", flush=True)
+        started = time.time()
+        from longjax.train import train_and_evaluate
 
-      train_and_evaluate(finetune_config(trained, method, model_dir, text_dir, finetune_steps, finetune_window),
-                         run_dir)
-      extra.setdefault("finetune_seconds", {})[name] = round(time.time() - started, 1)
+        train_and_evaluate(finetune_config(trained, method, model_dir, text_dir, finetune_steps, finetune_window),
+                           run_dir)
+        extra.setdefault("finetune_seconds", {})[name] = round(time.time() - started, 1)
       tuned = load(run_dir)
       config = dataclasses.replace(tuned.config, model=dataclasses.replace(
           tuned.config.model, loss_chunk=2048))
