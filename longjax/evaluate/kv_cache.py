@@ -76,9 +76,10 @@ def _final_state_bytes(model_config: ModelConfig) -> int:
   return 0
 
 
-def kv_cache_bytes(model_config: ModelConfig, length: int, batch_size: int = 1, dtype: str = "float16") -> int:
+def kv_cache_bytes(model_config: ModelConfig, length: int, batch_size: int = 1, dtype: str = "float16",
+                   kv_policy=None) -> int:
   """Bytes of the cache of `batch_size` sequences of `length` tokens, K/V stored in `dtype`, all layers."""
-  return kv_cache_size(model_config, length, batch_size, dtype).total_bytes
+  return kv_cache_size(model_config, length, batch_size, dtype, kv_policy=kv_policy).total_bytes
 
 
 def _shards(size: int, mesh_axes: int) -> int:
@@ -87,15 +88,19 @@ def _shards(size: int, mesh_axes: int) -> int:
 
 
 def kv_cache_size(model_config: ModelConfig, length: int, batch_size: int = 1, dtype: str = "float16", *,
-                  data: int = 1, fsdp: int = 1, tensor: int = 1) -> CacheSize:
+                  data: int = 1, fsdp: int = 1, tensor: int = 1, kv_policy=None) -> CacheSize:
   """The cache of `length` tokens, per layer, in total, and per device of a (data, fsdp, tensor) mesh.
 
   As longjax.sharding's rules place it: the batch over data * fsdp, the kv heads (megalodon: heads) over
-  tensor, each only when divisible (else replicated).
+  tensor, each only when divisible (else replicated). `kv_policy` (an entry of `longjax.inference.kv_policies`,
+  from `make_policy`) gives one layer's bytes by its own `state_bytes` (full attention only).
   """
-  tokens = cached_tokens(model_config, length)
-  kv = tokens * _kv_values_per_token(model_config) * jnp.dtype(dtype).itemsize
-  state = _state_bytes(model_config)
+  if kv_policy is not None:  # KV-cache compression: the policy's own count (longjax.inference.kv_policies)
+    tokens, kv, state = kv_policy.cached_tokens(length), kv_policy.state_bytes(model_config, length, dtype), 0
+  else:
+    tokens = cached_tokens(model_config, length)
+    kv = tokens * _kv_values_per_token(model_config) * jnp.dtype(dtype).itemsize
+    state = _state_bytes(model_config)
   layer = (kv + state) * batch_size
   total = layer * model_config.num_layers + _final_state_bytes(model_config) * batch_size
   heads = model_config.num_heads if model_config.block == "megalodon" else model_config.num_kv_heads

@@ -50,6 +50,7 @@ class EvalRun:
   methods: dict[str, Config]
   params: Any = None
   tokenizer: Any = None
+  generate_options: dict = dataclasses.field(default_factory=dict)  # to `generate`: kv_policy, kv_budget, ...
 
   @property
   def name(self) -> str:
@@ -76,7 +77,7 @@ class EvalRun:
     model = LoadedModel(self.config, self.params, Llama(self.config.model), self.tokenizer, 0)
     texts = bool(prompts) and isinstance(prompts[0], str)
     ids = [self.encode(text) for text in prompts] if texts else [list(p) for p in prompts]
-    rows = np.asarray(model.generate(ids, max_new_tokens, stop_at_eos=True)).tolist()
+    rows = np.asarray(model.generate(ids, max_new_tokens, stop_at_eos=True, **self.generate_options)).tolist()
     rows = [needle.cut_at(row, self.tokenizer.eos_id) for row in rows]
     return [self.tokenizer.decode(row) for row in rows] if texts else rows
 

@@ -126,6 +126,8 @@ def _init_kv(cfg, batch, max_length, kv_heads, head_dim, dtype):
 
 def _full(module, cfg, rope, x: AttentionInputs, state, train):
   del module, train
+  if isinstance(state, ops.CompressedCache):  # KV-cache compression: the cache's policy (inference/kv_policies.py)
+    return state.policy.attend(rope, x.q, x.k, x.v, x.positions, _valid(x), state)
   if state is not None:
     return _cached_full(cfg, rope, x, state)
   _, q, k = _rotated(rope, x)
