@@ -44,10 +44,13 @@ def _rotate(rope: RopeConfig, q, k, positions):
   return positional.apply_rope(q, positions, freqs), positional.apply_rope(k, positions, freqs)
 
 
-def _check_budget(name: str, budget, max_length: int, least: int = 1) -> None:
-  if not isinstance(budget, int) or isinstance(budget, bool) or not least <= budget <= max_length:
-    raise ConfigError(f"kv_budget={budget!r} is invalid: kv_policy={name} needs an integer number of tokens from "
-                      f"{least} to the cache length {max_length}")
+def _check_budget(name: str, budget, max_length: int | None, least: int = 1) -> None:
+  """A budget of `least` to `max_length` tokens (None: not known yet, e.g. a main checking its flags)."""
+  most = max_length if max_length is not None else budget
+  if not isinstance(budget, int) or isinstance(budget, bool) or not least <= budget <= most:
+    longest = "" if max_length is None else f" and at most the cache length {max_length}"
+    raise ConfigError(f"kv_budget={budget!r} is invalid: kv_policy={name} needs a whole number of tokens, at least "
+                      f"{least}{longest}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +60,9 @@ class Full:
   budget: int | None = None
   name = "full"
 
-  def validate(self, max_length: int) -> None:
+  def validate(self, max_length: int | None) -> None:
     if self.budget is not None and self.budget != max_length:
-      _check_budget(self.name, self.budget, max_length, least=max_length)
+      _check_budget(self.name, self.budget, max_length, least=max_length or 1)
 
   def cached_tokens(self, length: int) -> int:
     return length
@@ -76,7 +79,7 @@ class Streaming:
   sinks: int = STREAMING_SINKS
   name = "streaming"
 
-  def validate(self, max_length: int) -> None:
+  def validate(self, max_length: int | None) -> None:
     _check_budget(self.name, self.budget, max_length, least=self.sinks + 1)
 
   def init(self, model_config: ModelConfig, batch: int, max_length: int, dtype):
@@ -108,7 +111,7 @@ class H2O:
   def recent(self) -> int:
     return self.budget // 2  # H2O sec. 5: heavy hitters and recent tokens in equal parts
 
-  def validate(self, max_length: int) -> None:
+  def validate(self, max_length: int | None) -> None:
     _check_budget(self.name, self.budget, max_length)
 
   def init(self, model_config: ModelConfig, batch: int, max_length: int, dtype):
@@ -139,7 +142,7 @@ class SnapKV:
   kernel: int = SNAPKV_KERNEL
   name = "snapkv"
 
-  def validate(self, max_length: int) -> None:
+  def validate(self, max_length: int | None) -> None:
     if not isinstance(self.kernel, int) or self.kernel < 1 or self.kernel % 2 == 0:
       raise ConfigError(f"kv_options.kernel={self.kernel!r} is invalid: snapkv pools with an odd kernel >= 1")
     if not isinstance(self.window, int) or self.window < 1:
@@ -181,7 +184,7 @@ class Quantized:
   def name(self) -> str:
     return f"int{self.bits}"
 
-  def validate(self, max_length: int) -> None:
+  def validate(self, max_length: int | None) -> None:
     del max_length
     if self.budget is not None:
       raise ConfigError(f"kv_budget={self.budget!r} is invalid: kv_policy={self.name} keeps every token (quantized); "
@@ -224,7 +227,8 @@ KV_POLICIES = {
 
 
 def make_policy(name: str, budget: int | None = None, max_length: int | None = None, **options):
-  """The entry `name` with its budget (tokens) and options, validated against a cache of `max_length` tokens."""
+  """The entry `name` with its budget (tokens) and options, validated against a cache of `max_length` tokens (None:
+  the checks that need no length)."""
   if name not in KV_POLICIES:
     raise ConfigError(f"kv_policy={name!r} is invalid: allowed {', '.join(KV_POLICIES)}")
   if budget is None and name in ("streaming", "h2o", "snapkv"):
@@ -233,8 +237,7 @@ def make_policy(name: str, budget: int | None = None, max_length: int | None = N
     policy = KV_POLICIES[name](budget=budget, **options)
   except TypeError:
     raise ConfigError(f"kv_options={options!r} is invalid for kv_policy={name}") from None
-  if max_length is not None:
-    policy.validate(max_length)
+  policy.validate(max_length)
   return policy
 
 
