@@ -53,8 +53,8 @@ class Setting:
     return kv_policies.make_policy(self.policy, budget, max_length)
 
 
-def settings() -> list[Setting]:
-  return ([Setting("full")] + [Setting(p, f) for p in EVICTING for f in FRACTIONS]
+def settings(fractions: tuple[int, ...] = FRACTIONS) -> list[Setting]:
+  return ([Setting("full")] + [Setting(p, f) for p in EVICTING for f in fractions]
           + [Setting("int8"), Setting("int4")])
 
 
@@ -85,7 +85,7 @@ def chunked_losses(model, params, tokens: np.ndarray, policy, chunk: int) -> np.
 
 
 def run_cells(workdir: str, cells: str, tasks: tuple[str, ...], lengths: tuple[int, ...], loss_length: int,
-              chunk: int) -> None:
+              chunk: int, fractions: tuple[int, ...] = FRACTIONS) -> None:
   loaded = load(workdir)
   config, params, tokenizer = loaded.config, loaded.params, loaded.tokenizer
   model = loaded.model
@@ -93,7 +93,7 @@ def run_cells(workdir: str, cells: str, tasks: tuple[str, ...], lengths: tuple[i
   order = [("loss", loss_length)] * ("loss" in tasks) + [(t, n) for n in lengths for t in ("passkey", "ruler")
                                                          if t in tasks]
   for task, length in order:
-    for setting in sorted(settings(), key=run_order):
+    for setting in sorted(settings(fractions), key=run_order):
       folder = os.path.join(cells, setting.label.replace(" ", "_").replace("/", "-"))
       max_length = length + 512  # one buffer for every prompt at this length: compiled once per policy
       if task == "loss":
@@ -224,6 +224,7 @@ _TASKS = flags.DEFINE_list("tasks", list(TASK_ORDER), "Tasks, in the order they 
 _LENGTHS = flags.DEFINE_list("lengths", ["4096", "8192"], "Passkey and RULER lengths.")
 _LOSS_LENGTH = flags.DEFINE_integer("loss_length", 8192, "Loss by position length.")
 _CHUNK = flags.DEFINE_integer("chunk", 1024, "Prefill chunk (compression between chunks).")
+_FRACTIONS = flags.DEFINE_list("fractions", [str(f) for f in FRACTIONS], "Budgets to run: context // these.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild the report from the cells on disk.")
 
 
@@ -231,7 +232,8 @@ def main(argv):
   del argv
   lengths = tuple(int(n) for n in _LENGTHS.value)
   if not _REPORT_ONLY.value:
-    run_cells(_WORKDIR.value, _CELLS.value, tuple(_TASKS.value), lengths, _LOSS_LENGTH.value, _CHUNK.value)
+    run_cells(_WORKDIR.value, _CELLS.value, tuple(_TASKS.value), lengths, _LOSS_LENGTH.value, _CHUNK.value,
+              tuple(int(f) for f in _FRACTIONS.value))
   print(write_report(_WORKDIR.value, _CELLS.value, _OUT.value, lengths, _LOSS_LENGTH.value, _CHUNK.value))
 
 
