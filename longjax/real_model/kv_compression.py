@@ -126,9 +126,8 @@ def _read(cells: str, label: str, key: str) -> dict | None:
 def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], loss_length: int, chunk: int) -> str:
   """out/report.md, out/results.json and out/kv_compression.png from the cells on disk."""
   config = load(workdir).config
-  rows, results = [], {}
+  results = {}
   for setting in settings():
-    policy = setting.make(loss_length, loss_length)
     entry = {"bytes": {n: kv_cache_bytes(config.model, n, kv_policy=setting.make(n, n)) for n in
                        sorted({*lengths, loss_length})}}
     loss = _read(cells, setting.label, f"loss_{loss_length}")
@@ -144,7 +143,6 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
         if value is not None:
           entry[f"{task}_{n}"] = value["accuracy"][0][0] if task == "passkey" else value["accuracy"]
     results[setting.label] = entry
-    del policy
   write_json(results, os.path.join(out, "results.json"))
   header = (["method", f"KV bytes at {loss_length}", "of full", f"loss 0-{loss_length}", "loss last 1K"]
             + [f"{t} {n // 1024}K" for t in ("passkey", "ruler") for n in lengths])
@@ -159,7 +157,6 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
         value = entry.get(f"{task}_{n}")
         cells_text.append("not run" if value is None else f"{int(round(value))}/1")
     table.append("| " + " | ".join(cells_text) + " |")
-    rows.append((label, entry))
   _plot(results, loss_length, os.path.join(out, "kv_compression.png"))
   report = "\n".join([
       "# KV-cache compression on SmolLM2-135M", "",
@@ -179,37 +176,27 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
 
 
 def _plot(results: dict, loss_length: int, path: str) -> None:
+  """Left: mean loss vs cache bytes, one line per policy. Right: loss by position of the full cache, int8, int4
+  and each evicting policy at its smallest budget measured."""
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
   for policy in ("full", *EVICTING, "int8", "int4"):
-    points = [(e["bytes"][loss_length], e["loss_mean"]) for label, e in results.items()
-              if label.split()[0] == policy and "loss_mean" in e]
-    if points:
-      points.sort()
-      left.plot(*zip(*points), marker="o", label=policy)
-    first = next((e for label, e in results.items() if label.split()[0] == policy and "loss_bins" in e), None)
-    if first is not None and policy in EVICTING:
-      labels = [label for label in results if label.split()[0] == policy]
-      smallest = results[labels[-1]]
-      if "loss_bins" in smallest:
-        right.plot(np.arange(1, len(smallest["loss_bins"]) + 1) * 1024, smallest["loss_bins"], marker=".",
-                   label=labels[-1])
-  if "loss_bins" in results["full"]:
-    right.plot(np.arange(1, len(results["full"]["loss_bins"]) + 1) * 1024, results["full"]["loss_bins"], "k-",
-               label="full")
-  for policy in ("int8", "int4"):
-    if "loss_bins" in results.get(policy, {}):
-      right.plot(np.arange(1, len(results[policy]["loss_bins"]) + 1) * 1024, results[policy]["loss_bins"],
-                 marker=".", label=policy)
+    measured = [(label, e) for label, e in results.items() if label.split()[0] == policy and "loss_bins" in e]
+    if not measured:
+      continue
+    left.plot(*zip(*sorted((e["bytes"][loss_length], e["loss_mean"]) for _, e in measured)), marker="o",
+              label=policy)
+    label, smallest = min(measured, key=lambda item: item[1]["bytes"][loss_length])
+    ends = np.arange(1, len(smallest["loss_bins"]) + 1) * (loss_length // len(smallest["loss_bins"]))
+    right.plot(ends, smallest["loss_bins"], "k-" if policy == "full" else ".-", label=label)
   left.set_xscale("log", base=2)
-  left.set_xlabel(f"KV-cache bytes at {loss_length} tokens (float16, 30 layers)")
-  left.set_ylabel(f"mean loss over 0-{loss_length} (nats)")
-  left.legend()
-  right.set_xlabel("position (end of 1K bin)")
+  left.set_xlabel(f"KV-cache bytes at {loss_length} tokens (float16, all layers)")
+  left.set_ylabel(f"mean loss over positions 1-{loss_length} (nats)")
+  left.legend(fontsize=8)
+  right.set_xlabel("position (end of bin)")
   right.set_ylabel("mean loss in bin (nats)")
-  right.set_title("loss by position: full, int8/int4, evicting policies at 1/8")
   right.legend(fontsize=7)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
