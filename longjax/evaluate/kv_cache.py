@@ -113,9 +113,9 @@ def kv_cache_size(model_config: ModelConfig, length: int, batch_size: int = 1, d
 
 
 def kv_cache_table(model_config: ModelConfig, lengths: Sequence[int], batch_size: int = 1,
-                   dtype: str = "float16", **mesh: int) -> list[CacheSize]:
+                   dtype: str = "float16", kv_policy=None, **mesh: int) -> list[CacheSize]:
   """kv_cache_size at each length (mesh: data, fsdp, tensor sizes)."""
-  return [kv_cache_size(model_config, n, batch_size, dtype, **mesh) for n in lengths]
+  return [kv_cache_size(model_config, n, batch_size, dtype, kv_policy=kv_policy, **mesh) for n in lengths]
 
 
 def format_bytes(n: float) -> str:
