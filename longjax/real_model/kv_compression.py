@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from longjax import cli, load
+from longjax import checkpoint, cli, load
 from longjax.evaluate import kv_cache_bytes, passkey, ruler, write_json
 from longjax.evaluate.kv_cache import format_bytes
 from longjax.evaluate.tasks import EvalRun
@@ -125,7 +125,7 @@ def _read(cells: str, label: str, key: str) -> dict | None:
 
 def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], loss_length: int, chunk: int) -> str:
   """out/report.md, out/results.json and out/kv_compression.png from the cells on disk."""
-  config = load(workdir).config
+  config = checkpoint.read_config(workdir)
   results = {}
   for setting in settings():
     entry = {"bytes": {n: kv_cache_bytes(config.model, n, kv_policy=setting.make(n, n)) for n in
@@ -144,7 +144,7 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
           entry[f"{task}_{n}"] = value["accuracy"][0][0] if task == "passkey" else value["accuracy"]
     results[setting.label] = entry
   write_json(results, os.path.join(out, "results.json"))
-  header = (["method", f"KV bytes at {loss_length}", "of full", f"loss 0-{loss_length}", "loss last 1K"]
+  header = (["method", f"KV bytes at {loss_length}", "of full", f"mean loss 1-{loss_length}", "loss last 1K"]
             + [f"{t} {n // 1024}K" for t in ("passkey", "ruler") for n in lengths])
   full_bytes = results["full"]["bytes"][loss_length]
   table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
