@@ -85,7 +85,7 @@ def chunked_losses(model, params, tokens: np.ndarray, policy, chunk: int) -> np.
 
 
 def run_cells(workdir: str, cells: str, tasks: tuple[str, ...], lengths: tuple[int, ...], loss_length: int,
-              chunk: int, fractions: tuple[int, ...] = FRACTIONS) -> None:
+              chunk: int, fractions: tuple[int, ...] = FRACTIONS, policies: tuple[str, ...] | None = None) -> None:
   loaded = load(workdir)
   config, params, tokenizer = loaded.config, loaded.params, loaded.tokenizer
   model = loaded.model
@@ -94,6 +94,8 @@ def run_cells(workdir: str, cells: str, tasks: tuple[str, ...], lengths: tuple[i
                                                          if t in tasks]
   for task, length in order:
     for setting in sorted(settings(fractions), key=run_order):
+      if policies is not None and setting.policy not in policies:
+        continue
       folder = os.path.join(cells, setting.label.replace(" ", "_").replace("/", "-"))
       max_length = length + 512  # one buffer for every prompt at this length: compiled once per policy
       if task == "loss":
@@ -212,6 +214,7 @@ _LENGTHS = flags.DEFINE_list("lengths", ["4096", "8192"], "Passkey and RULER len
 _LOSS_LENGTH = flags.DEFINE_integer("loss_length", 8192, "Loss by position length.")
 _CHUNK = flags.DEFINE_integer("chunk", 1024, "Prefill chunk (compression between chunks).")
 _FRACTIONS = flags.DEFINE_list("fractions", [str(f) for f in FRACTIONS], "Budgets to run: context // these.")
+_POLICIES = flags.DEFINE_list("policies", None, "Policies to run (default: all).")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild the report from the cells on disk.")
 
 
@@ -220,7 +223,7 @@ def main(argv):
   lengths = tuple(int(n) for n in _LENGTHS.value)
   if not _REPORT_ONLY.value:
     run_cells(_WORKDIR.value, _CELLS.value, tuple(_TASKS.value), lengths, _LOSS_LENGTH.value, _CHUNK.value,
-              tuple(int(f) for f in _FRACTIONS.value))
+              tuple(int(f) for f in _FRACTIONS.value), None if _POLICIES.value is None else tuple(_POLICIES.value))
   print(write_report(_WORKDIR.value, _CELLS.value, _OUT.value, lengths, _LOSS_LENGTH.value, _CHUNK.value))
 
 
