@@ -184,15 +184,15 @@ def _plot(results: dict, loss_length: int, path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-  for policy in ("full", *EVICTING, "int8", "int4"):
+  for index, policy in enumerate(("full", *EVICTING, "int8", "int4")):
     measured = [(label, e) for label, e in results.items() if label.split()[0] == policy and "loss_bins" in e]
     if not measured:
       continue
     left.plot(*zip(*sorted((e["bytes"][loss_length], e["loss_mean"]) for _, e in measured)), marker="o",
-              label=policy)
+              color=f"C{index}", label=policy)
     label, smallest = min(measured, key=lambda item: item[1]["bytes"][loss_length])
     ends = np.arange(1, len(smallest["loss_bins"]) + 1) * (loss_length // len(smallest["loss_bins"]))
-    right.plot(ends, smallest["loss_bins"], "k-" if policy == "full" else ".-", label=label)
+    right.plot(ends, smallest["loss_bins"], ".-", color=f"C{index}", label=label, linewidth=2.5 if policy == "full" else 1)
   left.set_xscale("log", base=2)
   left.set_xlabel(f"KV-cache bytes at {loss_length} tokens (float16, all layers)")
   left.set_ylabel(f"mean loss over positions 1-{loss_length} (nats)")
