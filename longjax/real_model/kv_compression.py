@@ -172,6 +172,10 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
       f"context length of the cell. Bytes: the KV-cache calculator with the policy's own `state_bytes`, 30 layers, "
       f"one sequence, K/V in float16 (the model ran in float32).", "",
       *table, "", "![loss and retrieval vs KV bytes](kv_compression.png)", ""])
+  notes = os.path.join(out, "notes.md")  # what was run and what it shows, written by hand beside the cells
+  if os.path.isfile(notes):
+    with open(notes) as f:
+      report += "\n" + f.read()
   with open(os.path.join(out, "report.md"), "w") as f:
     f.write(report)
   return report
