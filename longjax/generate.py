@@ -2,6 +2,7 @@
 
   python -m longjax.generate --workdir /tmp/tiny --prompt "def fibonacci(n):" --max_new_tokens 64
   python -m longjax.generate --workdir /tmp/tiny --prompt "import os" --temperature 0.8 --top_k 40 --top_p 0.95
+  python -m longjax.generate --workdir /tmp/tiny --prompt "import os" --kv_policy h2o --kv_budget 256
   # on every host of a slice or cluster (JAX_COORDINATOR_ADDRESS etc., or TPU/SLURM detected), parameters cut
   # over fsdp; process 0 prints
   python launch/local.py --num_processes 2 -- python -m longjax.generate --workdir gs://bucket/run --prompt "import" \
@@ -17,6 +18,7 @@ from absl import flags
 from longjax import checkpoint, cli, load, sharding
 from longjax.config import Config, merge_onto
 from longjax.data import get_tokenizer
+from longjax.inference import kv_policies
 from longjax.inference.generate import GenerationError, check_cache_length, check_sampling
 
 _CONFIG = cli.define_config_flag("config", "Optional config whose mesh and distributed sections apply.")
@@ -31,10 +33,13 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the k most likely tokens
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set of tokens whose probability reaches p, in "
                             "(0, 1].")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_KV_POLICY = flags.DEFINE_string("kv_policy", "full", f"KV-cache policy: {', '.join(kv_policies.KV_POLICIES)}.")
+_KV_BUDGET = flags.DEFINE_integer("kv_budget", None, "Tokens the cache keeps per layer (streaming, h2o, snapkv).")
 
 
 def main(argv):
   del argv
+  kv_policies.make_policy(_KV_POLICY.value, _KV_BUDGET.value)  # a bad policy or budget fails before loading
   check_sampling(_MAX_NEW_TOKENS.value, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
   trained = checkpoint.read_config(_WORKDIR.value)
   prompt_tokens = len(get_tokenizer(trained.data).encode(_PROMPT.value, bos=trained.data.add_bos))
@@ -49,7 +54,8 @@ def main(argv):
   cli.initialize_distributed(distributed)
   run = load(_WORKDIR.value, _STEP.value, mesh=sharding.make_mesh(mesh_config))
   text = run.generate(_PROMPT.value, max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
-                      top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value, max_length=_MAX_LENGTH.value)
+                      top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value, max_length=_MAX_LENGTH.value,
+                      kv_policy=_KV_POLICY.value, kv_budget=_KV_BUDGET.value)
   if jax.process_index() == 0:
     print(_PROMPT.value + text)
 

@@ -5,6 +5,7 @@
   python -m longjax.evaluate --workdir /tmp/tiny --task passkey --lengths 128,256,512 --depths 0,0.5,1 --digits 2
   python -m longjax.evaluate --workdir /tmp/tiny --task loss_by_position --config configs/tiny.py:rope=yarn
   python -m longjax.evaluate --workdir /tmp/tiny --task kv_cache --lengths 4096,16384 --dtype bfloat16
+  python -m longjax.evaluate --workdir /tmp/tiny --task passkey --lengths 512 --kv_policy h2o --kv_budget 128
   # an imported model (python -m longjax.convert --gguf/--hf_dir), on text files, YaRN x2 over its own rope
   python -m longjax.evaluate --workdir /ckpt/smollm2 --task perplexity --text /data/essays --lengths 8192,16384 \
       --config configs/base.py --config.model.rope.rope_type=yarn --config.model.rope.factor=2
@@ -24,6 +25,8 @@ by a UTF-8 file or a directory of them, one document a file. Writes WORKDIR/eval
 With several processes (the config's `distributed` keys, JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID,
 or a detected TPU or SLURM cluster) each restores only the blocks of the parameters its devices hold under the
 mesh (the run's `mesh` keys, or --config's) and all run every forward together; process 0 writes and prints.
+--kv_policy/--kv_budget generate (passkey, needle, RULER) and size (kv_cache) under a KV-cache policy
+(`longjax.inference.kv_policies`).
 """
 
 import os
@@ -36,6 +39,7 @@ from longjax.config import Config, ConfigError, merge_onto
 from longjax.data import get_tokenizer
 from longjax.evaluate import write_json
 from longjax.evaluate.tasks import TASKS, EvalRun, TaskOptions
+from longjax.inference import kv_policies
 
 _CONFIG = cli.define_config_flag("config", "Optional config whose rope/attention/eval sections apply.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
@@ -51,6 +55,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the keys.")
 _BINS = flags.DEFINE_integer("bins", 16, "loss_by_position: position bins.")
 _BATCH = flags.DEFINE_integer("batch_size", 1, "kv_cache: sequences.")
 _DTYPE = flags.DEFINE_string("dtype", "float16", "kv_cache: the K/V storage dtype.")
+_KV_POLICY = flags.DEFINE_string("kv_policy", "full", f"KV-cache policy: {', '.join(kv_policies.KV_POLICIES)}.")
+_KV_BUDGET = flags.DEFINE_integer("kv_budget", None, "Tokens the cache keeps per layer (streaming, h2o, snapkv).")
 _TEXT = flags.DEFINE_string("text", None, "perplexity, loss_by_position: a UTF-8 text file, or a directory of them "
                             "(one document a file), evaluated instead of the run's data.")
 # The sections an evaluation --config may change: the weights' shapes stay the run's.
@@ -102,6 +108,9 @@ def _options() -> TaskOptions:
 def main(argv):
   del argv
   options = _options()
+  kv_policies.make_policy(_KV_POLICY.value, _KV_BUDGET.value)  # a bad policy or budget fails before loading
+  generate_options = {} if _KV_POLICY.value == "full" else {"kv_policy": _KV_POLICY.value,
+                                                             "kv_budget": _KV_BUDGET.value}
   task = TASKS[_TASK.value]
   trained = checkpoint.read_config(_WORKDIR.value)
   methods = {trained.model.rope.rope_type: trained}
@@ -115,7 +124,7 @@ def main(argv):
     methods[name] = evaluated
   elif _NAME.value:
     methods = {_NAME.value: trained}
-  run = EvalRun(trained, methods, None, get_tokenizer(trained.data))
+  run = EvalRun(trained, methods, None, get_tokenizer(trained.data), generate_options)
   task.check(run, options)  # before any device work: a length a method cannot hold
   cli.initialize_distributed(distributed)
   mesh = sharding.make_mesh(run.config.mesh)

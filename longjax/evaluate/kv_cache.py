@@ -52,9 +52,10 @@ def cached_tokens(model_config: ModelConfig, length: int) -> int:
   return _formula(model_config, length).cached_tokens
 
 
-def kv_cache_bytes(model_config: ModelConfig, length: int, batch_size: int = 1, dtype: str = "float16") -> int:
+def kv_cache_bytes(model_config: ModelConfig, length: int, batch_size: int = 1, dtype: str = "float16",
+                   kv_policy=None) -> int:
   """Bytes of the cache of `batch_size` sequences of `length` tokens, K/V stored in `dtype`, all layers."""
-  return kv_cache_size(model_config, length, batch_size, dtype).total_bytes
+  return kv_cache_size(model_config, length, batch_size, dtype, kv_policy=kv_policy).total_bytes
 
 
 def _shards(size: int, mesh_axes: int) -> int:
@@ -63,15 +64,18 @@ def _shards(size: int, mesh_axes: int) -> int:
 
 
 def kv_cache_size(model_config: ModelConfig, length: int, batch_size: int = 1, dtype: str = "float16", *,
-                  data: int = 1, fsdp: int = 1, tensor: int = 1) -> CacheSize:
+                  data: int = 1, fsdp: int = 1, tensor: int = 1, kv_policy=None) -> CacheSize:
   """The cache of `length` tokens, per layer, in total, and per device of a (data, fsdp, tensor) mesh.
 
   As longjax.sharding's rules place it: the batch over data * fsdp, the kv heads (megalodon: heads) over
-  tensor, each only when divisible (else replicated).
+  tensor, each only when divisible (else replicated). `kv_policy` (an entry of `longjax.inference.kv_policies`,
+  from `make_policy`) gives one layer's bytes by its own `state_bytes` (full attention only).
   """
   formula = _formula(model_config, length)
   tokens, state, final = formula.cached_tokens, formula.state_bytes, formula.final_state_bytes
   kv = tokens * formula.kv_values_per_token * jnp.dtype(dtype).itemsize
+  if kv_policy is not None:  # KV-cache compression: the policy's own count (longjax.inference.kv_policies)
+    tokens, kv, state = kv_policy.cached_tokens(length), kv_policy.state_bytes(model_config, length, dtype), 0
   layer = (kv + state) * batch_size
   total = layer * model_config.num_layers + final * batch_size
   batch_cut, head_cut = _shards(batch_size, data * fsdp), _shards(formula.heads, tensor)
@@ -82,9 +86,9 @@ def kv_cache_size(model_config: ModelConfig, length: int, batch_size: int = 1, d
 
 
 def kv_cache_table(model_config: ModelConfig, lengths: Sequence[int], batch_size: int = 1,
-                   dtype: str = "float16", **mesh: int) -> list[CacheSize]:
+                   dtype: str = "float16", kv_policy=None, **mesh: int) -> list[CacheSize]:
   """kv_cache_size at each length (mesh: data, fsdp, tensor sizes)."""
-  return [kv_cache_size(model_config, n, batch_size, dtype, **mesh) for n in lengths]
+  return [kv_cache_size(model_config, n, batch_size, dtype, kv_policy=kv_policy, **mesh) for n in lengths]
 
 
 def format_bytes(n: float) -> str:

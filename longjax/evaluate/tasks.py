@@ -18,6 +18,7 @@ from longjax.data import get_tokenizer, open_documents
 from longjax.evaluate import eval_documents, kv_cache, needle, passkey, plots, ruler
 from longjax.evaluate.loss_by_position import loss_by_position
 from longjax.evaluate.perplexity import perplexity_vs_length
+from longjax.inference import kv_policies
 from longjax.inference.loaded import LoadedModel
 from longjax.nn import ATTENTION_TYPES, Llama
 from longjax.sharding import mesh_shape
@@ -50,6 +51,7 @@ class EvalRun:
   methods: dict[str, Config]
   params: Any = None
   tokenizer: Any = None
+  generate_options: dict = dataclasses.field(default_factory=dict)  # to `generate`: kv_policy, kv_budget, ...
 
   @property
   def name(self) -> str:
@@ -64,6 +66,15 @@ class EvalRun:
     """The length the weights were trained for: the model's max_position_embeddings (an import's context length)."""
     return self.trained.model.max_position_embeddings
 
+  @property
+  def kv_policy(self):
+    """The KV-cache policy the generate options name (`longjax.inference.kv_policies`), None for the full cache."""
+    name = self.generate_options.get("kv_policy", "full")
+    if name == "full":
+      return None
+    return kv_policies.make_policy(name, self.generate_options.get("kv_budget"),
+                                   **(self.generate_options.get("kv_options") or {}))
+
   def extension_lengths(self, options: TaskOptions) -> tuple[int, ...]:
     return options.lengths or tuple(self.trained_length * f for f in EXTENSION_FACTORS)
 
@@ -76,7 +87,7 @@ class EvalRun:
     model = LoadedModel(self.config, self.params, Llama(self.config.model), self.tokenizer, 0)
     texts = bool(prompts) and isinstance(prompts[0], str)
     ids = [self.encode(text) for text in prompts] if texts else [list(p) for p in prompts]
-    rows = np.asarray(model.generate(ids, max_new_tokens, stop_at_eos=True)).tolist()
+    rows = np.asarray(model.generate(ids, max_new_tokens, stop_at_eos=True, **self.generate_options)).tolist()
     rows = [needle.cut_at(row, self.tokenizer.eos_id) for row in rows]
     return [self.tokenizer.decode(row) for row in rows] if texts else rows
 
@@ -195,11 +206,13 @@ def _loss_by_position(run: EvalRun, options: TaskOptions) -> Report:
 def _kv_cache(run: EvalRun, options: TaskOptions) -> Report:
   data, fsdp, tensor, _ = mesh_shape(run.config.mesh, jax.device_count())
   model = run.config.model
+  policy = run.kv_policy
   sizes = kv_cache.kv_cache_table(model, run.extension_lengths(options), options.batch_size, options.dtype,
-                                  data=data, fsdp=fsdp, tensor=tensor)
+                                  kv_policy=policy, data=data, fsdp=fsdp, tensor=tensor)
   fmt = kv_cache.format_bytes
-  per_token = kv_cache.kv_cache_size(model, 1, 1, options.dtype).total_bytes
-  header = (f"kv cache ({model.block}, attention {model.attention.type}, {model.num_layers} layers, "
+  per_token = kv_cache.kv_cache_size(model, 1, 1, options.dtype, kv_policy=policy).total_bytes
+  compressed = "" if policy is None else f", kv_policy {policy.name} budget {policy.budget}"
+  header = (f"kv cache ({model.block}, attention {model.attention.type}{compressed}, {model.num_layers} layers, "
             f"{model.num_kv_heads} kv heads x {model.resolved_head_dim}, {options.dtype}, batch {options.batch_size}, "
             f"mesh data={data} fsdp={fsdp} tensor={tensor}): {fmt(per_token)} for one token")
   rows = [f"{s.length:>9} tokens: {s.cached_tokens:>9} cached, {fmt(s.layer_bytes):>11} a layer, "

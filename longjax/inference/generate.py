@@ -26,7 +26,8 @@ import numpy as np
 
 from longjax.config import ConfigError
 from longjax.data import insert_landmarks
-from longjax.nn import Llama, cache_lengths, init_cache
+from longjax.inference import kv_policies
+from longjax.nn import Llama, cache_lengths
 from longjax.nn.attention import inserted_tokens
 from longjax.ops import round_up
 from longjax.sharding import fetchable
@@ -177,12 +178,15 @@ def _decode(model: Llama, params, cache, logits, rng, stop_tokens, pad_id, *, ma
 def generate(model: Llama, params, prompts, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, stop_tokens: Sequence[int] = (), seed: int = 0, pad_id: int = 0,
              max_length: int | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
-             cache_dtype=None, return_cache: bool = False):
+             cache_dtype=None, return_cache: bool = False, kv_policy: str = "full", kv_budget: int | None = None,
+             kv_options: dict | None = None):
   """int32[B, max_new_tokens] continuing each prompt (a list of token lists of any lengths, or int[B, P]).
 
   temperature 0 is greedy; after a row emits one of `stop_tokens` its remaining tokens are `pad_id`.
   The cache holds `max_length` tokens (default: the longest prompt plus max_new_tokens, plus the landmarks
   landmark attention inserts); the sliding and infini types keep constant memory whatever it is.
+  `kv_policy` compresses a full-attention cache (`longjax.inference.kv_policies`: streaming, h2o, snapkv with
+  `kv_budget` tokens per layer, int8, int4; `kv_options` the entry's own, e.g. {"window": 16} for snapkv).
   """
   check_sampling(max_new_tokens, temperature, top_k, top_p)
   tokens, lengths = pad_prompts(prompts, pad_id)
@@ -193,7 +197,8 @@ def generate(model: Llama, params, prompts, max_new_tokens: int, *, temperature:
     new_slots += max_new_tokens // inserted.every + 1
   check_cache_length(int(lengths.max()), new_slots, max_length)  # with landmark attention, the landmarks count
   max_length = int(lengths.max()) + new_slots if max_length is None else max_length
-  cache = init_cache(model.config, tokens.shape[0], max_length, cache_dtype)
+  policy = kv_policies.make_policy(kv_policy, kv_budget, max_length, **(kv_options or {}))
+  cache = kv_policies.init_cache(model.config, tokens.shape[0], max_length, cache_dtype, policy)
   logits, cache = prefill(model, params, cache, tokens, lengths, chunk=prefill_chunk)
   out, cache = _decode(model, params, cache, logits, jax.random.key(seed), jnp.asarray(list(stop_tokens) or [-1],
                                                                                           jnp.int32),

@@ -15,11 +15,14 @@ from longjax.ops.remap import (Remap, dca_attention, dca_remap, logn_scale, rema
                                self_extend_remap)
 from longjax.ops.s2 import s2_attention
 from longjax.ops.sink_cache import SinkCache, init_sink_cache, sink_cache_attention
+from longjax.ops.kv_compress import (CompressedCache, EvictingCache, QuantCache, evicting_attention,
+                                    init_evicting_cache, init_quant_cache, quantized_attention)
 from longjax.ops.timestep_norm import TimestepNormState, init_timestep_norm_state, timestep_norm
 from longjax.ops.context_parallel import context_parallel_attention, load_balance, unbalance
 from longjax.ops import megalodon
 
-__all__ = ["IMPLS", "InfiniCache", "InfiniState", "KVCache", "LandmarkCache", "SinkCache", "attention",
+__all__ = ["CompressedCache", "EvictingCache", "QuantCache", "evicting_attention", "init_evicting_cache",
+           "init_quant_cache", "quantized_attention", "IMPLS", "InfiniCache", "InfiniState", "KVCache", "LandmarkCache", "SinkCache", "attention",
            "attention_mask", "blockwise_attention", "cached_attention", "cema", "choose_impl", "cross_entropy",
            "infini_attention", "infini_cache_attention", "init_infini_cache", "init_kv_cache", "init_landmark_cache",
            "init_sink_cache", "is_landmark_position", "landmark_attention", "landmark_cache_attention",

@@ -35,5 +35,13 @@ def test_passkey_and_kv_cache_write_json_and_png(runner, trained_workdir, tmp_pa
   per_token = 2 * config.num_layers * config.num_kv_heads * config.resolved_head_dim * 4
   assert [s["total_bytes"] for s in result["sizes"]] == [n * per_token for n in (64, 128, 256)]
   assert os.path.getsize(workdir / "eval" / f"kv_cache_{rope}.png") > 5_000
+  # under H2O with a budget of 100 tokens: at most 100 tokens a layer, each with its position and score per kv head
+  proc = _evaluate(runner, workdir, "--task=kv_cache", "--lengths=64,256", "--dtype=float32", "--kv_policy=h2o",
+                   "--kv_budget=100", "--name=h2o")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.load(open(workdir / "eval" / "kv_cache_h2o.json"))
+  h2o_token = per_token + config.num_layers * config.num_kv_heads * 8
+  assert [s["total_bytes"] for s in result["sizes"]] == [64 * h2o_token, 100 * h2o_token]
+  assert_user_error(_evaluate(runner, workdir, "--task=passkey", "--kv_policy=h2o", "--kv_budget=0"), "kv_budget=0")
 
   assert_user_error(_evaluate(runner, workdir, "--task=passkey", "--depths=0,2"), "--depths")

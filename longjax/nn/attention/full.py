@@ -6,7 +6,7 @@ frequencies.
 """
 
 from longjax import ops, positional
-from longjax.nn.attention.common import AttentionInputs, AttentionType, append_kv, dense, init_kv, rotated
+from longjax.nn.attention.common import AttentionInputs, AttentionType, append_kv, dense, init_kv, rotated, valid_tokens
 
 
 def cached(cfg, rope, x: AttentionInputs, state: ops.KVCache):
@@ -23,6 +23,8 @@ def cached(cfg, rope, x: AttentionInputs, state: ops.KVCache):
 
 def apply(module, cfg, rope, x: AttentionInputs, state, train):
   del module, train
+  if isinstance(state, ops.CompressedCache):  # KV-cache compression: the cache's policy (inference/kv_policies.py)
+    return state.policy.attend(rope, x.q, x.k, x.v, x.positions, valid_tokens(x), state)
   if state is not None:
     return cached(cfg, rope, x, state)
   _, q, k = rotated(rope, x)

@@ -1,0 +1,263 @@
+"""KV-cache policies by name: how much of the cache generation keeps, and how (`generate(..., kv_policy=, kv_budget=)`).
+
+  full       every token's K/V (`longjax.nn.init_cache`, the attention type's own cache).
+  streaming  StreamingLLM: `sinks` first tokens plus a rolling window, budget = sinks + window
+             (`ops.sink_cache_attention`: positions inside the cache).
+  h2o        H2O: the budget // 2 newest tokens plus the heavy hitters (largest accumulated attention).
+  snapkv     SnapKV: the observation window plus the positions it attends to most, max-pooled.
+  int8, int4 KIVI-style quantized K/V (keys per channel in groups of `group` tokens, values per token); every
+             token is kept, so they take no token budget.
+
+The budget is tokens per sequence per layer (per kv head for h2o and snapkv, which choose per head); the
+cache never holds more between calls (`longjax.ops.kv_compress` says how prefill chunks and decode steps
+are compressed). Each entry validates its options, builds one layer's state, says its `state_bytes` (what
+the KV-cache calculator reports) and attends (`attend`, called by the full attention type when the cache
+it is given is an `ops.CompressedCache`). Compression applies to `model.attention.type=full` with a static
+positional method (keys are kept after RoPE at their own positions).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from longjax import ops, positional
+from longjax.config import ConfigError, ModelConfig, RopeConfig
+from longjax.nn import init_cache as init_full_cache
+
+_FLOAT32, _INT32 = 4, 4
+STREAMING_SINKS = 4  # StreamingLLM (Xiao et al. 2023) sec. 3.2: four initial tokens as attention sinks
+SNAPKV_WINDOW = 32  # SnapKV (Li et al. 2024): observation window
+SNAPKV_KERNEL = 7  # SnapKV: pooling kernel (max pooling)
+KIVI_GROUP = 32  # KIVI (Liu et al. 2024) sec. 4: keys grouped over 32 tokens per channel
+
+
+def _kv_bytes_per_token(model_config: ModelConfig, dtype) -> int:
+  """K plus V of one token in one layer (one sequence)."""
+  return 2 * model_config.num_kv_heads * model_config.resolved_head_dim * jnp.dtype(dtype).itemsize
+
+
+def _rotate(rope: RopeConfig, q, k, positions):
+  freqs = positional.frequencies(rope, q.shape[-1])
+  return positional.apply_rope(q, positions, freqs), positional.apply_rope(k, positions, freqs)
+
+
+def _check_budget(name: str, budget, max_length: int | None, least: int = 1) -> None:
+  """A budget of `least` to `max_length` tokens (None: not known yet, e.g. a main checking its flags)."""
+  most = max_length if max_length is not None else budget
+  if not isinstance(budget, int) or isinstance(budget, bool) or not least <= budget <= most:
+    longest = "" if max_length is None else f" and at most the cache length {max_length}"
+    raise ConfigError(f"kv_budget={budget!r} is invalid: kv_policy={name} needs a whole number of tokens, at least "
+                      f"{least}{longest}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Full:
+  """Every token (the budget, if given, must be at least the cache length)."""
+
+  budget: int | None = None
+  name = "full"
+
+  def validate(self, max_length: int | None) -> None:
+    if self.budget is not None and self.budget != max_length:
+      _check_budget(self.name, self.budget, max_length, least=max_length or 1)
+
+  def cached_tokens(self, length: int) -> int:
+    return length
+
+  def state_bytes(self, model_config: ModelConfig, length: int, dtype="float16") -> int:
+    return length * _kv_bytes_per_token(model_config, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Streaming:
+  """StreamingLLM: `sinks` first tokens plus a window of budget - sinks."""
+
+  budget: int
+  sinks: int = STREAMING_SINKS
+  name = "streaming"
+
+  def validate(self, max_length: int | None) -> None:
+    _check_budget(self.name, self.budget, max_length, least=self.sinks + 1)
+
+  def init(self, model_config: ModelConfig, batch: int, max_length: int, dtype):
+    del max_length
+    return ops.init_sink_cache(batch, model_config.num_kv_heads, model_config.resolved_head_dim,
+                               window=self.budget - self.sinks, sinks=self.sinks, dtype=dtype)
+
+  def attend(self, rope, q, k, v, positions, valid, cache: ops.CompressedCache):
+    del positions  # StreamingLLM assigns positions inside the cache
+    out, state = ops.sink_cache_attention(q, k, v, cache.state, valid, window=self.budget - self.sinks,
+                                          sinks=self.sinks, rope=rope)
+    return out, cache.replace(state=state)
+
+  def cached_tokens(self, length: int) -> int:
+    return min(length, self.budget)
+
+  def state_bytes(self, model_config: ModelConfig, length: int, dtype="float16") -> int:
+    return self.cached_tokens(length) * _kv_bytes_per_token(model_config, dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class H2O:
+  """H2O: `recent` = budget // 2 newest tokens plus budget - recent heavy hitters, per kv head."""
+
+  budget: int
+  name = "h2o"
+
+  @property
+  def recent(self) -> int:
+    return self.budget // 2  # H2O sec. 5: heavy hitters and recent tokens in equal parts
+
+  def validate(self, max_length: int | None) -> None:
+    _check_budget(self.name, self.budget, max_length)
+
+  def init(self, model_config: ModelConfig, batch: int, max_length: int, dtype):
+    del max_length
+    return ops.init_evicting_cache(batch, model_config.num_heads, model_config.num_kv_heads,
+                                   model_config.resolved_head_dim, budget=self.budget, dtype=dtype)
+
+  def attend(self, rope, q, k, v, positions, valid, cache: ops.CompressedCache):
+    q, k = _rotate(rope, q, k, positions)
+    out, state = ops.evicting_attention(q, k, v, positions, valid, cache.state, rule="h2o", protect=self.recent)
+    return out, cache.replace(state=state)
+
+  def cached_tokens(self, length: int) -> int:
+    return min(length, self.budget)
+
+  def state_bytes(self, model_config: ModelConfig, length: int, dtype="float16") -> int:
+    # per kept token and kv head: its position (int32) and accumulated attention (float32)
+    return self.cached_tokens(length) * (_kv_bytes_per_token(model_config, dtype)
+                                         + model_config.num_kv_heads * (_INT32 + _FLOAT32))
+
+
+@dataclasses.dataclass(frozen=True)
+class SnapKV:
+  """SnapKV: the last `window` tokens plus budget - window tokens by the window's pooled attention, per kv head."""
+
+  budget: int
+  window: int = SNAPKV_WINDOW
+  kernel: int = SNAPKV_KERNEL
+  name = "snapkv"
+
+  def validate(self, max_length: int | None) -> None:
+    if not isinstance(self.kernel, int) or self.kernel < 1 or self.kernel % 2 == 0:
+      raise ConfigError(f"kv_options.kernel={self.kernel!r} is invalid: snapkv pools with an odd kernel >= 1")
+    if not isinstance(self.window, int) or self.window < 1:
+      raise ConfigError(f"kv_options.window={self.window!r} is invalid: snapkv needs an observation window >= 1")
+    _check_budget(self.name, self.budget, max_length, least=self.window + 1)
+
+  def init(self, model_config: ModelConfig, batch: int, max_length: int, dtype):
+    del max_length
+    return ops.init_evicting_cache(batch, model_config.num_heads, model_config.num_kv_heads,
+                                   model_config.resolved_head_dim, budget=self.budget, window=self.window,
+                                   dtype=dtype)
+
+  def attend(self, rope, q, k, v, positions, valid, cache: ops.CompressedCache):
+    q, k = _rotate(rope, q, k, positions)
+    out, state = ops.evicting_attention(q, k, v, positions, valid, cache.state, rule="snapkv", protect=self.window,
+                                        kernel=self.kernel)
+    return out, cache.replace(state=state)
+
+  def cached_tokens(self, length: int) -> int:
+    return min(length, self.budget)
+
+  def state_bytes(self, model_config: ModelConfig, length: int, dtype="float16") -> int:
+    # per kept token and kv head its position (int32); the window's queries (all heads) and positions
+    itemsize = jnp.dtype(dtype).itemsize
+    window = self.window * (model_config.num_heads * model_config.resolved_head_dim * itemsize + _INT32)
+    return (self.cached_tokens(length) * (_kv_bytes_per_token(model_config, dtype)
+                                          + model_config.num_kv_heads * _INT32) + window)
+
+
+@dataclasses.dataclass(frozen=True)
+class Quantized:
+  """KIVI: every token, keys per channel over groups of `group` tokens, values per token, `bits` 8 or 4."""
+
+  bits: int
+  budget: int | None = None
+  group: int = KIVI_GROUP
+
+  @property
+  def name(self) -> str:
+    return f"int{self.bits}"
+
+  def validate(self, max_length: int | None) -> None:
+    del max_length
+    if self.budget is not None:
+      raise ConfigError(f"kv_budget={self.budget!r} is invalid: kv_policy={self.name} keeps every token (quantized); "
+                        f"leave kv_budget unset")
+    if not isinstance(self.group, int) or self.group < 1:
+      raise ConfigError(f"kv_options.group={self.group!r} is invalid: {self.name} needs a key group of >= 1 tokens")
+
+  def init(self, model_config: ModelConfig, batch: int, max_length: int, dtype):
+    if model_config.resolved_head_dim % 2:
+      raise ConfigError(f"model.head_dim={model_config.resolved_head_dim} is invalid: {self.name} needs it even")
+    return ops.init_quant_cache(batch, model_config.num_kv_heads, model_config.resolved_head_dim,
+                                max_length=max_length, bits=self.bits, group=self.group, dtype=dtype)
+
+  def attend(self, rope, q, k, v, positions, valid, cache: ops.CompressedCache):
+    q, k = _rotate(rope, q, k, positions)
+    out, state = ops.quantized_attention(q, k, v, valid, cache.state, bits=self.bits, key_block=512)
+    return out, cache.replace(state=state)
+
+  def cached_tokens(self, length: int) -> int:
+    return length
+
+  def state_bytes(self, model_config: ModelConfig, length: int, dtype="float16") -> int:
+    kv_heads, head_dim = model_config.num_kv_heads, model_config.resolved_head_dim
+    codes = kv_heads * head_dim * self.bits // 8
+    closed = length // self.group
+    keys = closed * self.group * codes + closed * 2 * kv_heads * head_dim * _FLOAT32  # codes, scale and minimum
+    keys += (length - closed * self.group) * kv_heads * head_dim * jnp.dtype(dtype).itemsize  # the open group
+    values = length * (codes + 2 * kv_heads * _FLOAT32)
+    return keys + values
+
+
+KV_POLICIES = {
+    "full": Full,
+    "streaming": Streaming,
+    "h2o": H2O,
+    "snapkv": SnapKV,
+    "int8": lambda budget=None, **options: Quantized(8, budget, **options),
+    "int4": lambda budget=None, **options: Quantized(4, budget, **options),
+}
+
+
+def make_policy(name: str, budget: int | None = None, max_length: int | None = None, **options):
+  """The entry `name` with its budget (tokens) and options, validated against a cache of `max_length` tokens (None:
+  the checks that need no length)."""
+  if name not in KV_POLICIES:
+    raise ConfigError(f"kv_policy={name!r} is invalid: allowed {', '.join(KV_POLICIES)}")
+  if budget is None and name in ("streaming", "h2o", "snapkv"):
+    raise ConfigError(f"kv_budget=None is invalid: kv_policy={name} needs a budget in tokens")
+  try:
+    policy = KV_POLICIES[name](budget=budget, **options)
+  except TypeError:
+    raise ConfigError(f"kv_options={options!r} is invalid for kv_policy={name}") from None
+  policy.validate(max_length)
+  return policy
+
+
+def init_cache(model_config: ModelConfig, batch_size: int, max_length: int, dtype=None, policy=None) -> dict:
+  """`longjax.nn.init_cache`, or under a compressing policy one `ops.CompressedCache` per layer."""
+  if policy is None or isinstance(policy, Full):
+    return init_full_cache(model_config, batch_size, max_length, dtype)
+  policy.validate(max_length)
+  if model_config.block != "llama" or model_config.attention.type != "full":
+    raise ConfigError(f"kv_policy={policy.name} is invalid here: KV-cache compression needs model.block=llama and "
+                      f"model.attention.type=full (got {model_config.block}, {model_config.attention.type})")
+  if not isinstance(policy, Streaming) and positional.is_dynamic(model_config.rope):
+    raise ConfigError(f"kv_policy={policy.name} is invalid here: it keeps keys after RoPE, which needs a static "
+                      f"model.rope.rope_type (got {model_config.rope.rope_type})")
+  dtype = jnp.dtype(model_config.dtype if dtype is None else dtype)
+  layer = lambda: ops.CompressedCache(policy, policy.init(model_config, batch_size, max_length, dtype))  # noqa: E731
+  if model_config.scan_layers:
+    state = layer()
+    return {"layers": jax.tree.map(lambda x: jnp.broadcast_to(x, (model_config.num_layers,) + x.shape), state)}
+  return {"layers": [layer() for _ in range(model_config.num_layers)]}
+
+
+__all__ = ["Full", "H2O", "KV_POLICIES", "Quantized", "SnapKV", "Streaming", "init_cache", "make_policy"]

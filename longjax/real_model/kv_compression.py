@@ -1,0 +1,235 @@
+"""KV-cache compression on the imported SmolLM2-135M: full cache vs each policy at 1/2, 1/4, 1/8 of the context.
+
+  nice -n 5 python -m longjax.real_model.kv_compression --workdir /tmp/real/out2/smollm2 \\
+      --cells /tmp/kv_cells --out docs/kv_compression
+
+Tasks (each a cell on disk, computed once; rerunning skips them): `loss` (loss by position over the first
+8K + 1 tokens of the language reference, read in chunks of `--chunk` tokens with the policy compressing the
+cache between chunks: each chunk's queries see the kept tokens plus the chunk's own, so position t's loss is
+what the model predicts after the policy has compressed everything before t's chunk), `passkey` (the
+passkey prompt at depth 0.5, one key) and `ruler` (RULER niah_single_1, one sample) at 4K and 8K, greedy,
+prompt prefilled in the same chunks, then decoded token by token under the policy. Budgets are fractions of
+the context length (tokens per layer, per kv head for h2o and snapkv); int8 and int4 keep every token.
+Bytes are the KV-cache calculator's (`longjax.evaluate.kv_cache_bytes` with the policy), K/V in float16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from longjax import checkpoint, cli, load
+from longjax.evaluate import kv_cache_bytes, passkey, ruler, write_json
+from longjax.evaluate.kv_cache import format_bytes
+from longjax.evaluate.tasks import EvalRun
+from longjax.inference import kv_policies
+from longjax.real_model import cell, documents, machine
+
+FRACTIONS = (2, 4, 8)  # budgets: context // these
+EVICTING = ("streaming", "h2o", "snapkv")
+TASK_ORDER = ("loss", "passkey", "ruler")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One column of the comparison: a policy and its budget as a fraction of the context (None: no budget)."""
+
+  policy: str
+  fraction: int | None = None
+
+  @property
+  def label(self) -> str:
+    return self.policy if self.fraction is None else f"{self.policy} 1/{self.fraction}"
+
+  def make(self, length: int, max_length: int):
+    budget = None if self.fraction is None else length // self.fraction
+    return kv_policies.make_policy(self.policy, budget, max_length)
+
+
+def settings(fractions: tuple[int, ...] = FRACTIONS) -> list[Setting]:
+  return ([Setting("full")] + [Setting(p, f) for p in EVICTING for f in fractions]
+          + [Setting("int8"), Setting("int4")])
+
+
+def run_order(setting: Setting) -> int:
+  """Cells run in this order so that a run cut short has every method at 1/4 first, then 1/8, then 1/2."""
+  return {None: 0, 4: 1, 8: 2, 2: 3}[setting.fraction]
+
+
+@functools.partial(jax.jit, static_argnames=("model",), donate_argnames=("cache",))
+def _chunk_nll(model, params, cache, tokens, targets):
+  logits, cache = model.apply({"params": params}, tokens, cache=cache)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return cache, -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+
+
+def chunked_losses(model, params, tokens: np.ndarray, policy, chunk: int) -> np.ndarray:
+  """float32[len(tokens) - 1]: the loss of each next token, the text read `chunk` tokens at a time into a cache
+  under `policy` (compressed between chunks)."""
+  length = len(tokens) - 1
+  cache = kv_policies.init_cache(model.config, 1, length, None, policy)
+  losses = []
+  for start in range(0, length, chunk):
+    stop = min(start + chunk, length)
+    cache, nll = _chunk_nll(model, params, cache, jnp.asarray(tokens[None, start:stop]),
+                            jnp.asarray(tokens[None, start + 1:stop + 1]))
+    losses.append(np.asarray(nll[0]))
+  return np.concatenate(losses)
+
+
+def run_cells(workdir: str, cells: str, tasks: tuple[str, ...], lengths: tuple[int, ...], loss_length: int,
+              chunk: int, fractions: tuple[int, ...] = FRACTIONS, policies: tuple[str, ...] | None = None) -> None:
+  loaded = load(workdir)
+  config, params, tokenizer = loaded.config, loaded.params, loaded.tokenizer
+  model = loaded.model
+  text = documents()["topics"]
+  order = [("loss", loss_length)] * ("loss" in tasks) + [(t, n) for n in lengths for t in ("passkey", "ruler")
+                                                         if t in tasks]
+  for task, length in order:
+    for setting in sorted(settings(fractions), key=run_order):
+      if policies is not None and setting.policy not in policies:
+        continue
+      folder = os.path.join(cells, setting.label.replace(" ", "_").replace("/", "-"))
+      max_length = length + 512  # one buffer for every prompt at this length: compiled once per policy
+      if task == "loss":
+        tokens = np.asarray(tokenizer.encode(text, bos=config.data.add_bos), np.int32)[:length + 1]
+        policy = setting.make(length, length)
+        cell(folder, f"loss_{length}", lambda: {"losses": chunked_losses(model, params, tokens, policy,
+                                                                         chunk).tolist(), "chunk": chunk})
+        continue
+      policy = setting.make(length, max_length)
+      options = {"kv_policy": setting.policy, "kv_budget": policy.budget, "max_length": max_length,
+                 "prefill_chunk": chunk}
+      run = EvalRun(config, {setting.label: config}, params, tokenizer, generate_options=options)
+      if task == "passkey":
+        cell(folder, f"passkey_{length}", lambda: dataclasses.asdict(passkey.evaluate_passkey(
+            run.generate, lambda t: len(run.encode(t)), [length], [0.5], keys_per_cell=1, seed=length)))
+      else:
+        cell(folder, f"ruler_{length}", lambda: {"accuracy": ruler.evaluate_ruler(
+            run.generate, tokenizer, ["niah_single_1"], [length], samples=1, seed=0,
+            add_bos=config.data.add_bos)["niah_single_1"][length], "samples": 1})
+
+
+def _read(cells: str, label: str, key: str) -> dict | None:
+  path = os.path.join(cells, label.replace(" ", "_").replace("/", "-"), key + ".json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], loss_length: int, chunk: int) -> str:
+  """out/report.md, out/results.json and out/kv_compression.png from the cells on disk."""
+  config = checkpoint.read_config(workdir)
+  results = {}
+  for setting in settings():
+    entry = {"bytes": {n: kv_cache_bytes(config.model, n, kv_policy=setting.make(n, n)) for n in
+                       sorted({*lengths, loss_length})}}
+    loss = _read(cells, setting.label, f"loss_{loss_length}")
+    if loss is not None:
+      losses = np.asarray(loss["losses"])
+      bins = np.array_split(losses, loss_length // 1024)
+      entry["loss_bins"] = [float(b.mean()) for b in bins]
+      entry["loss_mean"] = float(losses.mean())
+      entry["loss_seconds"] = loss["seconds"]
+    for task in ("passkey", "ruler"):
+      for n in lengths:
+        value = _read(cells, setting.label, f"{task}_{n}")
+        if value is not None:
+          entry[f"{task}_{n}"] = value["accuracy"][0][0] if task == "passkey" else value["accuracy"]
+    results[setting.label] = entry
+  write_json(results, os.path.join(out, "results.json"))
+  header = (["method", f"KV bytes at {loss_length}", "of full", f"mean loss 1-{loss_length}", "loss last 1K"]
+            + [f"{t} {n // 1024}K" for t in ("passkey", "ruler") for n in lengths])
+  full_bytes = results["full"]["bytes"][loss_length]
+  table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for label, entry in results.items():
+    cells_text = [label, format_bytes(entry["bytes"][loss_length]), f"{entry['bytes'][loss_length] / full_bytes:.3f}",
+                  f"{entry['loss_mean']:.3f}" if "loss_mean" in entry else "not run",
+                  f"{entry['loss_bins'][-1]:.3f}" if "loss_bins" in entry else "not run"]
+    for task in ("passkey", "ruler"):
+      for n in lengths:
+        value = entry.get(f"{task}_{n}")
+        cells_text.append("not run" if value is None else f"{int(round(value))}/1")
+    table.append("| " + " | ".join(cells_text) + " |")
+  _plot(results, loss_length, os.path.join(out, "kv_compression.png"))
+  report = "\n".join([
+      "# KV-cache compression on SmolLM2-135M", "",
+      f"Machine: {machine()}. Produced by `python -m longjax.real_model.kv_compression --workdir {workdir} "
+      f"--cells {cells} --out {out}`.", "",
+      f"Loss by position: the first {loss_length} + 1 tokens of the language reference (`pydoc_data.topics`), "
+      f"read in chunks of {chunk} tokens into a cache under the policy, compressed between chunks (a chunk's "
+      f"queries see the kept tokens plus the chunk's own, causally). Passkey (depth 0.5) and RULER niah_single_1: "
+      f"one prompt per cell, greedy, prefilled in the same chunks then decoded under the policy; a cell is 1/1 "
+      f"(right) or 0/1. Budgets are tokens per layer (per kv head for h2o and snapkv): 1/2, 1/4, 1/8 of the "
+      f"context length of the cell. Bytes: the KV-cache calculator with the policy's own `state_bytes`, 30 layers, "
+      f"one sequence, K/V in float16 (the model ran in float32).", "",
+      *table, "", "![loss and retrieval vs KV bytes](kv_compression.png)", ""])
+  notes = os.path.join(out, "notes.md")  # what was run and what it shows, written by hand beside the cells
+  if os.path.isfile(notes):
+    with open(notes) as f:
+      report += "\n" + f.read()
+  with open(os.path.join(out, "report.md"), "w") as f:
+    f.write(report)
+  return report
+
+
+def _plot(results: dict, loss_length: int, path: str) -> None:
+  """Left: mean loss vs cache bytes, one line per policy. Right: loss by position of the full cache, int8, int4
+  and each evicting policy at its smallest budget measured."""
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+  for index, policy in enumerate(("full", *EVICTING, "int8", "int4")):
+    measured = [(label, e) for label, e in results.items() if label.split()[0] == policy and "loss_bins" in e]
+    if not measured:
+      continue
+    left.plot(*zip(*sorted((e["bytes"][loss_length], e["loss_mean"]) for _, e in measured)), marker="o",
+              color=f"C{index}", label=policy)
+    label, smallest = min(measured, key=lambda item: item[1]["bytes"][loss_length])
+    ends = np.arange(1, len(smallest["loss_bins"]) + 1) * (loss_length // len(smallest["loss_bins"]))
+    right.plot(ends, smallest["loss_bins"], ".-", color=f"C{index}", label=label, linewidth=2.5 if policy == "full" else 1)
+  left.set_xscale("log", base=2)
+  left.set_xlabel(f"KV-cache bytes at {loss_length} tokens (float16, all layers)")
+  left.set_ylabel(f"mean loss over positions 1-{loss_length} (nats)")
+  left.legend(fontsize=8)
+  right.set_xlabel("position (end of bin)")
+  right.set_ylabel("mean loss in bin (nats)")
+  right.legend(fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+_WORKDIR = flags.DEFINE_string("workdir", "/tmp/real/out2/smollm2", "The imported SmolLM2 workdir (read only).")
+_CELLS = flags.DEFINE_string("cells", "/tmp/kv_cells", "Where the cells go.")
+_OUT = flags.DEFINE_string("out", "docs/kv_compression", "Where report.md, results.json and the plot go.")
+_TASKS = flags.DEFINE_list("tasks", list(TASK_ORDER), "Tasks, in the order they run.")
+_LENGTHS = flags.DEFINE_list("lengths", ["4096", "8192"], "Passkey and RULER lengths.")
+_LOSS_LENGTH = flags.DEFINE_integer("loss_length", 8192, "Loss by position length.")
+_CHUNK = flags.DEFINE_integer("chunk", 1024, "Prefill chunk (compression between chunks).")
+_FRACTIONS = flags.DEFINE_list("fractions", [str(f) for f in FRACTIONS], "Budgets to run: context // these.")
+_POLICIES = flags.DEFINE_list("policies", None, "Policies to run (default: all).")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild the report from the cells on disk.")
+
+
+def main(argv):
+  del argv
+  lengths = tuple(int(n) for n in _LENGTHS.value)
+  if not _REPORT_ONLY.value:
+    run_cells(_WORKDIR.value, _CELLS.value, tuple(_TASKS.value), lengths, _LOSS_LENGTH.value, _CHUNK.value,
+              tuple(int(f) for f in _FRACTIONS.value), None if _POLICIES.value is None else tuple(_POLICIES.value))
+  print(write_report(_WORKDIR.value, _CELLS.value, _OUT.value, lengths, _LOSS_LENGTH.value, _CHUNK.value))
+
+
+if __name__ == "__main__":
+  cli.run(main)
