@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from longjax import ops, positional
 from longjax.config import ConfigError, ModelConfig, RopeConfig
+from longjax.nn import ATTENTION_TYPES
 from longjax.nn import init_cache as init_full_cache
 
 _FLOAT32, _INT32 = 4, 4
@@ -246,7 +247,7 @@ def init_cache(model_config: ModelConfig, batch_size: int, max_length: int, dtyp
   if policy is None or isinstance(policy, Full):
     return init_full_cache(model_config, batch_size, max_length, dtype)
   policy.validate(max_length)
-  if model_config.block != "llama" or model_config.attention.type != "full":
+  if model_config.block != "llama" or not ATTENTION_TYPES[model_config.attention.type].compressible:
     raise ConfigError(f"kv_policy={policy.name} is invalid here: KV-cache compression needs model.block=llama and "
                       f"model.attention.type=full (got {model_config.block}, {model_config.attention.type})")
   if not isinstance(policy, Streaming) and positional.is_dynamic(model_config.rope):

@@ -75,6 +75,8 @@ class AttentionType:
       transformers LlamaForCausalLM computes, so an export keeps the model's behaviour).
   length_problem(cfg, length) -> str | None: why one whole-sequence evaluation forward of `length` tokens cannot
       run (a clause naming the keys and what is allowed), or None when it can.
+  compressible: its decode step hands an `ops.CompressedCache` to the cache's policy (KV-cache compression,
+      `longjax.inference.kv_policies`).
   sequence_parallel: its training call can run context-parallel (config.SEQUENCE_PARALLEL_TYPES).
   state_follows_heads: its recurrent state is per KV head, so a tensor-parallel mesh cuts it as it cuts K/V.
   """
@@ -87,6 +89,7 @@ class AttentionType:
   evaluates_plain: Callable[[AttentionConfig], bool] = _not_plain
   length_problem: Callable[[AttentionConfig, int], str | None] = _any_length
   sequence_parallel: bool = False
+  compressible: bool = False
   state_follows_heads: bool = False
 
 

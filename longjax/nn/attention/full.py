@@ -36,4 +36,4 @@ def evaluates_plain(cfg) -> bool:
   return True
 
 
-FULL = AttentionType(apply, init_kv, evaluates_plain=evaluates_plain, sequence_parallel=True)
+FULL = AttentionType(apply, init_kv, evaluates_plain=evaluates_plain, sequence_parallel=True, compressible=True)
