@@ -9,13 +9,13 @@ Three launches (2 processes, 1, then the main on 2) carry every check, since eac
 """
 
 import json
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
 from train.conftest import ABSL_LOG_LINE, REPO
+from processes import run_workers
 
 # Every process runs this; argv: the workdir. It joins the run as the mains do (cli.initialize_distributed reads
 # JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID).
@@ -63,32 +63,11 @@ print("RESULT " + json.dumps(result), flush=True)
 """
 
 
-def _free_port() -> int:
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _run(runner, processes: int, workdir: str) -> list[dict]:
-  """WORKER in `processes` processes of 4 // processes fake CPU devices (as launch/local.py starts them)."""
-  address = f"127.0.0.1:{_free_port()}"
-  procs = [subprocess.Popen([sys.executable, "-c", WORKER, workdir], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**runner.env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // processes}",
-                                 **({"JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": str(processes),
-                                     "JAX_PROCESS_ID": str(index)} if processes > 1 else {})})
-           for index in range(processes)]
-  results = []
-  try:
-    for proc in procs:
-      out, err = proc.communicate(timeout=600)
-      assert proc.returncode == 0, err[-4000:]
-      results.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT "):]))
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-  return results
+  """WORKER in `processes` processes of 4 // processes fake CPU devices, joined through JAX's environment."""
+  return run_workers(runner.env, processes, lambda index, address: [sys.executable, "-c", WORKER, workdir],
+                     lambda index, address: {"JAX_COORDINATOR_ADDRESS": address, "JAX_NUM_PROCESSES": str(processes),
+                                             "JAX_PROCESS_ID": str(index)} if processes > 1 else {})
 
 
 def test_evaluation_and_generation_do_not_depend_on_the_process_count(runner, trained_workdir):

@@ -7,7 +7,6 @@ at it); nothing leaves loopback."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import time
 import pytest
 
 from conftest import REPO
+from processes import free_port
 
 pytest.importorskip("gcp_storage_emulator")
 pytest.importorskip("gcsfs")
@@ -77,15 +77,9 @@ print(json.dumps({"steps": [m["step"] for m in metrics], "seq_len": config.train
 """
 
 
-def _free_port() -> int:
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture
 def gcs_env(runner):
-  port = _free_port()
+  port = free_port()
   server = subprocess.Popen([sys.executable, "-c", EMULATOR, str(port)], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
   try:

@@ -8,12 +8,12 @@ Three launches (2, 1, then 2 processes) carry all the checks, since each pays im
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 
-from conftest import REPO, read_metrics
+from conftest import read_metrics
+from processes import run_workers
 
 MESHES = {"data4": {"mesh.data": 4}, "seq4": {"mesh.data": 1, "mesh.sequence": 4},
           "fsdp2seq2": {"mesh.data": 1, "mesh.fsdp": 2, "mesh.sequence": 2}}
@@ -83,31 +83,10 @@ print("RESULT " + json.dumps(result), flush=True)
 """
 
 
-def _free_port() -> int:
-  import socket
-  with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _run(runner, processes: int, job: dict) -> list[dict]:
   """WORKER in `processes` processes of 4 // processes fake CPU devices; their results, by process."""
-  address = f"127.0.0.1:{_free_port()}"
-  env = {**runner.env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // processes}"}
-  procs = [subprocess.Popen([sys.executable, "-c", WORKER, address, str(processes), str(index), json.dumps(job)],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for index in range(processes)]
-  results = []
-  try:
-    for proc in procs:
-      out, err = proc.communicate(timeout=600)
-      assert proc.returncode == 0, err[-4000:]
-      results.append(json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[len("RESULT "):]))
-  finally:
-    for proc in procs:
-      if proc.poll() is None:
-        proc.kill()
-  return results
+  return run_workers(runner.env, processes, lambda index, address: [sys.executable, "-c", WORKER, address,
+                                                                    str(processes), str(index), json.dumps(job)])
 
 
 def _losses(workdir) -> dict[int, float]:
