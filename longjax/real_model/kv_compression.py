@@ -210,8 +210,10 @@ def _plot(results: dict, loss_length: int, path: str) -> None:
   plt.close(fig)
 
 
-_WORKDIR = flags.DEFINE_string("workdir", "/tmp/real/out2/smollm2", "The imported SmolLM2 workdir (read only).")
-_CELLS = flags.DEFINE_string("cells", "/tmp/kv_cells", "Where the cells go.")
+_WORKDIR = flags.DEFINE_string("workdir", "real_out/smollm2",
+                               "The imported SmolLM2 workdir (read only; `make real-model` imports it there).")
+_CELLS = flags.DEFINE_string("cells", "docs/kv_compression/cells",
+                             "Where the cells go (the committed ones by default: a run adds only the missing).")
 _OUT = flags.DEFINE_string("out", "docs/kv_compression", "Where report.md, results.json and the plot go.")
 _TASKS = flags.DEFINE_list("tasks", list(TASK_ORDER), "Tasks, in the order they run.")
 _LENGTHS = flags.DEFINE_list("lengths", ["4096", "8192"], "Passkey and RULER lengths.")
