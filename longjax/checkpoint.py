@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
+from longjax import sharding
 from longjax.config import Config, ConfigError, ModelConfig, error_line, from_config_dict
 from longjax.nn import abstract_params
 
@@ -240,8 +241,6 @@ def restore_model_params(workdir: str | os.PathLike, model_config: ModelConfig, 
   (`sharding.tree_shardings`, as training cuts it), each device reading only its own block. `dtype` (e.g.
   "bfloat16") casts the floating parameters as they are read, block by block. In a multi-process run every
   process calls it with the same global mesh."""
-  from longjax import sharding  # noqa: PLC0415 (sharding is not needed by the rest of this module)
-
   abstract, logical = abstract_params(model_config)
   if mesh is None:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

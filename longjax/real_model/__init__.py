@@ -35,6 +35,7 @@ from typing import Callable
 
 import numpy as np
 from longjax import load
+from longjax.checkpoint import Checkpointer
 from longjax.config import AttentionConfig, Config, ConfigError
 from longjax.evaluate import PositionLoss, extension, loss_by_position, passkey, plots, ruler, write_json
 from longjax.evaluate.tasks import EvalRun
@@ -408,8 +409,6 @@ def _checkpoint_steps(run_dir: str) -> list[int]:
   """Steps of the checkpoints in a fine-tuning run's workdir (none when it has not started)."""
   if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
     return []
-  from longjax.checkpoint import Checkpointer
-
   checkpointer = Checkpointer(run_dir, read_only=True)
   try:
     return list(checkpointer.all_steps())
