@@ -35,6 +35,7 @@ MUTATED = ["longjax/ops", "longjax/evaluate", "longjax/positional", "longjax/nn/
 TESTS = {
     # test_megalodon.py's streaming and generation tests take 1-1.5 minutes each on a loaded 2-core machine
     "longjax/nn/megalodon.py": ["tests/nn/test_megalodon_equations.py", "tests/nn/test_megalodon_streaming.py",
+                                "tests/nn/test_megalodon_params.py",
                                 "tests/nn/test_megalodon.py::test_cema_parameters_follow_the_reference_init",
                                 "tests/nn/test_megalodon.py::test_embeddings_follow_the_reference_gaussian_init",
                                 "tests/nn/test_megalodon.py::test_cema_inits_keep_the_parameter_dtype",
