@@ -47,7 +47,7 @@ TESTS = {
                                     "tests/evaluate/test_exact_lengths.py"],
     "longjax/evaluate/ruler.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py"],
     # ruler.py's task families, tested through it
-    "longjax/evaluate/ruler_niah.py": ["tests/evaluate/test_ruler.py"],
+    "longjax/evaluate/ruler_niah.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_ruler_families.py"],
     "longjax/evaluate/ruler_vt.py": ["tests/evaluate/test_ruler.py"],
     "longjax/evaluate/ruler_aggregation.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py"],
     "longjax/evaluate/ruler_qa.py": ["tests/evaluate/test_ruler.py"],
