@@ -48,9 +48,10 @@ TESTS = {
     "longjax/evaluate/ruler.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py"],
     # ruler.py's task families, tested through it
     "longjax/evaluate/ruler_niah.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_ruler_families.py"],
-    "longjax/evaluate/ruler_vt.py": ["tests/evaluate/test_ruler.py"],
-    "longjax/evaluate/ruler_aggregation.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py"],
-    "longjax/evaluate/ruler_qa.py": ["tests/evaluate/test_ruler.py"],
+    "longjax/evaluate/ruler_vt.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_ruler_families.py"],
+    "longjax/evaluate/ruler_aggregation.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py",
+                                              "tests/evaluate/test_ruler_families.py"],
+    "longjax/evaluate/ruler_qa.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_ruler_families.py"],
     "longjax/ops/landmark.py": ["tests/ops/test_landmark.py", "tests/ops/test_landmark_selection.py"],
     "longjax/ops/cema.py": ["tests/ops/test_cema.py"],
     "longjax/ops/backends.py": ["tests/ops/test_attention.py"],

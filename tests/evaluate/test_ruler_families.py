@@ -263,3 +263,13 @@ def test_niah_queries_distinct_keys():
     query = re.search(r"What are all the special magic numbers for (.+) mentioned in the provided text\?", prompt)[1]
     first, second = query.split(", and ")
     assert first != second and len(set(outputs)) == 2, seed
+
+
+def test_vt_variable_names_are_distinct_even_when_short():
+  """One-letter names (26 to draw from) for 2 chains of 4: the eight variables are still eight (RULER draws until
+  it has enough distinct names)."""
+  for seed in range(6):
+    prompt, _ = ruler_vt.vt_instance(np.random.default_rng(seed), 2, num_chains=2, num_hops=3, var_len=1)
+    chains, copies = _chains(prompt)
+    names = [v for c in chains.values() for v in c]
+    assert len(chains) == 2 and copies == 6 and len(set(names)) == 8, seed
