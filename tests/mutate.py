@@ -35,6 +35,7 @@ MUTATED = ["longjax/ops", "longjax/evaluate", "longjax/positional", "longjax/nn/
 TESTS = {
     # test_megalodon.py's streaming and generation tests take 1-1.5 minutes each on a loaded 2-core machine
     "longjax/nn/megalodon.py": ["tests/nn/test_megalodon_equations.py", "tests/nn/test_megalodon_streaming.py",
+                                "tests/nn/test_megalodon_params.py",
                                 "tests/nn/test_megalodon.py::test_cema_parameters_follow_the_reference_init",
                                 "tests/nn/test_megalodon.py::test_embeddings_follow_the_reference_gaussian_init",
                                 "tests/nn/test_megalodon.py::test_cema_inits_keep_the_parameter_dtype",
@@ -46,10 +47,11 @@ TESTS = {
                                     "tests/evaluate/test_exact_lengths.py"],
     "longjax/evaluate/ruler.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py"],
     # ruler.py's task families, tested through it
-    "longjax/evaluate/ruler_niah.py": ["tests/evaluate/test_ruler.py"],
-    "longjax/evaluate/ruler_vt.py": ["tests/evaluate/test_ruler.py"],
-    "longjax/evaluate/ruler_aggregation.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py"],
-    "longjax/evaluate/ruler_qa.py": ["tests/evaluate/test_ruler.py"],
+    "longjax/evaluate/ruler_niah.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_ruler_families.py"],
+    "longjax/evaluate/ruler_vt.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_ruler_families.py"],
+    "longjax/evaluate/ruler_aggregation.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py",
+                                              "tests/evaluate/test_ruler_families.py"],
+    "longjax/evaluate/ruler_qa.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_ruler_families.py"],
     "longjax/ops/landmark.py": ["tests/ops/test_landmark.py", "tests/ops/test_landmark_selection.py"],
     "longjax/ops/cema.py": ["tests/ops/test_cema.py"],
     "longjax/ops/backends.py": ["tests/ops/test_attention.py"],

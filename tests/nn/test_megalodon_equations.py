@@ -206,3 +206,16 @@ def test_offset_norms_of_small_inputs_feel_eps(center):
                                   center=center)
   want = _layer_norm(x, weight, bias) if center else _rms_norm(x, weight)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("center", [False, True])
+def test_offset_norms_return_the_input_dtype(center):
+  """Computed in float32, returned in the input's dtype: bfloat16 in, bfloat16 out (within its rounding)."""
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.normal(size=(2, 3, WIDTH)), jnp.bfloat16)
+  weight, bias = (jnp.asarray(0.3 * rng.normal(size=WIDTH), jnp.float32) for _ in range(2))
+  got = megalodon_ops.offset_norm(x, weight, bias if center else None, EPS, center=center)
+  x64 = np.asarray(x.astype(jnp.float32), np.float64)
+  want = _layer_norm(x64, np.asarray(weight), np.asarray(bias)) if center else _rms_norm(x64, np.asarray(weight))
+  assert got.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=1e-2, atol=1e-2)  # bfloat16: 8 bits

@@ -126,17 +126,38 @@ def test_final_norm_continues_its_state_and_leaves_padding_out():
                              rtol=1e-5, atol=1e-6)
 
 
+def _chunked_reference(q, k, v, chunk):
+  """Causal softmax attention inside each chunk of `chunk` tokens (the last partial), NumPy per chunk."""
+  want = np.zeros(q.shape[:3] + v.shape[3:], np.float64)
+  for start in range(0, q.shape[1], chunk):
+    qc, kc, vc = (t[0, start:start + chunk] for t in (q, k, v))
+    logits = np.einsum("qhd,khd->hqk", qc, kc) / np.sqrt(q.shape[-1])
+    logits = np.where(np.tril(np.ones((len(qc), len(qc)), bool)), logits, -np.inf)
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    want[0, start:start + chunk] = np.einsum("hqk,khd->qhd", weights / weights.sum(-1, keepdims=True), vc)
+  return want
+
+
 @pytest.mark.parametrize("length", [CHUNK + 3, 2 * CHUNK + 1])
 def test_chunked_attention_of_two_and_three_chunks(length):
-  """Causal softmax attention inside each chunk of CHUNK tokens (the last partial), NumPy per chunk."""
   rng = np.random.default_rng(3)
   q, k, v = (rng.normal(size=(1, length, HEADS, KEY_DIM)).astype(np.float32) for _ in range(3))
   got = megalodon_ops.chunked_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), CHUNK, "auto")
-  want = np.zeros_like(v)
-  for start in range(0, length, CHUNK):
-    qc, kc, vc = (t[0, start:start + CHUNK] for t in (q, k, v))
-    logits = np.einsum("qhd,khd->hqk", qc, kc) / np.sqrt(KEY_DIM)
-    logits = np.where(np.tril(np.ones((len(qc), len(qc)), bool)), logits, -np.inf)
-    weights = np.exp(logits - logits.max(-1, keepdims=True))
-    want[0, start:start + CHUNK] = np.einsum("hqk,khd->qhd", weights / weights.sum(-1, keepdims=True), vc)
-  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got), _chunked_reference(q, k, v, CHUNK), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("length, heads, key_dim", [(12, 12, 8), (5, 8, 8)])
+def test_chunked_attention_with_wider_values_whatever_the_other_sizes(length, heads, key_dim):
+  """Values wider than keys (MEGALODON's v_head > z_head) take the naive path whichever other size equals the value
+  width: the sequence length and the head count (12), or the heads and the key width (8)."""
+  rng = np.random.default_rng(4)
+  q, k = (rng.normal(size=(1, length, heads, key_dim)).astype(np.float32) for _ in range(2))
+  v = rng.normal(size=(1, length, heads, 12)).astype(np.float32)
+  got = megalodon_ops.chunked_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), CHUNK, "auto")
+  np.testing.assert_allclose(np.asarray(got), _chunked_reference(q, k, v, CHUNK), rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_attention_passes_its_impl_on():
+  q = jnp.zeros((1, 6, HEADS, KEY_DIM))
+  with pytest.raises(ValueError, match="impl='nope' is not available"):
+    megalodon_ops.chunked_attention(q, q, q, CHUNK, "nope")
