@@ -26,6 +26,7 @@ import numpy as np
 from absl import flags
 
 from longjax import checkpoint, cli, load
+from longjax.config import ConfigError
 from longjax.evaluate import kv_cache_bytes, passkey, ruler, write_json
 from longjax.evaluate.kv_cache import format_bytes
 from longjax.evaluate.tasks import EvalRun
@@ -210,28 +211,54 @@ def _plot(results: dict, loss_length: int, path: str) -> None:
   plt.close(fig)
 
 
-_WORKDIR = flags.DEFINE_string("workdir", "real_out/smollm2",
-                               "The imported SmolLM2 workdir (read only; `make real-model` imports it there).")
-_CELLS = flags.DEFINE_string("cells", "docs/kv_compression/cells",
-                             "Where the cells go (the committed ones by default: a run adds only the missing).")
-_OUT = flags.DEFINE_string("out", "docs/kv_compression", "Where report.md, results.json and the plot go.")
-_TASKS = flags.DEFINE_list("tasks", list(TASK_ORDER), "Tasks, in the order they run.")
-_LENGTHS = flags.DEFINE_list("lengths", ["4096", "8192"], "Passkey and RULER lengths.")
-_LOSS_LENGTH = flags.DEFINE_integer("loss_length", 8192, "Loss by position length.")
-_CHUNK = flags.DEFINE_integer("chunk", 1024, "Prefill chunk (compression between chunks).")
-_FRACTIONS = flags.DEFINE_list("fractions", [str(f) for f in FRACTIONS], "Budgets to run: context // these.")
-_POLICIES = flags.DEFINE_list("policies", None, "Policies to run (default: all).")
-_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild the report from the cells on disk.")
+def define_flags() -> None:
+  """The command line's flags, defined only when the module runs as a program (`python -m ...`): importing it
+  (tests, other mains) defines none, so it can sit beside any other main in one process."""
+  flags.DEFINE_string("workdir", "real_out/smollm2",
+                      "The imported SmolLM2 workdir (read only; `make real-model` imports it there).")
+  flags.DEFINE_string("cells", "docs/kv_compression/cells",
+                      "Where the cells go (the committed ones by default: a run adds only the missing).")
+  flags.DEFINE_string("out", "docs/kv_compression", "Where report.md, results.json and the plot go.")
+  flags.DEFINE_list("tasks", list(TASK_ORDER), "Tasks, in the order they run.")
+  flags.DEFINE_list("lengths", ["4096", "8192"], "Passkey and RULER lengths.")
+  flags.DEFINE_integer("loss_length", 8192, "Loss by position length.")
+  flags.DEFINE_integer("chunk", 1024, "Prefill chunk (compression between chunks).")
+  flags.DEFINE_list("fractions", [str(f) for f in FRACTIONS], "Budgets to run: context // these.")
+  flags.DEFINE_list("policies", None, "Policies to run (default: all).")
+  flags.DEFINE_bool("report_only", False, "Only rebuild the report from the cells on disk.")
+
+
+def _ints(name: str, values: list[str], allowed: tuple[int, ...] | None = None) -> tuple[int, ...]:
+  """--name as positive whole numbers (from `allowed` if given), or one clear line (ConfigError)."""
+  try:
+    out = tuple(int(v) for v in values)
+  except ValueError:
+    out = ()
+  if not out or any(v < 1 or (allowed is not None and v not in allowed) for v in out):
+    rule = f"one or more of {', '.join(map(str, allowed))}" if allowed else "positive whole numbers"
+    raise ConfigError(f"--{name}={','.join(values)} is invalid: allowed {rule}")
+  return out
+
+
+def _names(name: str, values: list[str], allowed: tuple[str, ...]) -> tuple[str, ...]:
+  if not values or any(v not in allowed for v in values):
+    raise ConfigError(f"--{name}={','.join(values)} is invalid: allowed one or more of {', '.join(allowed)}")
+  return tuple(values)
 
 
 def main(argv):
   del argv
-  lengths = tuple(int(n) for n in _LENGTHS.value)
-  if not _REPORT_ONLY.value:
-    run_cells(_WORKDIR.value, _CELLS.value, tuple(_TASKS.value), lengths, _LOSS_LENGTH.value, _CHUNK.value,
-              tuple(int(f) for f in _FRACTIONS.value), None if _POLICIES.value is None else tuple(_POLICIES.value))
-  print(write_report(_WORKDIR.value, _CELLS.value, _OUT.value, lengths, _LOSS_LENGTH.value, _CHUNK.value))
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  lengths = _ints("lengths", FLAGS.lengths)
+  loss_length, chunk = _ints("loss_length", [str(FLAGS.loss_length)])[0], _ints("chunk", [str(FLAGS.chunk)])[0]
+  if not FLAGS.report_only:
+    fractions = _ints("fractions", FLAGS.fractions, FRACTIONS)
+    policies = None if FLAGS.policies is None else _names("policies", FLAGS.policies, tuple(kv_policies.KV_POLICIES))
+    run_cells(FLAGS.workdir, FLAGS.cells, _names("tasks", FLAGS.tasks, TASK_ORDER), lengths, loss_length, chunk,
+              fractions, policies)
+  print(write_report(FLAGS.workdir, FLAGS.cells, FLAGS.out, lengths, loss_length, chunk))
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)
