@@ -145,6 +145,8 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
         value = _read(cells, setting.label, f"{task}_{n}")
         if value is not None:
           entry[f"{task}_{n}"] = value["accuracy"][0][0] if task == "passkey" else value["accuracy"]
+          entry[f"{task}_{n}_prompts"] = value["trials"] if task == "passkey" else value["samples"]
+          entry[f"{task}_{n}_seconds"] = value["seconds"]
     results[setting.label] = entry
   write_json(results, os.path.join(out, "results.json"))
   header = (["method", f"KV bytes at {loss_length}", "of full", f"mean loss 1-{loss_length}", "loss last 1K"]
@@ -158,8 +160,15 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
     for task in ("passkey", "ruler"):
       for n in lengths:
         value = entry.get(f"{task}_{n}")
-        cells_text.append("not run" if value is None else f"{int(round(value))}/1")
+        prompts = entry.get(f"{task}_{n}_prompts")
+        cells_text.append("not run" if value is None else f"{int(round(value * prompts))}/{prompts}")
     table.append("| " + " | ".join(cells_text) + " |")
+  # How long each cell took (seconds, as the cell recorded it; the machine's load varied between runs).
+  keys = [("loss_seconds", f"loss {loss_length // 1024}K")] + [(f"{t}_{n}_seconds", f"{t} {n // 1024}K")
+                                                                 for t in ("passkey", "ruler") for n in lengths]
+  timing = ["| method | " + " | ".join(name for _, name in keys) + " |", "|" + "---|" * (len(keys) + 1)]
+  for label, entry in results.items():
+    timing.append("| " + " | ".join([label] + [f"{entry[k]:.0f}" if k in entry else "-" for k, _ in keys]) + " |")
   _plot(results, loss_length, os.path.join(out, "kv_compression.png"))
   report = "\n".join([
       "# KV-cache compression on SmolLM2-135M", "",
@@ -168,11 +177,13 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
       f"Loss by position: the first {loss_length} + 1 tokens of the language reference (`pydoc_data.topics`), "
       f"read in chunks of {chunk} tokens into a cache under the policy, compressed between chunks (a chunk's "
       f"queries see the kept tokens plus the chunk's own, causally). Passkey (depth 0.5) and RULER niah_single_1: "
-      f"one prompt per cell, greedy, prefilled in the same chunks then decoded under the policy; a cell is 1/1 "
-      f"(right) or 0/1. Budgets are tokens per layer (per kv head for h2o and snapkv): 1/2, 1/4, 1/8 of the "
-      f"context length of the cell. Bytes: the KV-cache calculator with the policy's own `state_bytes`, 30 layers, "
+      f"greedy, prefilled in the same chunks then decoded under the policy (a decode step sees the kept tokens "
+      f"plus itself; streaming's sees the budget, itself included, as StreamingLLM); a cell is right/prompts. "
+      f"Budgets are tokens per layer (per kv head for h2o and snapkv): 1/2, 1/4, 1/8 of the context length of "
+      f"the cell. Bytes: the KV-cache calculator with the policy's own `state_bytes`, 30 layers, "
       f"one sequence, K/V in float16 (the model ran in float32).", "",
-      *table, "", "![loss and retrieval vs KV bytes](kv_compression.png)", ""])
+      *table, "", "![loss and retrieval vs KV bytes](kv_compression.png)", "",
+      "Seconds per cell (wall clock, as each cell recorded it; `-`: not run):", "", *timing, ""])
   notes = os.path.join(out, "notes.md")  # what was run and what it shows, written by hand beside the cells
   if os.path.isfile(notes):
     with open(notes) as f:
