@@ -1,8 +1,9 @@
 """KV-cache policies by name: how much of the cache generation keeps, and how (`generate(..., kv_policy=, kv_budget=)`).
 
   full       every token's K/V (`longjax.nn.init_cache`, the attention type's own cache).
-  streaming  StreamingLLM: `sinks` first tokens plus a rolling window, budget = sinks + window
-             (`ops.sink_cache_attention`: positions inside the cache).
+  streaming  StreamingLLM: `sinks` first tokens plus a rolling window, budget = sinks + window, positions
+             inside the cache (decode: `ops.sink_cache_attention`, one token at a time; a prefill chunk at
+             once: `ops.kv_compress.sink_chunk_attention`).
   h2o        H2O: the budget // 2 newest tokens plus the heavy hitters (largest accumulated attention).
   snapkv     SnapKV: the observation window plus the positions it attends to most, max-pooled.
   int8, int4 KIVI-style quantized K/V (keys per channel in groups of `group` tokens, values per token); every
@@ -24,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from longjax import ops, positional
+from longjax.ops import kv_compress
 from longjax.config import ConfigError, ModelConfig, RopeConfig
 from longjax.nn import ATTENTION_TYPES
 from longjax.nn import init_cache as init_full_cache
@@ -90,8 +92,12 @@ class Streaming:
 
   def attend(self, rope, q, k, v, positions, valid, cache: ops.CompressedCache):
     del positions  # StreamingLLM assigns positions inside the cache
-    out, state = ops.sink_cache_attention(q, k, v, cache.state, valid, window=self.budget - self.sinks,
-                                          sinks=self.sinks, rope=rope)
+    # A chunk (T > 1) is read at once (`ops.kv_compress.sink_chunk_attention`: kept tokens plus the chunk's own,
+    # then compressed, as the evicting caches do); a decode step, or any call under a dynamic RoPE, one token at
+    # a time.
+    attend = (ops.sink_cache_attention if q.shape[1] == 1 or positional.is_dynamic(rope)
+              else kv_compress.sink_chunk_attention)
+    out, state = attend(q, k, v, cache.state, valid, window=self.budget - self.sinks, sinks=self.sinks, rope=rope)
     return out, cache.replace(state=state)
 
   def cached_tokens(self, length: int) -> int:

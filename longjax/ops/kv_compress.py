@@ -20,6 +20,16 @@ prefill-then-compress). Kept slots are ordered by position, empty slots (positio
     the largest pooled vote. The paper compresses the prompt once and lets generated tokens grow the cache;
     here the same rule runs whenever the C + T candidates exceed C, so the budget holds at every step.
 
+StreamingLLM's cache (`ops.SinkCache`: the `sinks` first tokens plus a rolling window, positions assigned
+inside the cache) takes a decode step as `ops.sink_cache_attention` does, one token at a time. A call with
+T > 1 tokens (a prefill chunk) runs `sink_chunk_attention`: the same protocol as the evicting caches, the
+chunk's queries seeing the kept tokens plus the chunk's own causally, then the cache keeps the sinks and the
+newest `window` tokens. The kept tokens sit at positions 0..kept-1 (sinks first, then the window in order, as
+StreamingLLM places them) and the chunk's tokens follow. The state after the call is exactly the one the
+one-token path leaves; the outputs are the one-token path's wherever no token before the query has been
+evicted (token index < sinks + window); past that, a query in a chunk also sees the tokens evicted earlier in
+its own chunk (up to budget + T - 1 keys, where the one-token path sees exactly the budget).
+
 Quantized caches (`QuantCache`, KIVI: Liu et al. 2024, arXiv 2402.02750, sec. 3): asymmetric min-max
 quantization to `bits` (8 or 4; two 4-bit codes share a byte), keys per channel over groups of `group`
 tokens (the open group stays in full precision until it fills), values per token over its channels. A
@@ -36,7 +46,10 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from longjax.ops.cached import cached_attention, write_heads
+from longjax import positional
+from longjax.config import RopeConfig
+from longjax.ops.cached import cached_attention, write_heads, write_rows
+from longjax.ops.sink_cache import SinkCache, cache_positions
 
 _NO_POSITION = jnp.iinfo(jnp.int32).max  # sorts empty slots last
 
@@ -154,6 +167,39 @@ def evicting_attention(q, k, v, positions, valid, state: EvictingCache, *, rule:
   # An empty candidate picked only to fill the budget stays empty.
   return out, EvictingCache(_take(keys, keep), _take(values, keep), kept_position, _take(score, keep), obs_query,
                             obs_position, length)
+
+
+def sink_chunk_attention(q, k, v, state: SinkCache, valid, *, window: int, sinks: int, rope: RopeConfig):
+  """q [B, T, H, D], k/v [B, T, Hkv, D] before RoPE, valid bool[B, T] -> (out [B, T, H, Dv], state): StreamingLLM's
+  cache read by a whole chunk (see the module docstring). `rope` must be static (`positional.is_dynamic` False):
+  the one-token path turns every key with the frequencies of its own step's length."""
+  if positional.is_dynamic(rope):
+    raise ValueError(f"sink_chunk_attention: rope_type={rope.rope_type} is dynamic; use ops.sink_cache_attention")
+  slots = window + sinks
+  batch, _, kv_heads = k.shape[:3]
+  dtype = state.key.dtype
+  filled = jnp.minimum(state.length, slots)
+  kept_position = cache_positions(state.token, state.length, window=window, sinks=sinks)  # 0..filled-1; -1 empty
+  rank = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1  # the chunk's valid tokens in order
+  new_position = jnp.where(valid, filled[:, None] + rank, -1)
+  freqs = positional.frequencies(rope, q.shape[-1])
+  q_rot = positional.apply_rope(q, jnp.maximum(new_position, 0), freqs)
+  new_key = positional.apply_rope(k.astype(dtype), jnp.maximum(new_position, 0), freqs)
+  old_key = jnp.swapaxes(positional.apply_rope(jnp.swapaxes(state.key, 1, 2), jnp.maximum(kept_position, 0), freqs),
+                         1, 2)
+  keys = jnp.concatenate([old_key, jnp.swapaxes(new_key, 1, 2)], axis=2)
+  values = jnp.concatenate([state.value, jnp.swapaxes(v, 1, 2).astype(dtype)], axis=2)
+  key_position = jnp.concatenate([kept_position, new_position], axis=1)
+  key_position = jnp.broadcast_to(key_position[:, None], (batch, kv_heads, key_position.shape[1]))
+  out, _ = candidate_attention(q_rot, keys, values, key_position, new_position, valid)
+  # The state the one-token path leaves: token n in slot n (a sink) or sinks + (n - sinks) % window, only the
+  # sinks and the newest `window` survive (each in its own slot, so no write collides).
+  token = state.length[:, None] + rank
+  length = state.length + jnp.sum(valid, axis=1, dtype=jnp.int32)
+  slot = jnp.where(token < sinks, token, sinks + (token - sinks) % window)
+  slot = jnp.where(valid & ((token < sinks) | (token >= length[:, None] - window)), slot, slots)
+  return out, SinkCache(write_heads(state.key, slot, k), write_heads(state.value, slot, v),
+                        write_rows(state.token, slot, token), length)
 
 
 # ------------------------------------------------------------------------------------------------ quantized

@@ -26,6 +26,7 @@ import numpy as np
 from absl import flags
 
 from longjax import checkpoint, cli, load
+from longjax.config import ConfigError
 from longjax.evaluate import kv_cache_bytes, passkey, ruler, write_json
 from longjax.evaluate.kv_cache import format_bytes
 from longjax.evaluate.tasks import EvalRun
@@ -144,6 +145,8 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
         value = _read(cells, setting.label, f"{task}_{n}")
         if value is not None:
           entry[f"{task}_{n}"] = value["accuracy"][0][0] if task == "passkey" else value["accuracy"]
+          entry[f"{task}_{n}_prompts"] = value["trials"] if task == "passkey" else value["samples"]
+          entry[f"{task}_{n}_seconds"] = value["seconds"]
     results[setting.label] = entry
   write_json(results, os.path.join(out, "results.json"))
   header = (["method", f"KV bytes at {loss_length}", "of full", f"mean loss 1-{loss_length}", "loss last 1K"]
@@ -157,8 +160,15 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
     for task in ("passkey", "ruler"):
       for n in lengths:
         value = entry.get(f"{task}_{n}")
-        cells_text.append("not run" if value is None else f"{int(round(value))}/1")
+        prompts = entry.get(f"{task}_{n}_prompts")
+        cells_text.append("not run" if value is None else f"{int(round(value * prompts))}/{prompts}")
     table.append("| " + " | ".join(cells_text) + " |")
+  # How long each cell took (seconds, as the cell recorded it; the machine's load varied between runs).
+  keys = [("loss_seconds", f"loss {loss_length // 1024}K")] + [(f"{t}_{n}_seconds", f"{t} {n // 1024}K")
+                                                                 for t in ("passkey", "ruler") for n in lengths]
+  timing = ["| method | " + " | ".join(name for _, name in keys) + " |", "|" + "---|" * (len(keys) + 1)]
+  for label, entry in results.items():
+    timing.append("| " + " | ".join([label] + [f"{entry[k]:.0f}" if k in entry else "-" for k, _ in keys]) + " |")
   _plot(results, loss_length, os.path.join(out, "kv_compression.png"))
   report = "\n".join([
       "# KV-cache compression on SmolLM2-135M", "",
@@ -167,11 +177,13 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
       f"Loss by position: the first {loss_length} + 1 tokens of the language reference (`pydoc_data.topics`), "
       f"read in chunks of {chunk} tokens into a cache under the policy, compressed between chunks (a chunk's "
       f"queries see the kept tokens plus the chunk's own, causally). Passkey (depth 0.5) and RULER niah_single_1: "
-      f"one prompt per cell, greedy, prefilled in the same chunks then decoded under the policy; a cell is 1/1 "
-      f"(right) or 0/1. Budgets are tokens per layer (per kv head for h2o and snapkv): 1/2, 1/4, 1/8 of the "
-      f"context length of the cell. Bytes: the KV-cache calculator with the policy's own `state_bytes`, 30 layers, "
+      f"greedy, prefilled in the same chunks then decoded under the policy (a decode step sees the kept tokens "
+      f"plus itself; streaming's sees the budget, itself included, as StreamingLLM); a cell is right/prompts. "
+      f"Budgets are tokens per layer (per kv head for h2o and snapkv): 1/2, 1/4, 1/8 of the context length of "
+      f"the cell. Bytes: the KV-cache calculator with the policy's own `state_bytes`, 30 layers, "
       f"one sequence, K/V in float16 (the model ran in float32).", "",
-      *table, "", "![loss and retrieval vs KV bytes](kv_compression.png)", ""])
+      *table, "", "![loss and retrieval vs KV bytes](kv_compression.png)", "",
+      "Seconds per cell (wall clock, as each cell recorded it; `-`: not run):", "", *timing, ""])
   notes = os.path.join(out, "notes.md")  # what was run and what it shows, written by hand beside the cells
   if os.path.isfile(notes):
     with open(notes) as f:
@@ -210,28 +222,54 @@ def _plot(results: dict, loss_length: int, path: str) -> None:
   plt.close(fig)
 
 
-_WORKDIR = flags.DEFINE_string("workdir", "real_out/smollm2",
-                               "The imported SmolLM2 workdir (read only; `make real-model` imports it there).")
-_CELLS = flags.DEFINE_string("cells", "docs/kv_compression/cells",
-                             "Where the cells go (the committed ones by default: a run adds only the missing).")
-_OUT = flags.DEFINE_string("out", "docs/kv_compression", "Where report.md, results.json and the plot go.")
-_TASKS = flags.DEFINE_list("tasks", list(TASK_ORDER), "Tasks, in the order they run.")
-_LENGTHS = flags.DEFINE_list("lengths", ["4096", "8192"], "Passkey and RULER lengths.")
-_LOSS_LENGTH = flags.DEFINE_integer("loss_length", 8192, "Loss by position length.")
-_CHUNK = flags.DEFINE_integer("chunk", 1024, "Prefill chunk (compression between chunks).")
-_FRACTIONS = flags.DEFINE_list("fractions", [str(f) for f in FRACTIONS], "Budgets to run: context // these.")
-_POLICIES = flags.DEFINE_list("policies", None, "Policies to run (default: all).")
-_REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only rebuild the report from the cells on disk.")
+def define_flags() -> None:
+  """The command line's flags, defined only when the module runs as a program (`python -m ...`): importing it
+  (tests, other mains) defines none, so it can sit beside any other main in one process."""
+  flags.DEFINE_string("workdir", "real_out/smollm2",
+                      "The imported SmolLM2 workdir (read only; `make real-model` imports it there).")
+  flags.DEFINE_string("cells", "docs/kv_compression/cells",
+                      "Where the cells go (the committed ones by default: a run adds only the missing).")
+  flags.DEFINE_string("out", "docs/kv_compression", "Where report.md, results.json and the plot go.")
+  flags.DEFINE_list("tasks", list(TASK_ORDER), "Tasks, in the order they run.")
+  flags.DEFINE_list("lengths", ["4096", "8192"], "Passkey and RULER lengths.")
+  flags.DEFINE_integer("loss_length", 8192, "Loss by position length.")
+  flags.DEFINE_integer("chunk", 1024, "Prefill chunk (compression between chunks).")
+  flags.DEFINE_list("fractions", [str(f) for f in FRACTIONS], "Budgets to run: context // these.")
+  flags.DEFINE_list("policies", None, "Policies to run (default: all).")
+  flags.DEFINE_bool("report_only", False, "Only rebuild the report from the cells on disk.")
+
+
+def _ints(name: str, values: list[str], allowed: tuple[int, ...] | None = None) -> tuple[int, ...]:
+  """--name as positive whole numbers (from `allowed` if given), or one clear line (ConfigError)."""
+  try:
+    out = tuple(int(v) for v in values)
+  except ValueError:
+    out = ()
+  if not out or any(v < 1 or (allowed is not None and v not in allowed) for v in out):
+    rule = f"one or more of {', '.join(map(str, allowed))}" if allowed else "positive whole numbers"
+    raise ConfigError(f"--{name}={','.join(values)} is invalid: allowed {rule}")
+  return out
+
+
+def _names(name: str, values: list[str], allowed: tuple[str, ...]) -> tuple[str, ...]:
+  if not values or any(v not in allowed for v in values):
+    raise ConfigError(f"--{name}={','.join(values)} is invalid: allowed one or more of {', '.join(allowed)}")
+  return tuple(values)
 
 
 def main(argv):
   del argv
-  lengths = tuple(int(n) for n in _LENGTHS.value)
-  if not _REPORT_ONLY.value:
-    run_cells(_WORKDIR.value, _CELLS.value, tuple(_TASKS.value), lengths, _LOSS_LENGTH.value, _CHUNK.value,
-              tuple(int(f) for f in _FRACTIONS.value), None if _POLICIES.value is None else tuple(_POLICIES.value))
-  print(write_report(_WORKDIR.value, _CELLS.value, _OUT.value, lengths, _LOSS_LENGTH.value, _CHUNK.value))
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  lengths = _ints("lengths", FLAGS.lengths)
+  loss_length, chunk = _ints("loss_length", [str(FLAGS.loss_length)])[0], _ints("chunk", [str(FLAGS.chunk)])[0]
+  if not FLAGS.report_only:
+    fractions = _ints("fractions", FLAGS.fractions, FRACTIONS)
+    policies = None if FLAGS.policies is None else _names("policies", FLAGS.policies, tuple(kv_policies.KV_POLICIES))
+    run_cells(FLAGS.workdir, FLAGS.cells, _names("tasks", FLAGS.tasks, TASK_ORDER), lengths, loss_length, chunk,
+              fractions, policies)
+  print(write_report(FLAGS.workdir, FLAGS.cells, FLAGS.out, lengths, loss_length, chunk))
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main)

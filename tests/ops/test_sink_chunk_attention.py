@@ -1,0 +1,110 @@
+"""StreamingLLM's cache read a chunk at a time (`ops.kv_compress.sink_chunk_attention`) against a NumPy loop of its
+definition (a query sees the sinks and newest `window` tokens kept before its chunk, at positions 0..kept-1, plus
+its chunk's tokens up to itself at the positions that follow) and against the one-token path
+(`ops.sink_cache_attention`): the same state after every chunk, the same outputs while no token before the query
+has been evicted, different ones after (the chunk's queries also see the tokens evicted within the chunk)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from longjax import ops
+from longjax.config import RopeConfig
+from longjax.ops.kv_compress import sink_chunk_attention
+
+B, H, HKV, D, SINKS, WINDOW = 2, 4, 2, 8, 2, 5
+SLOTS = SINKS + WINDOW
+CHUNKS = (3, 6, 4, 7)  # 20 tokens; the cache (7 slots) first evicts in the second chunk
+THETA = 10000.0
+
+
+def _inputs(seed=0):
+  total = sum(CHUNKS)
+  q, k, v = (np.asarray(jax.random.normal(key, (B, total, h, D))) for key, h in
+             zip(jax.random.split(jax.random.key(seed), 3), (H, HKV, HKV)))
+  valid = np.ones((B, total), bool)
+  valid[1, :2] = False  # row 1 left-padded: its tokens are numbered from the third
+  return q, k, v, valid
+
+
+def _rope(x, position):
+  """NumPy RoPE (rotate-half pairing) of x [..., D] at an integer position."""
+  inv_freq = THETA ** (-np.arange(0, D, 2) / D)
+  angles = np.concatenate([position * inv_freq] * 2)
+  half = np.concatenate([-x[..., D // 2:], x[..., :D // 2]], axis=-1)
+  return x * np.cos(angles) + half * np.sin(angles)
+
+
+def _reference(q, k, v, valid):
+  """out [B, T, H, D]: the chunk protocol as a loop over rows, queries and heads (zeros where not valid)."""
+  out = np.zeros(q.shape)
+  for b in range(B):
+    seen = []  # indices into the row of the valid tokens so far
+    start = 0
+    for size in CHUNKS:
+      kept = seen[:SINKS] + seen[SINKS:][-WINDOW:] if len(seen) > SLOTS else list(seen)
+      chunk = [t for t in range(start, start + size) if valid[b, t]]
+      for i, t in enumerate(chunk):
+        keys = kept + chunk[:i + 1]  # at positions 0..len(keys)-1 in this order; the query is the last
+        for h in range(H):
+          g = h // (H // HKV)
+          logits = np.array([_rope(q[b, t, h], len(keys) - 1) @ _rope(k[b, j, g], p) for p, j in enumerate(keys)])
+          w = np.exp(logits / np.sqrt(D) - (logits / np.sqrt(D)).max())
+          out[b, t, h] = (w / w.sum()) @ v[b, keys, g]
+      seen += chunk
+      start += size
+  return out
+
+
+def _by_chunks(attend, q, k, v, valid, window=WINDOW):
+  state = ops.init_sink_cache(B, HKV, D, window=window, sinks=SINKS, dtype=jnp.float32)
+  outs, states, start = [], [], 0
+  for size in CHUNKS:
+    part = slice(start, start + size)
+    out, state = attend(jnp.asarray(q[:, part]), jnp.asarray(k[:, part]), jnp.asarray(v[:, part]), state,
+                        jnp.asarray(valid[:, part]), window=window, sinks=SINKS, rope=RopeConfig())
+    outs.append(np.asarray(out))
+    states.append(state)
+    start += size
+  return np.concatenate(outs, axis=1), states
+
+
+def test_chunks_match_the_numpy_definition_and_leave_the_one_token_paths_state():
+  q, k, v, valid = _inputs()
+  chunked, chunked_states = _by_chunks(sink_chunk_attention, q, k, v, valid)
+  np.testing.assert_allclose(np.where(valid[..., None, None], chunked, 0), _reference(q, k, v, valid), atol=2e-5)
+  one_token, token_states = _by_chunks(ops.sink_cache_attention, q, k, v, valid)
+  for got, want in zip(chunked_states, token_states):  # the same kept tokens, slots and lengths, bit for bit
+    for a, b in zip(got, want):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  index = np.cumsum(valid, axis=1) - 1  # each token's index in its row
+  same = valid & (index < SLOTS)  # no token before the query evicted: the two definitions agree
+  np.testing.assert_allclose(chunked[same], one_token[same], atol=2e-6)
+  differ = valid & (index >= SLOTS)
+  gap = np.abs(chunked - one_token).max(axis=(2, 3))
+  assert differ.sum() > 10 and np.all(gap[differ] > 1e-4)  # every later query sees more than the budget
+
+
+def test_one_token_chunks_with_one_slot_less_are_the_one_token_path():
+  """Chunks of one token see the kept tokens plus themselves: the one-token path with a window one larger."""
+  q, k, v, valid = _inputs(seed=1)
+  total = q.shape[1]
+  state = ops.init_sink_cache(B, HKV, D, window=WINDOW - 1, sinks=SINKS, dtype=jnp.float32)
+  outs = []
+  for t in range(total):
+    out, state = sink_chunk_attention(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], state, valid[:, t:t + 1],
+                                      window=WINDOW - 1, sinks=SINKS, rope=RopeConfig())
+    outs.append(np.asarray(out))
+  want, _ = ops.sink_cache_attention(q, k, v, ops.init_sink_cache(B, HKV, D, window=WINDOW, sinks=SINKS,
+                                                                  dtype=jnp.float32), valid, window=WINDOW,
+                                     sinks=SINKS, rope=RopeConfig())
+  np.testing.assert_allclose(np.concatenate(outs, 1)[valid], np.asarray(want)[valid], atol=2e-6)
+
+
+def test_a_dynamic_rope_is_refused():
+  q, k, v, valid = _inputs()
+  state = ops.init_sink_cache(B, HKV, D, window=WINDOW, sinks=SINKS, dtype=jnp.float32)
+  with pytest.raises(ValueError, match="rope_type=dynamic is dynamic"):
+    sink_chunk_attention(q[:, :3], k[:, :3], v[:, :3], state, valid[:, :3], window=WINDOW, sinks=SINKS,
+                         rope=RopeConfig(rope_type="dynamic", factor=2.0))
