@@ -79,6 +79,8 @@ class AttentionType:
       `longjax.inference.kv_policies`).
   sequence_parallel: its training call can run context-parallel (config.SEQUENCE_PARALLEL_TYPES).
   state_follows_heads: its recurrent state is per KV head, so a tensor-parallel mesh cuts it as it cuts K/V.
+  config: its sub-config's class (`model.attention.<type>`, longjax.config.attention.SUB_CONFIGS), which validates
+      its own keys; None for a type without keys of its own.
   """
 
   apply: Callable[..., tuple[jax.Array, Any]]
@@ -91,6 +93,7 @@ class AttentionType:
   sequence_parallel: bool = False
   compressible: bool = False
   state_follows_heads: bool = False
+  config: type | None = None
 
 
 def frequencies(rope: RopeConfig, head_dim: int, seq_len) -> positional.Frequencies:

@@ -17,7 +17,7 @@ class Attention(nn.Module):
 
   `attention.type` picks the attention op and its state from `ATTENTION_TYPES`; `state` None is a
   whole-sequence call. `train` selects LongLoRA's behaviour for type s2: shifted sparse attention
-  in training, full attention at evaluation unless `attention.s2_at_eval`.
+  in training, full attention at evaluation unless `attention.s2.at_eval`.
   """
 
   num_heads: int
