@@ -91,7 +91,8 @@ class Streaming:
   def attend(self, rope, q, k, v, positions, valid, cache: ops.CompressedCache):
     del positions  # StreamingLLM assigns positions inside the cache
     out, state = ops.sink_cache_attention(q, k, v, cache.state, valid, window=self.budget - self.sinks,
-                                          sinks=self.sinks, rope=rope)
+                                          sinks=self.sinks, frequencies_at=lambda n: positional.frequencies_per_row(
+                                              rope, q.shape[-1], n))
     return out, cache.replace(state=state)
 
   def cached_tokens(self, length: int) -> int:

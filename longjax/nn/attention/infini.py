@@ -5,7 +5,7 @@ import flax.linen as nn
 
 from longjax import ops
 from longjax.config import InfiniConfig
-from longjax.nn.attention.common import AttentionInputs, AttentionType, frequencies, valid_tokens
+from longjax.nn.attention.common import AttentionInputs, AttentionType, frequencies, frequencies_at, valid_tokens
 
 _FLOAT32 = 4
 
@@ -17,7 +17,8 @@ def apply(module, cfg, rope, x: AttentionInputs, state, train):
   gate = module.param("gate", nn.with_logical_partitioning(nn.initializers.zeros, ("heads",)), (heads,),
                       module.param_dtype)
   if state is not None:
-    return ops.infini_cache_attention(x.q, x.k, x.v, gate, state, valid_tokens(x), update=cfg.infini.update, rope=rope)
+    return ops.infini_cache_attention(x.q, x.k, x.v, gate, state, valid_tokens(x), update=cfg.infini.update,
+                                      frequencies_at=frequencies_at(rope, x.q.shape[-1]))
   freqs = frequencies(rope, x.q.shape[-1], x.seq_len)
   out, _ = ops.infini_attention(x.q, x.k, x.v, gate, segment_len=cfg.infini.segment_len, update=cfg.infini.update, freqs=freqs,
                                 impl=cfg.impl)

@@ -3,16 +3,17 @@ inside the cache (`ops.SinkCache`), constant memory: min(length, sinks + window)
 
 from longjax import ops
 from longjax.config import SlidingConfig
-from longjax.nn.attention.common import AttentionInputs, AttentionType, dense, rotated, valid_tokens
+from longjax.nn.attention.common import AttentionInputs, AttentionType, dense, frequencies_at, rotated, valid_tokens
 
 
 def apply(module, cfg, rope, x: AttentionInputs, state, train):
   del module, train
   if state is not None:
-    return ops.sink_cache_attention(x.q, x.k, x.v, state, valid_tokens(x), window=cfg.sliding.window, sinks=cfg.sliding.sinks,
-                                    rope=rope)
+    return ops.sink_cache_attention(x.q, x.k, x.v, state, valid_tokens(x), window=cfg.sliding.window,
+                                    sinks=cfg.sliding.sinks, frequencies_at=frequencies_at(rope, x.q.shape[-1]))
   _, q, k = rotated(rope, x)
-  return dense(cfg, q, k, x.v, x.segment_ids, window=cfg.sliding.window, sinks=cfg.sliding.sinks), None
+  return dense(cfg, q, k, x.v, x.segment_ids, balanced=x.balanced, window=cfg.sliding.window,
+               sinks=cfg.sliding.sinks), None
 
 
 def init_state(cfg, batch, max_length, kv_heads, head_dim, dtype):
