@@ -3,9 +3,9 @@
 `from_config_dict(cd)` is called once at the top of a run, `model_config_from_dict` reads a checkpoint's model,
 and `merge_onto` applies a file's changed keys onto a loaded run. Modules receive their typed section
 (`ModelConfig`, `RopeConfig`, `AttentionConfig`, ...), never the ConfigDict. `model.attention` and its per-type
-sub-configs are `longjax.config.attention`; the attention types' code lives in `longjax.nn.attention` (a test keeps
-the registry and ATTENTION_TYPES equal). Every error a user can cause is a `ConfigError` whose one-line message names the key, the bad value and
-what is allowed.
+sub-configs are `longjax.config.attention`; the attention types' code lives in `longjax.nn.attention` (a test
+keeps the registry and ATTENTION_TYPES equal). Every error a user can cause is a `ConfigError` (`config.checks`)
+whose one-line message names the key, the bad value and what is allowed.
 """
 
 from __future__ import annotations

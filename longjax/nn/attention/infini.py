@@ -20,8 +20,8 @@ def apply(module, cfg, rope, x: AttentionInputs, state, train):
     return ops.infini_cache_attention(x.q, x.k, x.v, gate, state, valid_tokens(x), update=cfg.infini.update,
                                       frequencies_at=frequencies_at(rope, x.q.shape[-1]))
   freqs = frequencies(rope, x.q.shape[-1], x.seq_len)
-  out, _ = ops.infini_attention(x.q, x.k, x.v, gate, segment_len=cfg.infini.segment_len, update=cfg.infini.update, freqs=freqs,
-                                impl=cfg.impl)
+  out, _ = ops.infini_attention(x.q, x.k, x.v, gate, segment_len=cfg.infini.segment_len, update=cfg.infini.update,
+                                freqs=freqs, impl=cfg.impl)
   return out, None
 
 

@@ -27,8 +27,8 @@ def length_problem(cfg, length: int) -> str | None:
   group = int(cfg.s2.group_size_ratio * length)
   if group < 2 or group % 2 or length % group:
     return (f"model.attention.type=s2 with s2.at_eval=True cuts it into groups of s2.group_size_ratio="
-            f"{cfg.s2.group_size_ratio} x {length} = {group} tokens, which must be an even divisor of it; allowed: such "
-            "lengths, or model.attention.s2.at_eval=False")
+            f"{cfg.s2.group_size_ratio} x {length} = {group} tokens, which must be an even divisor of it; allowed: "
+            "such lengths, or model.attention.s2.at_eval=False")
   return None
 
 
