@@ -114,6 +114,8 @@ def test_merge_onto_a_new_type_drops_the_old_types_settings():
   assert merged.model.attention == AttentionConfig.of("rerope", window=32)
   same = merge_onto(trained, load_config("tiny.py"), ("model.attention",))  # the type unchanged: all kept
   assert same.model.attention == trained.model.attention
+  old_file = ml_collections.ConfigDict(_old_style(Config().to_dict(), {}))  # flat keys at their defaults
+  assert merge_onto(trained, old_file, ("model.attention",)).model.attention == trained.model.attention
 
 
 def test_plan_searches_other_types_with_their_own_keys():

@@ -533,6 +533,9 @@ def merge_onto(base: Config | dict, override: ml_collections.ConfigDict | dict, 
   merged = base.to_dict() if isinstance(base, Config) else _plain(base)
   base_type = merged["model"]["attention"].get("type", "full")
   defaults = _flatten(Config().to_dict())
+  for flat, owners in FLAT_KEYS.items():  # an old file's flat keys at their defaults set nothing either
+    kind, key = next(iter(owners.items()))
+    defaults[f"model.attention.{flat}"] = getattr(SUB_CONFIGS[kind](), key)
   explicit = set(explicit)
   changed = []
   for key, value in _flatten(_plain(override)).items():
