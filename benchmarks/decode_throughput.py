@@ -58,8 +58,8 @@ SHAPE = ModelConfig(vocab_size=32000, hidden_size=256, intermediate_size=688, nu
                     num_kv_heads=2)
 TYPES = {
     "full": AttentionConfig(type="full"),
-    "sliding": AttentionConfig(type="sliding", window=1024, sinks=4),  # StreamingLLM's 4 sinks
-    "infini": AttentionConfig(type="infini", segment_len=1024),
+    "sliding": AttentionConfig.of("sliding", window=1024, sinks=4),  # StreamingLLM's 4 sinks
+    "infini": AttentionConfig.of("infini", segment_len=1024),
 }
 CPU_LENGTHS = "1024,2048,4096,8192,16384,32768"
 ACCELERATOR_LENGTHS = "1024,4096,16384,32768,65536,131072"

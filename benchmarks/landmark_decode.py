@@ -33,7 +33,7 @@ from longjax.nn import Llama, init_cache, init_params  # noqa: E402
 
 SHAPE = dict(vocab_size=32000, hidden_size=256, intermediate_size=688, num_layers=4, num_heads=4, num_kv_heads=2)
 TYPES = {"full": AttentionConfig(type="full"),
-         "landmark": AttentionConfig(type="landmark", landmark_block=63, landmark_topk=4, landmark_id=31999)}
+         "landmark": AttentionConfig.of("landmark", block=63, topk=4, id=31999)}
 
 
 def filled_cache(config: ModelConfig, length: int, dtype) -> dict:

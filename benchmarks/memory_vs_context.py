@@ -28,8 +28,10 @@ MEMORIES = {"16GiB": 16 * 2**30, "80GiB": 80 * 2**30}
 ATTENTIONS = ("full/blockwise", "full/xla", "sliding/blockwise", "s2/blockwise", "infini/blockwise")
 REMATS = ("none", "dots_with_no_batch_dims", "save_attention_out", "full")
 # Per attention type: the settings its rows use (a window and segment length a 7B long-context run would pick).
-SETTINGS = {"model.attention.window": 4096, "model.attention.sinks": 4, "model.attention.segment_len": 2048,
-            "model.attention.group_size_ratio": 0.25}
+TYPE_SETTINGS = {"sliding": {"model.attention.sliding.window": 4096, "model.attention.sliding.sinks": 4},
+                 "infini": {"model.attention.infini.segment_len": 2048},
+                 "s2": {"model.attention.s2.group_size_ratio": 0.25}}
+SETTINGS = {key: value for values in TYPE_SETTINGS.values() for key, value in values.items()}
 GROWTH_LENGTHS = (4096, 32768)  # the "8x the length, at most ~9x the memory" check
 
 
@@ -39,7 +41,7 @@ def _config(fsdp: int, sequence: int, batch: int):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config = from_config_dict(load_file(os.path.join(root, "configs", "llama2_7b.py")))
   return plan.with_values(config, {"mesh.data": 1, "mesh.fsdp": fsdp, "mesh.tensor": 1, "mesh.sequence": sequence,
-                                   "train.global_batch_size": batch, **SETTINGS})
+                                   "train.global_batch_size": batch})
 
 
 def _row(search: plan.Search) -> dict:
@@ -78,7 +80,7 @@ def main():
       row = {"attention": attention, "remat": remat}
       for name, limit in MEMORIES.items():  # compiles are remembered: the 80 GiB search reuses the 16 GiB one's
         ((_, _, search),) = plan.search_lengths(config, [attention], [remat], limit, args.step, args.max_seq_len,
-                                                report)
+                                                report, settings=TYPE_SETTINGS)
         row[name] = _row(search)
       rows.append(row)
       _write(args.out, {**result, "elapsed_s": round(time.perf_counter() - start)})  # an interrupted run keeps rows

@@ -62,31 +62,41 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.loss_chunk = 0
   model.rope = rope_config()
 
+  # What every attention type reads; each type's own keys are in its section below (longjax/config/attention.py).
+  # Keys of a type other than `type` must stay at their defaults. The flat keys of earlier versions
+  # (attention.window, attention.landmark_id, ...) still work: they go to the picked type's section.
   attention = model.attention = ml_collections.ConfigDict()
   attention.type = "full"  # full | s2 | sliding | infini | landmark | self_extend | dca | rerope
   attention.impl = "auto"  # auto | xla | cudnn | pallas | blockwise | naive
   attention.kernel_block = 512  # tile of the blockwise and KV-cache kernels: query and key block length
-  # sliding: keys with i - window < j <= i; self_extend, rerope: neighbours i - j < window keep true positions
-  attention.window = config_dict.placeholder(int)
-  attention.sinks = 0  # sliding: also keep the first `sinks` keys (StreamingLLM)
-  attention.group_size_ratio = 0.25  # s2: group size = ratio * sequence length (LongLoRA)
-  attention.s2_at_eval = False  # s2: LongLoRA trains sparse and evaluates full attention
-  attention.segment_len = 256  # infini: tokens per segment
-  attention.update = "linear"  # infini: linear | delta
-  attention.cross_documents = True  # False: packed documents do not attend to each other
   # Context parallelism when the mesh's sequence axis is > 1 (ops/context_parallel.py): none (XLA gathers K/V
   # implicitly) | all_gather (gather K/V, local queries) | ring (K/V blocks passed around the ring).
   attention.context_parallel = "none"
   attention.load_balance = True  # with context_parallel: each shard holds a chunk from the front and one from the back
-  attention.landmark_block = 63  # landmark: ordinary tokens a block; packing and generate add a landmark after each
-  attention.landmark_topk = 4  # landmark: blocks each head retrieves at inference (the paper's k = 4)
-  # landmark: the reserved token id of the landmark token, one the tokenizer never produces (and < vocab_size)
-  attention.landmark_id = config_dict.placeholder(int)
-  attention.group_size = 8  # self_extend: beyond the window, query i // G + window - window // G, key j // G
-  attention.chunk_size = 0  # dca: chunk_size c <= pre-trained length; chunks of c - local_window tokens
-  attention.local_window = 0  # dca: the successive-chunk window w (chunk length c - w)
+  attention.cross_documents = True  # False: packed documents do not attend to each other (full, sliding, landmark)
   # log-n scaling, any type and rope: queries scaled by max(1, log(position + 1) / log(logn_length)); 0 is off
   attention.logn_length = 0
+  s2 = attention.s2 = ml_collections.ConfigDict()  # LongLoRA's shifted sparse attention
+  s2.group_size_ratio = 0.25  # group size = ratio * sequence length
+  s2.at_eval = False  # evaluate as it trains; False: full attention at evaluation, as LongLoRA
+  sliding = attention.sliding = ml_collections.ConfigDict()  # a window of keys plus sinks (StreamingLLM)
+  sliding.window = config_dict.placeholder(int)  # keys j with i - window < j <= i; needed by type=sliding
+  sliding.sinks = 0  # also keep the first `sinks` keys
+  infini = attention.infini = ml_collections.ConfigDict()  # Infini-attention
+  infini.segment_len = 256  # tokens per segment
+  infini.update = "linear"  # linear | delta
+  landmark = attention.landmark = ml_collections.ConfigDict()  # landmark attention
+  landmark.block = 63  # ordinary tokens a block; packing and generate add a landmark after each
+  landmark.topk = 4  # blocks each head retrieves at inference (the paper's k = 4)
+  landmark.id = config_dict.placeholder(int)  # the reserved landmark token id: never made by the tokenizer, < vocab
+  self_extend = attention.self_extend = ml_collections.ConfigDict()  # Self-Extend, training-free
+  self_extend.group_size = 8  # beyond the window: query i // G + window - window // G, key j // G
+  self_extend.window = config_dict.placeholder(int)  # neighbours i - j < window keep their positions; needed
+  dca = attention.dca = ml_collections.ConfigDict()  # Dual Chunk Attention, training-free
+  dca.chunk_size = 0  # c <= pre-trained length, needed; chunks of c - local_window tokens
+  dca.local_window = 0  # the successive-chunk window w (chunk length c - w)
+  rerope = attention.rerope = ml_collections.ConfigDict()  # ReRoPE, training-free
+  rerope.window = config_dict.placeholder(int)  # neighbours i - j < window keep positions, farther sit at window
 
   mega = model.megalodon = ml_collections.ConfigDict()  # block=megalodon only (longjax/nn/megalodon.py)
   mega.z_dim = 256  # shared query/key projection width, split over model.num_heads

@@ -25,9 +25,9 @@ def get_config(arg=None):
   attention = model.attention
   attention.type = args.attention
   if args.attention == "landmark":
-    attention.landmark_block = 31
-    attention.landmark_topk = 4
-    attention.landmark_id = 259
+    attention.landmark.block = 31
+    attention.landmark.topk = 4
+    attention.landmark.id = 259
   config.train.checkpoint_every = args.steps
   config.eval.lengths = (256, 512, 1024, 2048)
   return config

@@ -31,9 +31,11 @@ def get_config(arg=None):
       model.rope.short_factor = (1.0,) * 8
       model.rope.long_factor = tuple(1.0 + 3.0 * i / 7 for i in range(8))
   model.attention.type = args.attention
-  model.attention.window = 64 if args.attention == "sliding" else None
-  model.attention.sinks = 4 if args.attention == "sliding" else 0
-  model.attention.segment_len = 64
+  if args.attention == "sliding":
+    model.attention.sliding.window = 64
+    model.attention.sliding.sinks = 4
+  if args.attention == "infini":
+    model.attention.infini.segment_len = 64
 
   config.train.seq_len = 128
   config.train.global_batch_size = 8

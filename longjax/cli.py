@@ -8,6 +8,7 @@ to stderr and exits with status 2, without a traceback.
 import glob
 import logging
 import os
+import re
 import sys
 from typing import Callable, Mapping
 
@@ -53,6 +54,22 @@ def override_keys(name: str = "config") -> tuple[str, ...]:
   return tuple(flag[len(prefix):] for flag in flags.FLAGS if flag.startswith(prefix) and flags.FLAGS[flag].present)
 
 
+def unknown_key_line(error: BaseException, argv: list[str]) -> str:
+  """One line for an override naming a key the locked config lacks: ml_collections raises a KeyError (perhaps
+  inside an AttributeError) whose message quotes the key and may add `Did you mean "window" instead of "windw"?`."""
+  inner = error.args[0] if error.args else error
+  if isinstance(inner, BaseException):
+    inner = inner.args[0] if inner.args else inner
+  text = str(inner)
+  found = re.search(r"""["'](\w+)["']""", text)
+  name = found.group(1) if found else text.splitlines()[0] if text else "?"
+  given = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.") and
+                a.split("=", 1)[0].split(".")[-1] == name), f"--config...{name}")
+  suggestion = re.search(r'Did you mean "(\w+)"', text)
+  hint = f"; did you mean {suggestion.group(1)!r}?" if suggestion else ""
+  return f"{given}: unknown config key {name!r}{hint}; every key is listed, with a comment, in configs/base.py"
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
@@ -62,10 +79,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except ConfigError as e:
     _fail(str(e))
   except (AttributeError, KeyError) as e:  # an override naming a key the locked config does not have
-    name = str(e.args[0] if e.args else e).strip("'\"")
-    given = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.") and
-                  a.split("=", 1)[0].split(".")[-1] == name), f"--config...{name}")
-    _fail(f"{given}: unknown config key {name!r}; every key is listed, with a comment, in configs/base.py")
+    _fail(unknown_key_line(e, argv))
   except Exception as e:  # anything else parsing raised: report it in one line
     _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
 

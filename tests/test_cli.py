@@ -1,9 +1,12 @@
-"""cli.keep_host_buffers: malloc keeps XLA CPU's per-call buffers instead of mapping them afresh each call."""
+"""cli: malloc keeps XLA CPU's per-call buffers instead of mapping them afresh each call; a misspelled override key
+is one line."""
 
 import os
 import subprocess
 import sys
 import textwrap
+
+import pytest
 
 from longjax import cli
 
@@ -51,3 +54,21 @@ def test_skipped_where_an_accelerator_is_named_or_when_turned_off(monkeypatch):
                           ("/dev/vfio/0", "vfio")):  # NVIDIA, AMD, TPU v4/v5 hosts
     monkeypatch.setattr(cli.glob, "glob", lambda p, device=device, pattern=pattern: [device] if pattern in p else [])
     assert not cli.keep_host_buffers({}), device
+
+
+def test_an_unknown_override_key_is_one_line_with_the_suggestion():
+  """A misspelled --config.KEY: the locked ConfigDict's error, raw or as absl's override wraps it."""
+  import ml_collections
+
+  config = ml_collections.ConfigDict({"model": {"rope": {"factor": 2.0}}})
+  config.lock()
+  with pytest.raises((AttributeError, KeyError)) as info:
+    config.model.rope.factr = 3.0
+  wrapped = AttributeError(KeyError("'factr'\nDid you mean \"factor\" instead of \"factr\"?"))
+  argv = ["main", "--config=tiny.py", "--config.model.rope.factr=3"]
+  for error in (info.value, wrapped):
+    assert cli.unknown_key_line(error, argv) == (
+        "--config.model.rope.factr: unknown config key 'factr'; did you mean 'factor'?; every key is listed, with a "
+        "comment, in configs/base.py")
+  assert cli.unknown_key_line(KeyError("'nope'"), ["main"]) == (
+      "--config...nope: unknown config key 'nope'; every key is listed, with a comment, in configs/base.py")

@@ -1,5 +1,6 @@
-"""The layout's rules: no import cycles among longjax's modules, and no module outside the attention package (and
-the config schema, which lists the allowed values) chooses behaviour by attention type."""
+"""The layout's rules: no import cycles among longjax's modules, no module outside the attention package (and
+the config schema, which lists the allowed values) chooses behaviour by attention type, and the ops take arrays
+and plain numbers, never a config."""
 
 import ast
 import pathlib
@@ -73,3 +74,23 @@ def test_only_the_attention_package_branches_on_the_attention_type():
   offenders = [str(path.relative_to(ROOT.parent)) for path in ROOT.rglob("*.py")
                if not str(path.relative_to(ROOT.parent)).startswith(allowed) and branch.search(path.read_text())]
   assert not offenders
+
+
+def test_no_op_imports_the_config():
+  """longjax/ops are pure array functions: what a config says reaches them as arrays, numbers or functions."""
+  modules = _modules()
+  offenders = sorted(name for name, path in modules.items() if name.startswith("longjax.ops")
+                     and any(dep == "longjax.config" or dep.startswith("longjax.config.")
+                             for dep in _imports(path, set(modules)) | _all_imports(path)))
+  assert not offenders
+
+
+def _all_imports(path: pathlib.Path) -> set[str]:
+  """Every module name an import statement anywhere in the file names (inside functions too)."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      found.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      found.update({node.module} | {f"{node.module}.{alias.name}" for alias in node.names})
+  return found

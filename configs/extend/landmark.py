@@ -23,15 +23,15 @@ def get_config(arg=None):
   config = model_config(args.runlocal)
   attention = config.model.attention
   attention.type = "landmark"
-  attention.landmark_topk = 4
+  attention.landmark.topk = 4
   if args.runlocal:  # the tiny model with the byte tokenizer: 259 ids, the landmark 259
     config.model.vocab_size = 260
-    attention.landmark_id = 259
-    attention.landmark_block = 15
+    attention.landmark.id = 259
+    attention.landmark.block = 15
     return config
   config.model.vocab_size = 32001
-  attention.landmark_id = 32000
-  attention.landmark_block = 63
+  attention.landmark.id = 32000
+  attention.landmark.block = 63
   config.train.seq_len = args.seq_len
   config.train.global_batch_size = 128
   config.train.num_steps = 15000

@@ -10,8 +10,10 @@ import sys
 from typing import Any, Iterator
 
 import ml_collections
+from ml_collections import config_dict
 
-from longjax.config.schema import ConfigError, _require
+from longjax.config.attention import FLAT_KEY_TYPES
+from longjax.config.checks import ConfigError, _require
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -120,7 +122,21 @@ def load_file(spec: str) -> ml_collections.ConfigDict:
   if not isinstance(config, ml_collections.ConfigDict):
     raise ConfigError(f"config file {spec!r} is invalid: get_config returned {type(config).__name__}, "
                       "not a ConfigDict")
+  _add_flat_attention_keys(config)
   return config
+
+
+def _add_flat_attention_keys(config: ml_collections.ConfigDict) -> None:
+  """Give `model.attention` each flat key of earlier versions it lacks, unset, so an old override
+  (`--config.model.attention.window=4096`) still finds its key; the schema maps it (`attention.from_flat_keys`)."""
+  model = config.get("model")
+  attention = model.get("attention") if isinstance(model, config_dict.ConfigDict) else None
+  if not isinstance(attention, config_dict.ConfigDict):
+    return
+  with attention.unlocked():
+    for key, value_type in FLAT_KEY_TYPES.items():
+      if key not in attention:
+        attention[key] = config_dict.placeholder(value_type)
 
 
 def load_sweep(spec: str) -> list[dict[str, Any]]:

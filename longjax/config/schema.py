@@ -2,10 +2,10 @@
 
 `from_config_dict(cd)` is called once at the top of a run, `model_config_from_dict` reads a checkpoint's model,
 and `merge_onto` applies a file's changed keys onto a loaded run. Modules receive their typed section
-(`ModelConfig`, `RopeConfig`, `AttentionConfig`, ...), never the ConfigDict. The attention types' allowed values
-are checked here; their code lives in `longjax.nn.attention` (a test keeps the registry and ATTENTION_TYPES
-equal). Every error a user can cause is a `ConfigError` whose one-line message names the key, the bad value and
-what is allowed.
+(`ModelConfig`, `RopeConfig`, `AttentionConfig`, ...), never the ConfigDict. `model.attention` and its per-type
+sub-configs are `longjax.config.attention`; the attention types' code lives in `longjax.nn.attention` (a test
+keeps the registry and ATTENTION_TYPES equal). Every error a user can cause is a `ConfigError` (`config.checks`)
+whose one-line message names the key, the bad value and what is allowed.
 """
 
 from __future__ import annotations
@@ -16,19 +16,18 @@ from typing import Any, Iterable
 
 import ml_collections
 
+from longjax.config.attention import (ATTENTION_IMPLS, ATTENTION_TYPES, CONTEXT_PARALLEL,  # noqa: F401 - public names
+                                      FLAT_KEYS, INFINI_UPDATES, SEQUENCE_PARALLEL_TYPES, SUB_CONFIGS,
+                                      AttentionConfig, DcaConfig, InfiniConfig, LandmarkConfig, ReropeConfig,
+                                      S2Config, SelfExtendConfig, SlidingConfig, from_flat_keys)
+from longjax.config.checks import ConfigError, _check_keys, _choice, _positive, _require  # noqa: F401
+
 DTYPES = ("float32", "bfloat16", "float16")
 ROPE_TYPES = ("default", "linear", "ntk", "dynamic", "yarn", "dynamic_yarn", "llama3", "longrope")
-# Each is a registry's keys (tests/nn/test_registries.py keeps them equal): longjax.nn.BLOCKS and
-# longjax.nn.ATTENTION_TYPES own the modules, their state and the checks below that are theirs.
+# A registry's keys (tests/nn/test_registries.py keeps them equal): longjax.nn.BLOCKS owns the modules.
 BLOCK_TYPES = ("llama", "megalodon")
-ATTENTION_TYPES = ("full", "s2", "sliding", "infini", "landmark", "self_extend", "dca", "rerope")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "pallas", "blockwise", "naive")
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_attention_out")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
-INFINI_UPDATES = ("linear", "delta")
-CONTEXT_PARALLEL = ("none", "all_gather", "ring")  # longjax.ops.context_parallel.STRATEGIES, and none
-# The attention types whose AttentionType.sequence_parallel is True (a test keeps them equal).
-SEQUENCE_PARALLEL_TYPES = ("full", "sliding")
 # longjax.evaluate.tasks.TASKS (a test keeps them equal); the ones train.eval_every can run in training.
 EVAL_TASKS = ("perplexity", "passkey", "needle", "needle_gkamradt", "loss_by_position", "kv_cache", "ruler")
 MESH_AXES = ("data", "fsdp", "tensor", "sequence")
@@ -39,30 +38,6 @@ DISTRIBUTED_MODES = ("auto", "always", "never")
 NEEDS_ORIGINAL_LENGTH = ("dynamic", "yarn", "dynamic_yarn", "llama3", "longrope")
 TOKENIZER_FILES = {"sentencepiece": "the path of a .model file",
                    "hf": "the path of a tokenizer.json file or of the directory holding it"}
-
-
-class ConfigError(ValueError):
-  """A user-caused error: the message is one line naming the key or file, the value and what is allowed."""
-
-
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-  if not ok:
-    raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
-
-
-def _positive(key: str, value: Any) -> None:
-  _require(isinstance(value, (int, float)) and value > 0, key, value, "must be > 0")
-
-
-def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
-  _require(value in allowed, key, value, f"allowed: {', '.join(allowed)}")
-
-
-def _check_keys(section: str, given: dict, cls: type) -> None:
-  """Reject keys that the typed config does not have (configs built in code, or JSON from disk)."""
-  names = {f.name for f in dataclasses.fields(cls)}
-  for key in given:
-    _require(key in names, f"{section}.{key}", given[key], f"unknown key; known: {', '.join(sorted(names))}")
 
 
 # YaRN's ramp boundaries in rotations (YaRN paper sec. 3.2: alpha = 1, beta = 32), as transformers defaults them.
@@ -144,68 +119,6 @@ class RopeConfig:
                  f"rope_type=longrope needs {rotary_dim // 2} positive values (rotary_dim / 2)")
     if self.attention_factor is not None:
       _positive(f"{key}.attention_factor", self.attention_factor)
-
-
-@dataclasses.dataclass(frozen=True)
-class AttentionConfig:
-  type: str = "full"
-  impl: str = "auto"
-  kernel_block: int = 512
-  window: int | None = None
-  sinks: int = 0
-  group_size_ratio: float = 0.25
-  s2_at_eval: bool = False
-  segment_len: int = 256
-  update: str = "linear"
-  cross_documents: bool = True
-  context_parallel: str = "none"
-  load_balance: bool = True
-  landmark_block: int = 63
-  landmark_topk: int = 4
-  landmark_id: int | None = None
-  group_size: int = 8
-  chunk_size: int = 0
-  local_window: int = 0
-  logn_length: int = 0
-
-  def validate(self, key: str = "model.attention") -> None:
-    _choice(f"{key}.type", self.type, ATTENTION_TYPES)
-    _choice(f"{key}.impl", self.impl, ATTENTION_IMPLS)
-    _positive(f"{key}.kernel_block", self.kernel_block)
-    _require(self.sinks >= 0, f"{key}.sinks", self.sinks, "must be >= 0")
-    if self.type == "sliding":
-      _require(self.window is not None and self.window > 0, f"{key}.window", self.window,
-               "type=sliding needs a positive window")
-    if self.type in ("self_extend", "rerope"):
-      _require(self.window is not None and self.window > 0, f"{key}.window", self.window,
-               f"type={self.type} needs a positive window (the neighbour window, in tokens)")
-    if self.window is not None:
-      _positive(f"{key}.window", self.window)
-    _require(isinstance(self.group_size, int) and self.group_size >= 1, f"{key}.group_size", self.group_size,
-             "must be an integer >= 1")
-    if self.type == "dca":
-      _require(isinstance(self.chunk_size, int) and self.chunk_size > 0, f"{key}.chunk_size", self.chunk_size,
-               "type=dca needs a positive chunk_size (at most the pre-trained length)")
-      _require(isinstance(self.local_window, int) and 0 <= self.local_window < self.chunk_size,
-               f"{key}.local_window", self.local_window, f"must be in [0, chunk_size={self.chunk_size})")
-    _require(isinstance(self.logn_length, int) and self.logn_length >= 0 and self.logn_length != 1,
-             f"{key}.logn_length", self.logn_length, "must be 0 (off) or the pre-trained length >= 2")
-    _require(0 < self.group_size_ratio <= 1, f"{key}.group_size_ratio", self.group_size_ratio, "must be in (0, 1]")
-    _positive(f"{key}.segment_len", self.segment_len)
-    _choice(f"{key}.update", self.update, INFINI_UPDATES)
-    _require(self.cross_documents or self.type in ("full", "sliding", "landmark"), f"{key}.cross_documents",
-             self.cross_documents, f"False (documents masked from each other) needs type full, sliding or "
-             f"landmark, not {self.type}")
-    _positive(f"{key}.landmark_block", self.landmark_block)
-    _positive(f"{key}.landmark_topk", self.landmark_topk)
-    if self.type == "landmark":
-      _require(isinstance(self.landmark_id, int) and self.landmark_id >= 0, f"{key}.landmark_id", self.landmark_id,
-               "type=landmark needs the reserved token id of the landmark (>= 0)")
-    _choice(f"{key}.context_parallel", self.context_parallel, CONTEXT_PARALLEL)
-    _require(self.context_parallel == "none" or self.type in SEQUENCE_PARALLEL_TYPES, f"{key}.type", self.type,
-             f"context_parallel={self.context_parallel} needs a type that runs sequence-parallel: "
-             f"{', '.join(SEQUENCE_PARALLEL_TYPES)} (infini is a recurrence over segments, s2 trains on shifted "
-             f"groups)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,8 +220,8 @@ class ModelConfig:
     self.rope.validate(self.resolved_head_dim, f"{key}.rope")
     self.attention.validate(f"{key}.attention")
     if self.attention.type == "landmark":
-      landmark_id = self.attention.landmark_id
-      _require(landmark_id < self.vocab_size, f"{key}.attention.landmark_id", landmark_id,
+      landmark_id = self.attention.landmark.id
+      _require(landmark_id < self.vocab_size, f"{key}.attention.landmark.id", landmark_id,
                f"must be < model.vocab_size={self.vocab_size} (reserve a row of the embedding for it)")
     self.lora.validate(f"{key}.lora")
     if self.block == "megalodon":
@@ -497,9 +410,10 @@ class Config:
     self.distributed.validate()
     self._validate_mesh_fit()
     if self.model.attention.type == "s2":
-      group = self.model.attention.group_size_ratio * self.train.seq_len
+      ratio = self.model.attention.s2.group_size_ratio
+      group = ratio * self.train.seq_len
       _require(group == int(group) and int(group) % 2 == 0 and self.train.seq_len % int(group) == 0,
-               "model.attention.group_size_ratio", self.model.attention.group_size_ratio,
+               "model.attention.s2.group_size_ratio", ratio,
                f"group_size_ratio * train.seq_len={self.train.seq_len} must be an even divisor of seq_len")
     if self.data.pose_target_length:
       _require(self.data.pose_target_length > self.train.seq_len and self.data.pose_chunks <= self.train.seq_len,
@@ -530,8 +444,6 @@ class Config:
 
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "mesh": MeshConfig, "eval": EvalConfig,
              "distributed": DistributedConfig}
-_MODEL_SECTIONS = {"rope": RopeConfig, "attention": AttentionConfig, "lora": LoraConfig,
-                   "megalodon": MegalodonConfig}
 _TUPLE_FIELDS = {"short_factor", "long_factor", "targets", "lengths", "tasks", "task_lengths"}
 
 
@@ -543,11 +455,16 @@ def _plain(value: Any) -> Any:
   return value
 
 
-def _build(cls: type, given: dict, section: str, nested: dict[str, type] | None = None):
+def _build(cls: type, given: dict, section: str):
+  """`cls` from a plain dict, its dataclass-valued fields (model.rope, model.attention.sliding, ...) built alike."""
+  if cls is AttentionConfig:
+    given = from_flat_keys(given)
   _check_keys(section, given, cls)
+  nested = {f.name: type(f.default) for f in dataclasses.fields(cls) if dataclasses.is_dataclass(f.default)}
   kwargs = {}
   for key, value in given.items():
-    if nested and key in nested:
+    if key in nested and not dataclasses.is_dataclass(value):
+      _require(isinstance(value, dict), f"{section}.{key}", value, "must be a section of keys")
       value = _build(nested[key], dict(value), f"{section}.{key}")
     elif key in _TUPLE_FIELDS and value is not None:
       value = tuple(float(v) if key.endswith("factor") else v for v in value)
@@ -560,7 +477,7 @@ def _build(cls: type, given: dict, section: str, nested: dict[str, type] | None 
 
 def model_config_from_dict(given: dict, section: str = "model") -> ModelConfig:
   """A validated ModelConfig from a plain dict (a ConfigDict's `model`, or JSON from a checkpoint)."""
-  model = _build(ModelConfig, _plain(given), section, _MODEL_SECTIONS)
+  model = _build(ModelConfig, _plain(given), section)
   model.validate(section)
   return model
 
@@ -571,9 +488,7 @@ def from_config_dict(config: ml_collections.ConfigDict | dict) -> Config:
   _check_keys("config", given, Config)
   kwargs: dict[str, Any] = {}
   for key, value in given.items():
-    if key == "model":
-      kwargs[key] = _build(ModelConfig, value, "model", _MODEL_SECTIONS)
-    elif key in _SECTIONS:
+    if key in _SECTIONS:
       kwargs[key] = _build(_SECTIONS[key], value, key)
     else:
       kwargs[key] = value
@@ -593,6 +508,15 @@ def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
   return flat
 
 
+def reset_other_types(attention: dict, kept: Iterable[str] = ()) -> None:
+  """Put the sub-configs of the types other than attention["type"] (a plain `model.attention` dict) back to their
+  defaults, but those that a dotted key of `kept` ("model.attention.sliding.window") sets: when a run's type
+  changes, the settings of its old type no longer apply."""
+  for name, sub_config in SUB_CONFIGS.items():
+    if name != attention.get("type", "full") and not any(key.startswith(f"model.attention.{name}.") for key in kept):
+      attention[name] = dataclasses.asdict(sub_config())
+
+
 def merge_onto(base: Config | dict, override: ml_collections.ConfigDict | dict, sections: tuple[str, ...], *,
                explicit: Iterable[str] = (), trained_length: int | None = None) -> Config:
   """`base` with the keys in or under `sections` ("model.rope", "data.tokenizer") that `override` sets; validated.
@@ -602,19 +526,29 @@ def merge_onto(base: Config | dict, override: ml_collections.ConfigDict | dict, 
   default). A config file states a whole tree, so comparing it with the defaults is what recovers the keys it
   changes; every other key keeps `base`'s value: a file that leaves rope_theta at 10000 applied to an imported
   model keeps the model's 100000. A rope method that needs the pre-trained length L and gets none from either
-  takes `trained_length` (the model's max_position_embeddings by default).
+  takes `trained_length` (the model's max_position_embeddings by default). When the override changes
+  model.attention.type, the sub-configs of the other types that it does not set go back to their defaults (a run
+  trained with sliding.window=64 evaluates with type=full).
   """
   merged = base.to_dict() if isinstance(base, Config) else _plain(base)
+  base_type = merged["model"]["attention"].get("type", "full")
   defaults = _flatten(Config().to_dict())
+  for flat, owners in FLAT_KEYS.items():  # an old file's flat keys at their defaults set nothing either
+    kind, key = next(iter(owners.items()))
+    defaults[f"model.attention.{flat}"] = getattr(SUB_CONFIGS[kind](), key)
   explicit = set(explicit)
+  changed = []
   for key, value in _flatten(_plain(override)).items():
     in_sections = any(key == section or key.startswith(f"{section}.") for section in sections)
     if in_sections and (key in explicit or value != defaults.get(key)):
       *parents, name = key.split(".")
       tree = merged
       for parent in parents:
-        tree = tree[parent]
+        tree = tree.setdefault(parent, {})
       tree[name] = value
+      changed.append(key)
+  if merged["model"]["attention"].get("type", "full") != base_type:
+    reset_other_types(merged["model"]["attention"], changed)
   rope = merged["model"]["rope"]
   if rope["rope_type"] in NEEDS_ORIGINAL_LENGTH and rope.get("original_max_position_embeddings") is None:
     rope["original_max_position_embeddings"] = trained_length or merged["model"]["max_position_embeddings"]

@@ -135,8 +135,8 @@ def config_to_hf(model: ModelConfig, torch_dtype: str = "float32") -> dict:
                           "allowed for export: llama")
   attention = model.attention
   if not attention_type(model).evaluates_plain(attention):
-    raise ConversionError(f"model.attention.type={attention.type!r} (s2_at_eval={attention.s2_at_eval}) has no "
-                          "transformers equivalent; allowed for export: full, or s2 with s2_at_eval=False")
+    raise ConversionError(f"model.attention.type={attention.type!r} (s2.at_eval={attention.s2.at_eval}) has no "
+                          "transformers equivalent; allowed for export: full, or s2 with s2.at_eval=False")
   if model.rope.rope_type in _LONGJAX_ONLY_ROPE_TYPES:
     raise ConversionError(f"model.rope.rope_type={model.rope.rope_type!r} has no transformers equivalent; "
                           f"allowed for export: any but {', '.join(_LONGJAX_ONLY_ROPE_TYPES)}")

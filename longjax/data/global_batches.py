@@ -85,7 +85,7 @@ def make_batches(data: DataConfig, *, split: str, seq_len: int, global_batch_siz
   """
   tokenizer = get_tokenizer(data)
   if landmarks is not None and landmarks[1] < tokenizer.vocab_size:
-    raise ConfigError(f"model.attention.landmark_id={landmarks[1]} is invalid: the tokenizer makes ids below "
+    raise ConfigError(f"model.attention.landmark.id={landmarks[1]} is invalid: the tokenizer makes ids below "
                       f"{tokenizer.vocab_size}; reserve one it never produces (>= {tokenizer.vocab_size}, "
                       "< model.vocab_size)")
   documents = open_documents(data, split)

@@ -94,10 +94,15 @@ class Streaming:
     del positions  # StreamingLLM assigns positions inside the cache
     # A chunk (T > 1) is read at once (`ops.kv_compress.sink_chunk_attention`: kept tokens plus the chunk's own,
     # then compressed, as the evicting caches do); a decode step, or any call under a dynamic RoPE, one token at
-    # a time.
-    attend = (ops.sink_cache_attention if q.shape[1] == 1 or positional.is_dynamic(rope)
-              else kv_compress.sink_chunk_attention)
-    out, state = attend(q, k, v, cache.state, valid, window=self.budget - self.sinks, sinks=self.sinks, rope=rope)
+    # a time, each key turned with the frequencies of its own step's length.
+    window = self.budget - self.sinks
+    if q.shape[1] == 1 or positional.is_dynamic(rope):
+      out, state = ops.sink_cache_attention(q, k, v, cache.state, valid, window=window, sinks=self.sinks,
+                                            frequencies_at=lambda n: positional.frequencies_per_row(
+                                                rope, q.shape[-1], n))
+    else:
+      out, state = kv_compress.sink_chunk_attention(q, k, v, cache.state, valid, window=window, sinks=self.sinks,
+                                                    freqs=positional.frequencies(rope, q.shape[-1]))
     return out, cache.replace(state=state)
 
   def cached_tokens(self, length: int) -> int:

@@ -17,6 +17,7 @@ class DecoderBlock(nn.Module):
 
   config: ModelConfig
   train: bool = False
+  balanced: bool = False  # the length axis is in context parallelism's balanced layout (Llama's `balanced`)
 
   @nn.compact
   def __call__(self, x, positions, seq_len, segment_ids, state=None):
@@ -27,8 +28,8 @@ class DecoderBlock(nn.Module):
     h = RMSNorm(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, name="input_norm")(x)
     h, state = Attention(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.resolved_head_dim,
                          hidden_size=cfg.hidden_size, rope=cfg.rope, attention=cfg.attention, lora=lora,
-                         init_std=cfg.initializer_range, train=self.train, dtype=dtype, param_dtype=param_dtype,
-                         name="attention")(h, positions, seq_len, segment_ids, state)
+                         init_std=cfg.initializer_range, train=self.train, balanced=self.balanced, dtype=dtype,
+                         param_dtype=param_dtype, name="attention")(h, positions, seq_len, segment_ids, state)
     x = x + h
     h = RMSNorm(eps=cfg.rms_norm_eps, dtype=dtype, param_dtype=param_dtype, name="post_attention_norm")(x)
     h = MLP(hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size, init_std=cfg.initializer_range,

@@ -50,14 +50,16 @@ class Llama(nn.Module):
   real tokens (non-zero) and padding (0), which is neither cached nor counted; `logits_at` int32[B]
   asks for the logits of one position per row only (float32 [B, vocab]), as prefill needs.
   `hidden_only` returns the final-norm output [B, T, E] in the compute dtype instead of the logits, for a
-  loss fused with the LM head (`lm_head_kernel`, `longjax.ops.chunked_cross_entropy`).
+  loss fused with the LM head (`lm_head_kernel`, `longjax.ops.chunked_cross_entropy`). `balanced`: the batch's
+  length axis is in context parallelism's balanced layout (`longjax.train.step.balance_batch`; positions given),
+  which context-parallel attention must know; the logits come out in that layout too.
   """
 
   config: ModelConfig
 
   @nn.compact
   def __call__(self, tokens, positions=None, segment_ids=None, *, seq_len=None, train: bool = False, cache=None,
-               logits_at=None, hidden_only: bool = False):
+               logits_at=None, hidden_only: bool = False, balanced: bool = False):
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     length = tokens.shape[1]
@@ -91,12 +93,12 @@ class Llama(nn.Module):
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), length=cfg.num_layers,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, states = stack(cfg, train, name="layers")(x, positions, seq_len, segment_ids, states)
+      x, states = stack(cfg, train, balanced, name="layers")(x, positions, seq_len, segment_ids, states)
     else:
       new_states = []
       for i in range(cfg.num_layers):
-        x, state = block(cfg, train, name=f"layers_{i}")(x, positions, seq_len, segment_ids,
-                                                         None if states is None else states[i])
+        x, state = block(cfg, train, balanced, name=f"layers_{i}")(x, positions, seq_len, segment_ids,
+                                                                   None if states is None else states[i])
         new_states.append(state)
       states = new_states
 

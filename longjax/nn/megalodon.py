@@ -118,6 +118,7 @@ class MegalodonBlock(nn.Module):
 
   config: ModelConfig
   train: bool = False
+  balanced: bool = False  # never True: MEGALODON runs no context parallelism (config validation refuses it)
 
   def _dense(self, features, in_axes, out_axes, name, fan_in):
     cfg = self.config

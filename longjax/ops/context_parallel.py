@@ -14,7 +14,8 @@
 Layout: with `balanced` each of S shards holds chunk i and chunk 2S-1-i of 2S equal chunks (the dual-chunk,
 "zigzag" layout of MaxText and Megatron-LM), so under a causal mask every shard does the same work;
 `load_balance` / `unbalance` permute a length axis into and out of it (the training step permutes its batch
-once, see longjax.train.step). Otherwise shard i holds the contiguous chunk i.
+once and says so to the model, `Llama(...)(..., balanced=True)`, see longjax.train.step). Otherwise shard i holds
+the contiguous chunk i.
 
 Masking is by the global sequence index of each row (causal, window, sinks), plus segment ids: for packed
 rows whose positions restart at each document this equals masking by positions and segments. Positions,
@@ -24,10 +25,8 @@ pairs each shard visits is worked out statically for every shard and picked by i
 masked blocks cost nothing, and tables are padded to one length with skipped pairs.
 """
 
-import contextlib
 import functools
 import math
-import threading
 from typing import NamedTuple
 
 import jax
@@ -67,28 +66,6 @@ def shard_indices(length: int, shards: int, balanced: bool) -> np.ndarray:
   if balanced:
     index = index.reshape(2 * shards, -1)[chunk_order(shards)]
   return index.reshape(shards, -1)
-
-
-_LAYOUT = threading.local()
-
-
-@contextlib.contextmanager
-def balanced_layout():
-  """Within this context (at trace time) context-parallel attention reads its inputs in the balanced layout.
-
-  Only a caller that permuted its whole batch with `load_balance` may enter it; everywhere else the layout
-  is contiguous, so a model called on a plain sequence stays correct.
-  """
-  previous = getattr(_LAYOUT, "balanced", False)
-  _LAYOUT.balanced = True
-  try:
-    yield
-  finally:
-    _LAYOUT.balanced = previous
-
-
-def is_balanced() -> bool:
-  return getattr(_LAYOUT, "balanced", False)
 
 
 class Plan(NamedTuple):

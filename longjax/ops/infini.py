@@ -12,7 +12,7 @@ lax.scan with each step rematerialized, so training memory does not grow with th
 gradients flow through the memory across segments.
 """
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from longjax.ops.attention import attention
 from longjax.ops.cached import cached_attention, write_heads
 from longjax.ops.reference import attention_mask, naive_attention
-from longjax.positional import Frequencies, apply_rope, frequencies_per_row
+from longjax.positional import Frequencies, apply_rope
 
 EPSILON = 1e-6  # the ε of eqs. 3 and 5
 UPDATES = ("linear", "delta")
@@ -134,7 +134,7 @@ def init_infini_cache(batch: int, kv_heads: int, key_dim: int, value_dim: int, *
                      jnp.zeros((batch, kv_heads, segment_len, value_dim), dtype), jnp.zeros((batch,), jnp.int32))
 
 
-def _cache_step(state: InfiniCache, inputs, *, gate, update: str, rope):
+def _cache_step(state: InfiniCache, inputs, *, gate, update: str, frequencies_at: Callable[[jax.Array], Frequencies]):
   """One token per row, as `infini_attention` treats it in its segment; the memory takes a segment when it closes."""
   q, k, v, valid = inputs  # q [B, H, Dk], k [B, Hkv, Dk], v [B, Hkv, Dv], valid bool[B]
   batch, heads, key_dim = q.shape
@@ -145,7 +145,7 @@ def _cache_step(state: InfiniCache, inputs, *, gate, update: str, rope):
   slot = jnp.where(valid, slot_in_segment, segment_len)[:, None]
   key = write_heads(state.key, slot, k[:, None])
   value = write_heads(state.value, slot, v[:, None])
-  freqs = frequencies_per_row(rope, key_dim, n + 1)
+  freqs = frequencies_at(n + 1)
   slots = jnp.broadcast_to(jnp.arange(segment_len), (batch, segment_len))
   q_rot = apply_rope(q[:, None], slot_in_segment[:, None], freqs)
   local = cached_attention(q_rot, key, value, q_offsets=slot_in_segment, kv_lengths=slot_in_segment + 1,
@@ -166,13 +166,14 @@ def _cache_step(state: InfiniCache, inputs, *, gate, update: str, rope):
   return state, out.reshape(batch, heads, -1).astype(q.dtype)
 
 
-def infini_cache_attention(q, k, v, gate, state: InfiniCache, valid, *, update: str = "linear", rope=None):
+def infini_cache_attention(q, k, v, gate, state: InfiniCache, valid, *, update: str = "linear",
+                           frequencies_at: Callable[[jax.Array], Frequencies]):
   """q [B, T, H, Dk], k [B, T, Hkv, Dk], v [B, T, Hkv, Dv] before RoPE, valid bool[B, T] -> (out, state).
 
   Streams tokens one at a time through the cache (lax.scan): the outputs equal those of one
-  `infini_attention` call over everything streamed so far, with `freqs` of `rope` at each token's
-  length (`rope` is the model's RopeConfig).
+  `infini_attention` call over everything streamed so far, with the frequencies `frequencies_at(lengths int32[B])`
+  gives at each token's length (the model's method, `positional.frequencies_per_row`).
   """
-  step = lambda s, x: _cache_step(s, x, gate=gate, update=update, rope=rope)  # noqa: E731
+  step = lambda s, x: _cache_step(s, x, gate=gate, update=update, frequencies_at=frequencies_at)  # noqa: E731
   state, out = jax.lax.scan(step, state, tuple(jnp.moveaxis(x, 1, 0) for x in (q, k, v, valid)))
   return jnp.moveaxis(out, 0, 1), state

@@ -47,7 +47,6 @@ import jax
 import jax.numpy as jnp
 
 from longjax import positional
-from longjax.config import RopeConfig
 from longjax.ops.cached import cached_attention, write_heads, write_rows
 from longjax.ops.sink_cache import SinkCache, cache_positions
 
@@ -169,12 +168,12 @@ def evicting_attention(q, k, v, positions, valid, state: EvictingCache, *, rule:
                             obs_position, length)
 
 
-def sink_chunk_attention(q, k, v, state: SinkCache, valid, *, window: int, sinks: int, rope: RopeConfig):
+def sink_chunk_attention(q, k, v, state: SinkCache, valid, *, window: int, sinks: int,
+                         freqs: positional.Frequencies):
   """q [B, T, H, D], k/v [B, T, Hkv, D] before RoPE, valid bool[B, T] -> (out [B, T, H, Dv], state): StreamingLLM's
-  cache read by a whole chunk (see the module docstring). `rope` must be static (`positional.is_dynamic` False):
-  the one-token path turns every key with the frequencies of its own step's length."""
-  if positional.is_dynamic(rope):
-    raise ValueError(f"sink_chunk_attention: rope_type={rope.rope_type} is dynamic; use ops.sink_cache_attention")
+  cache read by a whole chunk (see the module docstring). `freqs` are one set of frequencies for every position
+  (a static RoPE): under a dynamic one the one-token path, `ops.sink_cache_attention`, turns every key with the
+  frequencies of its own step's length, and the caller picks that path."""
   slots = window + sinks
   batch, _, kv_heads = k.shape[:3]
   dtype = state.key.dtype
@@ -182,7 +181,6 @@ def sink_chunk_attention(q, k, v, state: SinkCache, valid, *, window: int, sinks
   kept_position = cache_positions(state.token, state.length, window=window, sinks=sinks)  # 0..filled-1; -1 empty
   rank = jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1  # the chunk's valid tokens in order
   new_position = jnp.where(valid, filled[:, None] + rank, -1)
-  freqs = positional.frequencies(rope, q.shape[-1])
   q_rot = positional.apply_rope(q, jnp.maximum(new_position, 0), freqs)
   new_key = positional.apply_rope(k.astype(dtype), jnp.maximum(new_position, 0), freqs)
   old_key = jnp.swapaxes(positional.apply_rope(jnp.swapaxes(state.key, 1, 2), jnp.maximum(kept_position, 0), freqs),

@@ -13,13 +13,12 @@ Until the first eviction every position is the token's own index, so the cache g
 sliding-window model's full forward pass.
 """
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from longjax import positional
-from longjax.config import RopeConfig
 from longjax.ops.cached import cached_attention, write_heads, write_rows
 
 
@@ -48,7 +47,8 @@ def cache_positions(token: jax.Array, length: jax.Array, *, window: int, sinks: 
   return jnp.where(token < sinks, token, token - offset)
 
 
-def _step(state: SinkCache, inputs, *, window: int, sinks: int, rope: RopeConfig):
+def _step(state: SinkCache, inputs, *, window: int, sinks: int,
+          frequencies_at: Callable[[jax.Array], positional.Frequencies]):
   """One token per row: write it (when valid), then attend over the cache. q [B, H, D], k/v [B, Hkv, D]."""
   q, k, v, valid = inputs
   slots = window + sinks
@@ -61,7 +61,7 @@ def _step(state: SinkCache, inputs, *, window: int, sinks: int, rope: RopeConfig
   length = n + valid.astype(jnp.int32)
   positions = cache_positions(token, length, window=window, sinks=sinks)
   query_position = (length - 1) - jnp.maximum(length - window - sinks, 0)
-  freqs = positional.frequencies_per_row(rope, q.shape[-1], jnp.minimum(length, slots))
+  freqs = frequencies_at(jnp.minimum(length, slots))
   q_rot = positional.apply_rope(q[:, None], query_position[:, None], freqs)
   k_rot = jnp.swapaxes(positional.apply_rope(jnp.swapaxes(key, 1, 2), jnp.maximum(positions, 0), freqs), 1, 2)
   # Slots fill in order until the cache is full: filled slots are [0, min(length, C)).
@@ -70,11 +70,14 @@ def _step(state: SinkCache, inputs, *, window: int, sinks: int, rope: RopeConfig
   return SinkCache(key, value, token, length), out[:, 0]
 
 
-def sink_cache_attention(q, k, v, state: SinkCache, valid, *, window: int, sinks: int, rope: RopeConfig):
+def sink_cache_attention(q, k, v, state: SinkCache, valid, *, window: int, sinks: int,
+                         frequencies_at: Callable[[jax.Array], positional.Frequencies]):
   """q [B, T, H, D], k/v [B, T, Hkv, D] before RoPE, valid bool[B, T] -> (out [B, T, H, Dv], state).
 
+  `frequencies_at(lengths int32[B])`: the rotary frequencies of each row at a sequence length (the model's method,
+  `positional.frequencies_per_row`); each step turns q and the cached keys with them at the cache's fill.
   Tokens stream through one at a time (lax.scan), so a long prompt costs T x (sinks + window).
   """
-  step = lambda s, x: _step(s, x, window=window, sinks=sinks, rope=rope)  # noqa: E731
+  step = lambda s, x: _step(s, x, window=window, sinks=sinks, frequencies_at=frequencies_at)  # noqa: E731
   state, out = jax.lax.scan(step, state, tuple(jnp.moveaxis(x, 1, 0) for x in (q, k, v, valid)))
   return jnp.moveaxis(out, 0, 1), state

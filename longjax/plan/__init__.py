@@ -11,6 +11,7 @@ the limit as uncertain.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -22,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from longjax import sharding
-from longjax.config import MESH_AXES, Config, ConfigError, from_config_dict
+from longjax.config import (FLAT_KEYS, MESH_AXES, SUB_CONFIGS, Config, ConfigError, from_config_dict,
+                            reset_other_types)
 
 # Keys and dtypes of a packed training batch (longjax.data), each [global_batch_size, seq_len].
 BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "positions": jnp.int32, "segment_ids": jnp.int32,
@@ -87,8 +89,10 @@ def use_fake_devices(count: int) -> None:
 
 
 def with_values(config: Config, values: dict) -> Config:
-  """`config` with dotted keys replaced ({'train.seq_len': 8192, 'model.remat_policy': 'full'}), validated again."""
+  """`config` with dotted keys replaced ({'train.seq_len': 8192, 'model.remat_policy': 'full'}), validated again;
+  a new model.attention.type drops the old type's settings (`config.reset_other_types`)."""
   tree = config.to_dict()
+  old_type = config.model.attention.type
   for key, value in values.items():
     *parents, name = key.split(".")
     node = tree
@@ -97,7 +101,30 @@ def with_values(config: Config, values: dict) -> Config:
     if name not in node:
       raise ConfigError(f"{key} is not a config key; every key is listed, with a comment, in configs/base.py")
     node[name] = value
+  if tree["model"]["attention"]["type"] != old_type:
+    reset_other_types(tree["model"]["attention"], values)
   return from_config_dict(tree)
+
+
+def type_settings(given: dict) -> tuple[dict, dict[str, dict]]:
+  """(`given`, a plain config tree, without the settings of the attention types other than its own; those settings
+  as {type: {"model.attention.sliding.window": 4096}}), so that one config can carry the keys of every type a
+  search compiles (`search_lengths`' `settings`)."""
+  given = copy.deepcopy(given)
+  attention, settings = given["model"]["attention"], {}
+  kind = attention.get("type", "full")
+  for name, sub_config in SUB_CONFIGS.items():
+    if name != kind and name in attention:
+      defaults = dataclasses.asdict(sub_config())
+      settings[name] = {f"model.attention.{name}.{key}": value for key, value in attention[name].items()
+                        if value != defaults.get(key)}
+  for flat, owners in FLAT_KEYS.items():  # an old flat key (attention.window) serves every type that has it
+    if attention.get(flat) is not None:
+      for name, key in owners.items():
+        if name != kind:
+          settings.setdefault(name, {}).setdefault(f"model.attention.{name}.{key}", attention[flat])
+  reset_other_types(attention)
+  return given, settings
 
 
 _MEMORY: dict[tuple[str, int], StepMemory] = {}  # a search compiles the configured length again: once is enough
@@ -163,19 +190,23 @@ def longest_fitting(memory_at: Callable[[int], StepMemory], limit: int, step: in
   return Search(low * step, high * step, tried)
 
 
-def attention_values(spec: str) -> dict:
-  """'full/blockwise' or 'sliding' (the config's impl) -> config values of that attention type and impl."""
+def attention_values(spec: str, settings: dict[str, dict] | None = None) -> dict:
+  """'full/blockwise' or 'sliding' (the config's impl) -> config values of that attention type and impl, with that
+  type's keys from `settings` ({type: {dotted key: value}}, `type_settings`)."""
   kind, _, impl = spec.partition("/")
-  return {"model.attention.type": kind, **({"model.attention.impl": impl} if impl else {})}
+  return {"model.attention.type": kind, **({"model.attention.impl": impl} if impl else {}),
+          **(settings or {}).get(kind, {})}
 
 
 def search_lengths(config: Config, attentions: list[str], remats: list[str], limit: int, step: int, max_len: int,
-                   report: Callable[[str], None] = lambda line: None) -> list[tuple[str, str, Search]]:
-  """`longest_fitting` for every (attention 'type[/impl]', remat policy) pair; `report` hears each compile."""
+                   report: Callable[[str], None] = lambda line: None,
+                   settings: dict[str, dict] | None = None) -> list[tuple[str, str, Search]]:
+  """`longest_fitting` for every (attention 'type[/impl]', remat policy) pair; `report` hears each compile;
+  `settings`: the keys of each searched type ({type: {dotted key: value}})."""
   rows = []
   for attention in attentions:
     for remat in remats:
-      variant = with_values(config, {**attention_values(attention), "model.remat_policy": remat})  # fails early
+      variant = with_values(config, {**attention_values(attention, settings), "model.remat_policy": remat})
       memory_at = functools.partial(_memory_at, variant, f"{attention} remat={remat}", report)
       rows.append((attention, remat, longest_fitting(memory_at, limit, step, max_len)))
   return rows

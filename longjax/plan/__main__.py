@@ -3,7 +3,7 @@
   python -m longjax.plan --config configs/llama2_7b.py --mesh fsdp=8 --device_memory 16GiB
   python -m longjax.plan --config configs/llama2_7b.py --mesh fsdp=4,sequence=2 --device_memory 80GiB \\
       --attention full/blockwise,full/xla,sliding --remat full,dots_with_no_batch_dims \\
-      --config.train.global_batch_size=4 --config.model.attention.window=4096
+      --config.train.global_batch_size=4 --config.model.attention.sliding.window=4096
 
 Compiles (never runs) the Trainer's step on fake CPU devices, one per mesh position: first the config
 as given, then, per attention type[/impl] and remat policy, lengths that double from --step and are
@@ -15,6 +15,7 @@ import json
 import math
 
 from absl import flags
+import ml_collections
 
 from longjax import cli, plan, sharding
 from longjax.config import MESH_AXES, ConfigError, MeshConfig
@@ -48,7 +49,9 @@ def main(argv):
 
   del argv
   limit = plan.parse_bytes(_MEMORY.value)
-  config = run_config(_CONFIG.value, explicit=cli.override_keys("config"))
+  # The keys of types other than the config's own are for the searched types (--attention), not for this config.
+  given, settings = plan.type_settings(_CONFIG.value.to_dict())
+  config = run_config(ml_collections.ConfigDict(given), explicit=cli.override_keys("config"))
   mesh = _mesh_config(config)
   mesh.validate("--mesh")
   sizes = {name: getattr(mesh, name) for name in MESH_AXES}
@@ -82,7 +85,7 @@ def main(argv):
     attentions = _ATTENTION.value or [f"{attention.type}/{attention.impl}"]
     remats = _REMAT.value or [config.model.remat_policy]
     rows = plan.search_lengths(config, attentions, remats, limit, _STEP.value, _MAX_LEN.value,
-                               report=lambda line: print(f"  compiled {line}", flush=True))
+                               report=lambda line: print(f"  compiled {line}", flush=True), settings=settings)
     print(f"\nLongest seq_len under {plan.size_text(limit)} a device, batch {config.train.global_batch_size} "
           f"(multiples of {_STEP.value}, at most {_MAX_LEN.value}):\n")
     print("| attention | remat | longest seq_len | its total | first that does not fit | its total |")

@@ -21,20 +21,22 @@ from longjax.train.optimizer import FROZEN
 TrainState = dict[str, Any]  # {"step": int32[], "params": tree, "opt_state": tree}
 
 
-def model_inputs(model_config: ModelConfig, batch: dict) -> dict:
-  """Keyword arguments of Llama.__call__ for a packed batch.
+def model_inputs(model_config: ModelConfig, batch: dict, balanced: bool = False) -> dict:
+  """Keyword arguments of Llama.__call__ for a packed batch; `balanced`: the batch is in context parallelism's
+  balanced layout (`balance_batch`).
 
   With `attention.cross_documents` the packed row is one long sequence (positions
   0..T-1); otherwise documents are masked from each other and positions restart.
   PoSE batches (data.pose_target_length) carry `pose_positions`, the row's skipped position ids, used instead.
   """
+  layout = {"balanced": True} if balanced else {}
   pose = {"positions": batch["pose_positions"]} if "pose_positions" in batch else {}
   if model_config.attention.cross_documents:
     if pose:
-      return pose
+      return {**pose, **layout}
     # A load-balanced row is permuted (`balance_batch`): then its positions must be given.
-    return {"positions": batch["positions"]} if context_parallel.is_balanced() else {}
-  return {"positions": batch["positions"], "segment_ids": batch["segment_ids"], **pose}
+    return {"positions": batch["positions"], **layout} if balanced else {}
+  return {"positions": batch["positions"], "segment_ids": batch["segment_ids"], **pose, **layout}
 
 
 def balanced_shards(model_config: ModelConfig) -> int:
@@ -54,24 +56,24 @@ def balance_batch(model_config: ModelConfig, batch: dict, shards: int) -> dict:
 
 
 def _in_layout(model_config: ModelConfig, step_fn):
-  """step_fn(first, batch) run on the batch in the layout context parallelism wants (see `balance_batch`)."""
+  """step_fn(first, batch, balanced) run on the batch in the layout context parallelism wants (see
+  `balance_batch`), `balanced` saying which."""
 
   def step(first, batch):
     shards = balanced_shards(model_config)
     if not shards:
-      return step_fn(first, batch)
-    with context_parallel.balanced_layout():
-      return step_fn(first, balance_batch(model_config, batch, shards))
+      return step_fn(first, batch, False)
+    return step_fn(first, balance_batch(model_config, batch, shards), True)
 
   return step
 
 
-def loss_fn(params, model: nn.Module, batch: dict, train: bool):
+def loss_fn(params, model: nn.Module, batch: dict, train: bool, balanced: bool = False):
   """(mean token loss, (loss sum, token count)); with `model.loss_chunk` the LM head is fused into a chunked
-  loss, so that [B, T, vocab] logits never exist at once."""
+  loss, so that [B, T, vocab] logits never exist at once. `balanced`: the batch is in the balanced layout."""
   config = model.config
   apply = lambda **kwargs: model.apply({"params": params}, batch["inputs"], train=train,  # noqa: E731
-                                       **model_inputs(config, batch), **kwargs)
+                                       **model_inputs(config, batch, balanced), **kwargs)
   if config.loss_chunk:
     hidden = apply(hidden_only=True)
     total, count = chunked_cross_entropy(hidden, lm_head_kernel(config, params), batch["targets"],
@@ -98,25 +100,25 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
   """The step function. Gradients are taken only w.r.t. trainable leaves, so frozen (LoRA base) weights
   cost no weight-gradient matmuls; micro-batches are scanned and their gradients summed token-weighted."""
 
-  def micro_grads(params, batch):
+  def micro_grads(params, batch, balanced):
     trainable = _split_trainable(params, labels)
 
     def loss_of_trainable(t):
-      _, (total, count) = loss_fn(_fill(t, params, labels), model, batch, True)
+      _, (total, count) = loss_fn(_fill(t, params, labels), model, batch, True, balanced)
       return total, count
 
     (total, count), grads = jax.value_and_grad(loss_of_trainable, has_aux=True)(trainable)
     return total, count, _fill(grads, jax.tree.map(jnp.zeros_like, params), labels)
 
-  def step(state: TrainState, batch: dict):
+  def step(state: TrainState, batch: dict, balanced: bool):
     params = state["params"]
     if grad_accum_steps == 1:
-      total, count, grads = micro_grads(params, batch)
+      total, count, grads = micro_grads(params, batch, balanced)
     else:
       micro = jax.tree.map(lambda x: x.reshape((grad_accum_steps, -1) + x.shape[1:]), batch)
 
       def body(carry, mb):
-        total, count, grads = micro_grads(params, mb)
+        total, count, grads = micro_grads(params, mb, balanced)
         return jax.tree.map(jnp.add, carry, (total, count, grads)), None
 
       zeros = (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
@@ -132,8 +134,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
 
 
 def make_eval_step(model: nn.Module):
-  def step(params, batch):
-    _, (total, count) = loss_fn(params, model, batch, False)
+  def step(params, batch, balanced):
+    _, (total, count) = loss_fn(params, model, batch, False, balanced)
     return {"loss_sum": total, "tokens": count}
 
   return _in_layout(model.config, step)

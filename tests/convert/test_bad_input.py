@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from hf_reference import tiny_hf_llama
+from longjax.config import SlidingConfig
 from longjax.convert import hf
 
 
@@ -73,7 +74,8 @@ def test_unknown_rope_type_lists_the_valid_ones(hf_dir, tmp_path):
 
 def test_export_refuses_what_transformers_would_lack(hf_dir, tmp_path):
   model, params = hf.load(str(hf_dir))
-  sliding = dataclasses.replace(model, attention=dataclasses.replace(model.attention, type="sliding", window=8))
+  sliding = dataclasses.replace(model, attention=dataclasses.replace(model.attention, type="sliding",
+                                                                   sliding=SlidingConfig(window=8)))
   with pytest.raises(hf.ConversionError, match="attention.type='sliding'.*allowed for export: full"):
     hf.save(sliding, params, str(tmp_path / "sliding"))
   params["layers_0"]["attention"]["q_proj"]["lora_a"] = np.zeros((64, 4), np.float32)

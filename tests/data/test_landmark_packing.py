@@ -45,5 +45,5 @@ def test_packed_rows_carry_landmarks_at_their_positions_and_mask_them_as_targets
 
 
 def test_a_landmark_id_the_tokenizer_makes_is_a_config_error():
-  with pytest.raises(ConfigError, match=r"^model.attention.landmark_id=2 is invalid"):
+  with pytest.raises(ConfigError, match=r"^model.attention.landmark.id=2 is invalid"):
     make_batches(DataConfig(), split="train", seq_len=16, global_batch_size=2, seed=0, landmarks=(BLOCK, 2))

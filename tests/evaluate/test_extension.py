@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 
 from longjax.config import AttentionConfig, RopeConfig
+from longjax.config.attention import DcaConfig, ReropeConfig, SelfExtendConfig
 from longjax.evaluate.extension import BASELINE, training_free_methods
 
 BASE = RopeConfig(rope_theta=1e5, partial_rotary_factor=0.5)  # a trained rope that is not the default
@@ -25,10 +26,12 @@ def test_every_method_as_configured(length, factor):
       "Dynamic NTK": (rope(rope_type="dynamic", factor=2.0, original_max_position_embeddings=length), plain),
       f"YaRN x{name}": (rope(rope_type="yarn", factor=factor, original_max_position_embeddings=length), plain),
       "Dynamic YaRN": (rope(rope_type="dynamic_yarn", original_max_position_embeddings=length), plain),
-      f"Self-Extend G{2 * factor:g}": (BASE, AttentionConfig(type="self_extend", group_size=int(2 * factor),
-                                                             window=length // 4)),
-      "DCA": (BASE, AttentionConfig(type="dca", chunk_size=3 * length // 4, local_window=length // 4)),
-      "ReRoPE + log-n": (BASE, AttentionConfig(type="rerope", window=length // 2, logn_length=length)),
+      f"Self-Extend G{2 * factor:g}": (BASE, AttentionConfig(
+          type="self_extend", self_extend=SelfExtendConfig(group_size=int(2 * factor), window=length // 4))),
+      "DCA": (BASE, AttentionConfig(type="dca", dca=DcaConfig(chunk_size=3 * length // 4,
+                                                                      local_window=length // 4))),
+      "ReRoPE + log-n": (BASE, AttentionConfig(type="rerope", rerope=ReropeConfig(window=length // 2),
+                                                    logn_length=length)),
   }
   assert list(methods) == list(want)  # the order plots and tables use
   for key, value in want.items():
@@ -40,11 +43,11 @@ def test_every_method_as_configured(length, factor):
 def test_remapped_relative_positions_stay_below_the_trained_length(length, factor):
   methods = training_free_methods(length, factor)
   self_extend = next(a for name, (_, a) in methods.items() if name.startswith("Self-Extend"))
-  group, window = self_extend.group_size, self_extend.window
+  group, window = self_extend.self_extend.group_size, self_extend.self_extend.window
   longest = int(factor * length) - 1
   assert (longest // group + window - window // group) < length  # Self-Extend's largest relative position
-  assert methods["DCA"][1].chunk_size - 1 < length
-  assert methods["ReRoPE + log-n"][1].window < length
+  assert methods["DCA"][1].dca.chunk_size - 1 < length
+  assert methods["ReRoPE + log-n"][1].rerope.window < length
 
 
 def test_the_default_base_is_the_default_rope():

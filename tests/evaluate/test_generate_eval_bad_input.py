@@ -72,6 +72,7 @@ def test_evaluate_reports_bad_input_in_one_line(runner, trained_workdir, tmp_pat
   (tmp_path / "latin1.txt").write_bytes("café au lait".encode("latin-1"))
   (tmp_path / "nothing").mkdir()
   run = [f"--workdir={trained_workdir}"]
+  # the flat key of earlier versions (model.attention.s2.at_eval now): old command lines keep working
   s2 = [f"--config={REPO}/configs/tiny.py:attention=s2", "--config.model.attention.s2_at_eval=True"]
   cases = {
       ("--task", "bogus"): [*run, "--task=bogus"],
@@ -79,8 +80,8 @@ def test_evaluate_reports_bad_input_in_one_line(runner, trained_workdir, tmp_pat
                                           "--config.model.rope.rope_type=bogus"],
       ("model.attention.type", "bogus", "allowed:"): [*run, f"--config={REPO}/configs/tiny.py",
                                                       "--config.model.attention.type=bogus"],
-      ("--lengths: length 100", "s2 with s2_at_eval=True", "25 tokens", "allowed:"): [*run, *s2, "--lengths=100"],
-      ("--lengths: length 36", "s2 with s2_at_eval=True", "9 tokens"): [*run, *s2, "--task=loss_by_position",
+      ("--lengths: length 100", "s2 with s2.at_eval=True", "25 tokens", "allowed:"): [*run, *s2, "--lengths=100"],
+      ("--lengths: length 36", "s2 with s2.at_eval=True", "9 tokens"): [*run, *s2, "--task=loss_by_position",
                                                                          "--lengths=36"],
       ("empty.txt is empty", "allowed:"): [*run, f"--text={tmp_path}/empty.txt"],
       ("latin1.txt is not UTF-8", "allowed:"): [*run, f"--text={tmp_path}/latin1.txt"],

@@ -27,14 +27,14 @@ def test_grouped_query_attention_llama3_8b_in_bfloat16():
 
 
 def test_sliding_window_keeps_sinks_and_window():
-  sliding = dataclasses.replace(LLAMA3_8B, attention=AttentionConfig(type="sliding", window=1020, sinks=4))
+  sliding = dataclasses.replace(LLAMA3_8B, attention=AttentionConfig.of("sliding", window=1020, sinks=4))
   per_token = kv_cache_bytes(LLAMA3_8B, 1)
   assert kv_cache_bytes(sliding, 512) == 512 * per_token
   assert kv_cache_bytes(sliding, 1024) == kv_cache_bytes(sliding, 131072) == 1024 * per_token
 
 
 def test_infini_keeps_its_memory_and_one_segment():
-  infini = dataclasses.replace(LLAMA3_8B, attention=AttentionConfig(type="infini", segment_len=2048))
+  infini = dataclasses.replace(LLAMA3_8B, attention=AttentionConfig.of("infini", segment_len=2048))
   memory = 32 * 8 * 128 * (128 + 1) * 4  # layers * M float32[8, 128, 128] and z float32[8, 128]
   assert kv_cache_bytes(infini, 131072) == kv_cache_bytes(infini, 2048) == memory + kv_cache_bytes(LLAMA3_8B, 2048)
   assert kv_cache_bytes(infini, 100) == memory + kv_cache_bytes(LLAMA3_8B, 100)

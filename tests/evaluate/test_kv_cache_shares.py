@@ -10,7 +10,7 @@ from longjax.config import AttentionConfig, MegalodonConfig, ModelConfig
 from longjax.evaluate.kv_cache import CacheSize, format_bytes, kv_cache_size, kv_cache_table
 
 LLAMA3_8B = ModelConfig(hidden_size=4096, num_layers=32, num_heads=32, num_kv_heads=8)
-INFINI = dataclasses.replace(LLAMA3_8B, attention=AttentionConfig(type="infini", segment_len=2048))
+INFINI = dataclasses.replace(LLAMA3_8B, attention=AttentionConfig.of("infini", segment_len=2048))
 # num_kv_heads (unused by the block) differs from num_heads so that a cut by the wrong one shows
 MEGALODON = ModelConfig(block="megalodon", hidden_size=1024, num_layers=4, num_heads=4, num_kv_heads=2,
                         megalodon=MegalodonConfig(z_dim=256, value_dim=512, ema_dim=16, chunk_size=2048,
@@ -65,7 +65,7 @@ def test_defaults_are_one_row_in_float16_on_one_device():
 
 
 def test_sliding_cache_holds_sinks_and_window_tokens():
-  sliding = dataclasses.replace(LLAMA3_8B, attention=AttentionConfig(type="sliding", window=60, sinks=4))
+  sliding = dataclasses.replace(LLAMA3_8B, attention=AttentionConfig.of("sliding", window=60, sinks=4))
   assert [kv_cache_size(sliding, n).cached_tokens for n in (10, 64, 65, 10**5)] == [10, 64, 64, 64]
 
 

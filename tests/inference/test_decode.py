@@ -128,8 +128,8 @@ def test_greedy_generate_is_the_argmax_of_full_forward_passes(rope_type):
   assert out.tolist() == buffer[0, PROMPT:].tolist()
 
 
-STREAMING = [AttentionConfig(), AttentionConfig(type="sliding", window=6, sinks=2),
-             AttentionConfig(type="infini", segment_len=5)]
+STREAMING = [AttentionConfig(), AttentionConfig.of("sliding", window=6, sinks=2),
+             AttentionConfig.of("infini", segment_len=5)]
 
 
 @pytest.mark.parametrize("attention", STREAMING, ids=["full", "sliding", "infini"])

@@ -61,7 +61,7 @@ def test_sampled_generation_is_reproducible_and_top_k_1_is_greedy():
 def test_sliding_model_streams_past_its_positions_at_constant_memory():
   """Before the first eviction the sink cache is the sliding model's own full forward pass; then it keeps
   C = sinks + window slots and runs past max_position_embeddings with finite logits."""
-  attention = AttentionConfig(type="sliding", window=8, sinks=2)
+  attention = AttentionConfig.of("sliding", window=8, sinks=2)
   model, params = model_and_params(RopeConfig(), attention=attention)
   tokens = tokens_for(length=10)
   cache = init_cache(model.config, 2, 10_000)  # max_length does not size a sink cache
@@ -81,7 +81,7 @@ def test_sliding_model_streams_past_its_positions_at_constant_memory():
 
 def test_infini_model_streaming_equals_one_call():
   """Two layers: the second layer's memory is written from the first layer's streamed outputs."""
-  attention = AttentionConfig(type="infini", segment_len=4)
+  attention = AttentionConfig.of("infini", segment_len=4)
   model, params = model_and_params(RopeConfig(), layers=2, attention=attention)
   params = jax.tree_util.tree_map_with_path(  # open the gates: memory and local attention both matter
       lambda path, x: jnp.linspace(-2.0, 2.0, x.size).reshape(x.shape) if path[-1].key == "gate" else x, params)

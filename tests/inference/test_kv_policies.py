@@ -106,7 +106,7 @@ def test_bad_budgets_are_one_clear_line(name, budget, options, words):
 
 
 def test_compression_needs_full_attention():
-  model, _ = model_and_params(layers=1, attention=AttentionConfig(type="sliding", window=4))
+  model, _ = model_and_params(layers=1, attention=AttentionConfig.of("sliding", window=4))
   with pytest.raises(ConfigError, match="model.attention.type=full"):
     kv_policies.init_cache(model.config, 1, 16, None, kv_policies.make_policy("h2o", 8, 16))
   assert isinstance(init_cache(model.config, 1, 16), dict)
@@ -124,7 +124,7 @@ def test_the_calculator_asks_each_entry():
   model, _ = model_and_params(layers=1)
   config = model.config  # 2 kv heads, head_dim 8: 64 bytes of float16 K/V per token and layer
   assert kv_cache_bytes(config, 100, kv_policy=kv_policies.make_policy("full")) == kv_cache_bytes(config, 100)
-  sliding = model_and_params(layers=1, attention=AttentionConfig(type="sliding", window=60, sinks=4))[0].config
+  sliding = model_and_params(layers=1, attention=AttentionConfig.of("sliding", window=60, sinks=4))[0].config
   assert kv_cache_bytes(config, 100, kv_policy=kv_policies.make_policy("streaming", 64)) == kv_cache_bytes(sliding, 100)
   assert kv_cache_bytes(config, 100, kv_policy=kv_policies.make_policy("h2o", 64)) == 64 * (64 + 2 * 8)
   assert kv_cache_bytes(config, 10, kv_policy=kv_policies.make_policy("h2o", 64)) == 10 * (64 + 2 * 8)

@@ -9,9 +9,9 @@ from longjax.config import AttentionConfig, RopeConfig
 
 # Windows and chunks well below the 26 tokens decoded, so every pass and region is read.
 METHODS = {
-    "self_extend": AttentionConfig(type="self_extend", group_size=3, window=6, kernel_block=8),
-    "dca": AttentionConfig(type="dca", chunk_size=8, local_window=3, kernel_block=8),
-    "rerope_logn": AttentionConfig(type="rerope", window=6, logn_length=PRETRAINED, kernel_block=8),
+    "self_extend": AttentionConfig.of("self_extend", group_size=3, window=6, kernel_block=8),
+    "dca": AttentionConfig.of("dca", chunk_size=8, local_window=3, kernel_block=8),
+    "rerope_logn": AttentionConfig.of("rerope", window=6, logn_length=PRETRAINED, kernel_block=8),
     "full_logn": AttentionConfig(logn_length=PRETRAINED),
 }
 

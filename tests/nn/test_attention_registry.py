@@ -13,24 +13,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from longjax.config import AttentionConfig, ConfigError, ModelConfig
+from longjax.config import SUB_CONFIGS, AttentionConfig, ConfigError, ModelConfig
 from longjax.data import insert_landmarks
 from longjax.nn import ATTENTION_TYPES, Llama, init_cache, init_params
 
 LENGTH = 16  # tokens a decode test runs through; every cache below holds at least this many
 LANDMARK_ID = 63
 
-# One small valid config a type, and one of its keys set to a value its validation must refuse.
+# One small valid config a type, and one of its own keys (its sub-config's; full has none: a shared one) set to a
+# value its validation must refuse.
 TYPES = {
     "full": (AttentionConfig(), ("kernel_block", 0)),
-    "s2": (AttentionConfig(type="s2"), ("group_size_ratio", 1.5)),
-    "sliding": (AttentionConfig(type="sliding", window=LENGTH, sinks=2), ("window", None)),
-    "infini": (AttentionConfig(type="infini", segment_len=6), ("update", "hebbian")),
-    "landmark": (AttentionConfig(type="landmark", landmark_block=3, landmark_topk=8, landmark_id=LANDMARK_ID),
-                 ("landmark_id", None)),
-    "self_extend": (AttentionConfig(type="self_extend", group_size=3, window=5, kernel_block=8), ("window", None)),
-    "dca": (AttentionConfig(type="dca", chunk_size=6, local_window=2, kernel_block=8), ("local_window", 6)),
-    "rerope": (AttentionConfig(type="rerope", window=5, kernel_block=8), ("window", 0)),
+    "s2": (AttentionConfig.of("s2"), ("group_size_ratio", 1.5)),
+    "sliding": (AttentionConfig.of("sliding", window=LENGTH, sinks=2), ("window", None)),
+    "infini": (AttentionConfig.of("infini", segment_len=6), ("update", "hebbian")),
+    "landmark": (AttentionConfig.of("landmark", block=3, topk=8, id=LANDMARK_ID), ("id", None)),
+    "self_extend": (AttentionConfig.of("self_extend", group_size=3, window=5, kernel_block=8), ("window", None)),
+    "dca": (AttentionConfig.of("dca", chunk_size=6, local_window=2, kernel_block=8), ("local_window", 6)),
+    "rerope": (AttentionConfig.of("rerope", window=5, kernel_block=8), ("window", 0)),
 }
 
 
@@ -45,10 +45,23 @@ def test_every_registered_type_is_walked():
 
 @pytest.mark.parametrize("name", sorted(ATTENTION_TYPES))
 def test_config_is_validated(name):
+  """The entry's sub-config validates its own keys, and any other type's key set is refused."""
   attention, (key, bad) = TYPES[name]
+  entry = ATTENTION_TYPES[name]
+  assert entry.config is SUB_CONFIGS.get(name)
   _model_config(attention).validate()
-  with pytest.raises(ConfigError, match=rf"^model\.attention\.{key}=.* is invalid: "):
-    _model_config(dataclasses.replace(attention, **{key: bad})).validate()
+  if entry.config is None:
+    with pytest.raises(ConfigError, match=rf"^model\.attention\.{key}=.* is invalid: "):
+      _model_config(dataclasses.replace(attention, **{key: bad})).validate()
+  else:
+    own = dataclasses.replace(attention.own, **{key: bad})
+    with pytest.raises(ConfigError, match=rf"^model\.attention\.{name}\.{key}=.* is invalid: "):
+      _model_config(dataclasses.replace(attention, **{name: own})).validate()
+  other = next(other for other in SUB_CONFIGS if other != name and TYPES[other][0].own != SUB_CONFIGS[other]())
+  foreign = dataclasses.replace(attention, **{other: TYPES[other][0].own})
+  with pytest.raises(ConfigError, match=rf"^model\.attention\.{other}\.\w+=.* is invalid: a key of type {other}, "
+                     rf"but model\.attention\.type={name}"):
+    _model_config(foreign).validate()
 
 
 @pytest.mark.parametrize("name", sorted(ATTENTION_TYPES))

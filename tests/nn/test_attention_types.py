@@ -27,8 +27,10 @@ def test_each_attention_type_trains_on_the_default_corpus(tmp_path, data_dir, at
   config.train.log_every = 1
   config.train.seq_len = 64
   config.train.global_batch_size = 4
-  config.model.attention.window = 16 if attention == "sliding" else None
-  config.model.attention.segment_len = 16
+  if attention == "sliding":
+    config.model.attention.sliding.window = 16
+  if attention == "infini":
+    config.model.attention.infini.segment_len = 16
   train_and_evaluate(from_config_dict(config), str(tmp_path))
   losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert len(losses) == 16 and all(np.isfinite(losses))
@@ -36,8 +38,10 @@ def test_each_attention_type_trains_on_the_default_corpus(tmp_path, data_dir, at
 
 
 def _model(attention, **changes):
+  """tiny.py's model with `changes` to the keys of its attention type's own section."""
   config = from_config_dict(load_config(f"tiny.py:attention={attention}")).model
-  return dataclasses.replace(config, attention=dataclasses.replace(config.attention, **changes))
+  own = dataclasses.replace(config.attention.own, **changes)
+  return dataclasses.replace(config, attention=dataclasses.replace(config.attention, **{attention: own}))
 
 
 def _logits(config, params, tokens, train=False):
@@ -53,7 +57,7 @@ def test_s2_trains_sparse_and_evaluates_full():
   full = dataclasses.replace(s2, attention=dataclasses.replace(s2.attention, type="full"))
   np.testing.assert_array_equal(_logits(s2, params, TOKENS), _logits(full, params, TOKENS))
   assert np.abs(_logits(s2, params, TOKENS, train=True) - _logits(full, params, TOKENS)).max() > 1e-4
-  at_eval = dataclasses.replace(s2, attention=dataclasses.replace(s2.attention, s2_at_eval=True))
+  at_eval = _model("s2", at_eval=True)
   np.testing.assert_allclose(_logits(at_eval, params, TOKENS), _logits(s2, params, TOKENS, train=True), atol=1e-6)
 
 

@@ -15,8 +15,7 @@ BLOCK, LANDMARK = 3, 259  # three ordinary tokens and a landmark; the byte token
 
 
 def _model(topk=16, kernel_block=512):
-  attention = AttentionConfig(type="landmark", landmark_block=BLOCK, landmark_topk=topk, landmark_id=LANDMARK,
-                              kernel_block=kernel_block)
+  attention = AttentionConfig.of("landmark", block=BLOCK, topk=topk, id=LANDMARK, kernel_block=kernel_block)
   config = ModelConfig(vocab_size=260, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
                        num_kv_heads=2, attention=attention)
   config.validate()
@@ -64,15 +63,15 @@ def test_generate_inserts_landmarks_like_packing():
 
 
 @pytest.mark.parametrize("key,value,message", [
-    ("landmark_id", None, "model.attention.landmark_id=None is invalid"),
-    ("landmark_id", 260, "model.attention.landmark_id=260 is invalid: must be < model.vocab_size=260"),
-    ("landmark_block", 0, "model.attention.landmark_block=0 is invalid"),
-    ("landmark_topk", 0, "model.attention.landmark_topk=0 is invalid"),
+    ("id", None, "model.attention.landmark.id=None is invalid"),
+    ("id", 260, "model.attention.landmark.id=260 is invalid: must be < model.vocab_size=260"),
+    ("block", 0, "model.attention.landmark.block=0 is invalid"),
+    ("topk", 0, "model.attention.landmark.topk=0 is invalid"),
 ])
 def test_config_errors_name_the_key(key, value, message):
-  attention = AttentionConfig(type="landmark", landmark_id=LANDMARK).__dict__ | {key: value}
+  landmark = {"id": LANDMARK} | {key: value}
   with pytest.raises(ConfigError, match=f"^{message}"):
-    ModelConfig(vocab_size=260, attention=AttentionConfig(**attention)).validate()
+    ModelConfig(vocab_size=260, attention=AttentionConfig.of("landmark", **landmark)).validate()
 
 
 def test_init_from_a_smaller_vocabulary_grows_the_embedding_with_its_mean():

@@ -18,7 +18,7 @@ def test_blocks_registry_equals_the_allowed_config_values():
 
 @pytest.mark.parametrize("attention_type", config_lib.ATTENTION_TYPES)
 def test_every_attention_type_has_a_state_with_lengths(attention_type):
-  attention = AttentionConfig(type=attention_type, window=4 if attention_type == "sliding" else None)
+  attention = AttentionConfig.of(attention_type, **({"window": 4} if attention_type == "sliding" else {}))
   config = ModelConfig(num_layers=2, hidden_size=32, num_heads=4, num_kv_heads=2, attention=attention)
   cache = lnn.init_cache(config, 3, 16)
   assert len(cache["layers"]) == 2

@@ -33,8 +33,8 @@ def test_one_sliding_layer_sees_exactly_the_last_window_tokens_and_the_sinks(imp
   token t - W or any earlier non-sink token does: perturb each token in turn and see which outputs move."""
   config = load_config("tiny.py:attention=sliding")
   config.model.num_layers = 1
-  config.model.attention.window = WINDOW
-  config.model.attention.sinks = SINKS
+  config.model.attention.sliding.window = WINDOW
+  config.model.attention.sliding.sinks = SINKS
   config.model.attention.impl = impl
   model_config = from_config_dict(config).model
   params = jax.jit(lambda rng: init_params(model_config, rng))(jax.random.key(0))

@@ -52,6 +52,11 @@ def test_cached_attention_ignores_slots_past_the_filled_length():
                                                           key_block=4))
 
 
+def _frequencies_at(rope, dim):
+  """lengths int32[B] -> each row's frequencies: what the model's attention layer hands the streaming ops."""
+  return lambda lengths: positional.frequencies_per_row(rope, dim, lengths)
+
+
 def _rotate(x, positions, rope):
   freqs = positional.frequencies(rope, x.shape[-1])
   return np.asarray(positional.apply_rope(jnp.asarray(x)[None], jnp.asarray(positions)[None], freqs)[0])
@@ -78,7 +83,7 @@ def test_sink_cache_is_attention_over_the_kept_tokens_at_their_reassigned_positi
   for chunk in np.split(np.arange(total), [3, 4, 11, 12]):  # prompt, single steps and longer chunks
     sl = slice(chunk[0], chunk[-1] + 1)
     out, state = ops.sink_cache_attention(q[:, sl], k[:, sl], v[:, sl], state, jnp.ones((1, len(chunk)), bool),
-                                          window=window, sinks=sinks, rope=rope)
+                                          window=window, sinks=sinks, frequencies_at=_frequencies_at(rope, dim))
     assert state.key.shape == (1, kv_heads, window + sinks, dim)  # memory does not grow
     outs.append(out)
   got = np.asarray(jnp.concatenate(outs, axis=1)[0], np.float64)
@@ -101,9 +106,11 @@ def test_sink_cache_skips_padding():
   q, k, v = _rand(0, (2, 6, 2, 8)), _rand(1, (2, 6, 2, 8)), _rand(2, (2, 6, 2, 8))
   valid = jnp.asarray([[True] * 6, [True] * 3 + [False] * 3])
   init = ops.init_sink_cache(2, 2, 8, window=window, sinks=sinks, dtype=jnp.float32)
-  out, state = ops.sink_cache_attention(q, k, v, init, valid, window=window, sinks=sinks, rope=RopeConfig())
+  frequencies_at = _frequencies_at(RopeConfig(), 8)
+  out, state = ops.sink_cache_attention(q, k, v, init, valid, window=window, sinks=sinks, frequencies_at=frequencies_at)
   alone, alone_state = ops.sink_cache_attention(q[1:, :3], k[1:, :3], v[1:, :3], jax.tree.map(lambda x: x[1:], init),
-                                                valid[1:, :3], window=window, sinks=sinks, rope=RopeConfig())
+                                                valid[1:, :3], window=window, sinks=sinks,
+                                                frequencies_at=frequencies_at)
   np.testing.assert_array_equal(np.asarray(state.length), [6, 3])
   np.testing.assert_allclose(out[1:, :3], alone, atol=1e-6)
   for got, want in zip(jax.tree.leaves(jax.tree.map(lambda x: x[1:], state)), jax.tree.leaves(alone_state)):
@@ -125,7 +132,8 @@ def test_infini_streaming_equals_one_call(update):
   for chunk in np.split(np.arange(total), [6, 7, 8, 15]):
     sl = slice(chunk[0], chunk[-1] + 1)
     out, state = ops.infini_cache_attention(q[:, sl], k[:, sl], v[:, sl], gate, state,
-                                            jnp.ones((2, len(chunk)), bool), update=update, rope=rope)
+                                            jnp.ones((2, len(chunk)), bool), update=update,
+                                            frequencies_at=_frequencies_at(rope, dim))
     outs.append(out)
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), whole, atol=1e-5)
   np.testing.assert_array_equal(np.asarray(state.length), [total, total])

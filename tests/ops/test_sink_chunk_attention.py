@@ -7,9 +7,8 @@ has been evicted, different ones after (the chunk's queries also see the tokens 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
-from longjax import ops
+from longjax import ops, positional
 from longjax.config import RopeConfig
 from longjax.ops.kv_compress import sink_chunk_attention
 
@@ -57,13 +56,20 @@ def _reference(q, k, v, valid):
   return out
 
 
+def _rope_of(attend) -> dict:
+  """A plain RoPE as each op takes it: one set of frequencies (the chunk op), or a function of the lengths."""
+  if attend is sink_chunk_attention:
+    return {"freqs": positional.frequencies(RopeConfig(), D)}
+  return {"frequencies_at": lambda n: positional.frequencies_per_row(RopeConfig(), D, n)}
+
+
 def _by_chunks(attend, q, k, v, valid, window=WINDOW):
   state = ops.init_sink_cache(B, HKV, D, window=window, sinks=SINKS, dtype=jnp.float32)
   outs, states, start = [], [], 0
   for size in CHUNKS:
     part = slice(start, start + size)
     out, state = attend(jnp.asarray(q[:, part]), jnp.asarray(k[:, part]), jnp.asarray(v[:, part]), state,
-                        jnp.asarray(valid[:, part]), window=window, sinks=SINKS, rope=RopeConfig())
+                        jnp.asarray(valid[:, part]), window=window, sinks=SINKS, **_rope_of(attend))
     outs.append(np.asarray(out))
     states.append(state)
     start += size
@@ -94,17 +100,9 @@ def test_one_token_chunks_with_one_slot_less_are_the_one_token_path():
   outs = []
   for t in range(total):
     out, state = sink_chunk_attention(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], state, valid[:, t:t + 1],
-                                      window=WINDOW - 1, sinks=SINKS, rope=RopeConfig())
+                                      window=WINDOW - 1, sinks=SINKS, **_rope_of(sink_chunk_attention))
     outs.append(np.asarray(out))
   want, _ = ops.sink_cache_attention(q, k, v, ops.init_sink_cache(B, HKV, D, window=WINDOW, sinks=SINKS,
                                                                   dtype=jnp.float32), valid, window=WINDOW,
-                                     sinks=SINKS, rope=RopeConfig())
+                                     sinks=SINKS, **_rope_of(ops.sink_cache_attention))
   np.testing.assert_allclose(np.concatenate(outs, 1)[valid], np.asarray(want)[valid], atol=2e-6)
-
-
-def test_a_dynamic_rope_is_refused():
-  q, k, v, valid = _inputs()
-  state = ops.init_sink_cache(B, HKV, D, window=WINDOW, sinks=SINKS, dtype=jnp.float32)
-  with pytest.raises(ValueError, match="rope_type=dynamic is dynamic"):
-    sink_chunk_attention(q[:, :3], k[:, :3], v[:, :3], state, valid[:, :3], window=WINDOW, sinks=SINKS,
-                         rope=RopeConfig(rope_type="dynamic", factor=2.0))

@@ -63,9 +63,8 @@ for strategy, cross_documents in (("ring", True), ("all_gather", False)):
   expected = jax.jit(lambda p, b: model.apply({"params": p}, b["inputs"], **model_inputs(config, b)))(params, batch)
 
   def parallel(p, b):
-    with cp.balanced_layout():
-      b = balance_batch(config, b, 4)
-      return cp.unbalance(model.apply({"params": p}, b["inputs"], **model_inputs(config, b)), 4)
+    b = balance_batch(config, b, 4)
+    return cp.unbalance(model.apply({"params": p}, b["inputs"], **model_inputs(config, b, balanced=True)), 4)
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
     got = jax.jit(parallel, in_shardings=(None, sharding.batch_sharding(mesh)))(params, batch)

@@ -8,6 +8,7 @@ padding is neither cached nor counted, and each row's real tokens come first.
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -15,12 +16,12 @@ import jax.numpy as jnp
 
 from longjax import ops, positional, sharding
 from longjax.config import AttentionConfig, RopeConfig
-from longjax.ops import context_parallel
 
 
 class AttentionInputs(NamedTuple):
   """q [B, T, H, D], k/v [B, T, Hkv, D] before RoPE; positions int32[B, T]; seq_len int32[] or per row [B]
-  (the current total length, for dynamic positional methods); segment_ids int32[B, T] or None."""
+  (the current total length, for dynamic positional methods); segment_ids int32[B, T] or None; balanced: T is in
+  context parallelism's balanced layout (`ops.context_parallel.load_balance`), not in sequence order."""
 
   q: jax.Array
   k: jax.Array
@@ -28,6 +29,7 @@ class AttentionInputs(NamedTuple):
   positions: jax.Array
   seq_len: jax.Array
   segment_ids: jax.Array | None
+  balanced: bool = False
 
 
 class InsertedTokens(NamedTuple):
@@ -79,6 +81,8 @@ class AttentionType:
       `longjax.inference.kv_policies`).
   sequence_parallel: its training call can run context-parallel (config.SEQUENCE_PARALLEL_TYPES).
   state_follows_heads: its recurrent state is per KV head, so a tensor-parallel mesh cuts it as it cuts K/V.
+  config: its sub-config's class (`model.attention.<type>`, longjax.config.attention.SUB_CONFIGS), which validates
+      its own keys; None for a type without keys of its own.
   """
 
   apply: Callable[..., tuple[jax.Array, Any]]
@@ -91,6 +95,7 @@ class AttentionType:
   sequence_parallel: bool = False
   compressible: bool = False
   state_follows_heads: bool = False
+  config: type | None = None
 
 
 def frequencies(rope: RopeConfig, head_dim: int, seq_len) -> positional.Frequencies:
@@ -98,6 +103,12 @@ def frequencies(rope: RopeConfig, head_dim: int, seq_len) -> positional.Frequenc
   if jnp.ndim(seq_len) == 1:
     return positional.frequencies_per_row(rope, head_dim, seq_len)
   return positional.frequencies(rope, head_dim, seq_len)
+
+
+def frequencies_at(rope: RopeConfig, head_dim: int) -> Callable[[jax.Array], positional.Frequencies]:
+  """lengths int32[B] -> each row's frequencies at its length: what the streaming ops (`ops.sink_cache_attention`,
+  `ops.infini_cache_attention`) turn q and k with at each step."""
+  return functools.partial(positional.frequencies_per_row, rope, head_dim)
 
 
 def valid_tokens(x: AttentionInputs) -> jax.Array:
@@ -113,22 +124,23 @@ def rotated(rope: RopeConfig, x: AttentionInputs):
   return freqs, positional.apply_rope(x.q, x.positions, freqs), positional.apply_rope(x.k, x.positions, freqs)
 
 
-def _context_axis(cfg: AttentionConfig, length: int) -> str | None:
+def _context_axis(cfg: AttentionConfig, length: int, balanced: bool) -> str | None:
   """The mesh axis to run context-parallel over, or None: off, no sequence axis, or (contiguous layout only)
   a length the shards do not divide, which XLA's partitioner then handles (evaluation at odd lengths)."""
   axis = None if cfg.context_parallel == "none" else sharding.sequence_axis()
-  if axis is None or (not context_parallel.is_balanced() and length % jax.sharding.get_abstract_mesh().shape[axis]):
+  if axis is None or (not balanced and length % jax.sharding.get_abstract_mesh().shape[axis]):
     return None
   return axis
 
 
-def dense(cfg: AttentionConfig, q, k, v, segment_ids, *, window=None, sinks=0):
-  """Causal attention over a whole sequence (rotated q, k), context-parallel when configured and a mesh cuts it."""
+def dense(cfg: AttentionConfig, q, k, v, segment_ids, *, balanced: bool = False, window=None, sinks=0):
+  """Causal attention over a whole sequence (rotated q, k), context-parallel when configured and a mesh cuts it;
+  `balanced`: the length axis is in the balanced layout (`AttentionInputs.balanced`)."""
   segment_ids = None if cfg.cross_documents else segment_ids
-  axis = _context_axis(cfg, q.shape[1])
+  axis = _context_axis(cfg, q.shape[1], balanced)
   if axis is not None:
     return ops.context_parallel_attention(q, k, v, axis_name=axis, strategy=cfg.context_parallel,
-                                          balanced=context_parallel.is_balanced(), window=window, sinks=sinks,
+                                          balanced=balanced, window=window, sinks=sinks,
                                           segment_ids=segment_ids, block_size=cfg.kernel_block)
   return ops.attention(q, k, v, causal=True, impl=cfg.impl, window=window, sinks=sinks, segment_ids=segment_ids,
                        block_size=cfg.kernel_block)

@@ -28,7 +28,7 @@ def apply(module, cfg, rope, x: AttentionInputs, state, train):
   if state is not None:
     return cached(cfg, rope, x, state)
   _, q, k = rotated(rope, x)
-  return dense(cfg, q, k, x.v, x.segment_ids), None
+  return dense(cfg, q, k, x.v, x.segment_ids, balanced=x.balanced), None
 
 
 def evaluates_plain(cfg) -> bool:

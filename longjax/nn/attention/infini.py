@@ -4,7 +4,8 @@ normalizer z float32[Hkv, D] plus the open segment's K/V (`ops.InfiniCache`), so
 import flax.linen as nn
 
 from longjax import ops
-from longjax.nn.attention.common import AttentionInputs, AttentionType, frequencies, valid_tokens
+from longjax.config import InfiniConfig
+from longjax.nn.attention.common import AttentionInputs, AttentionType, frequencies, frequencies_at, valid_tokens
 
 _FLOAT32 = 4
 
@@ -16,20 +17,21 @@ def apply(module, cfg, rope, x: AttentionInputs, state, train):
   gate = module.param("gate", nn.with_logical_partitioning(nn.initializers.zeros, ("heads",)), (heads,),
                       module.param_dtype)
   if state is not None:
-    return ops.infini_cache_attention(x.q, x.k, x.v, gate, state, valid_tokens(x), update=cfg.update, rope=rope)
+    return ops.infini_cache_attention(x.q, x.k, x.v, gate, state, valid_tokens(x), update=cfg.infini.update,
+                                      frequencies_at=frequencies_at(rope, x.q.shape[-1]))
   freqs = frequencies(rope, x.q.shape[-1], x.seq_len)
-  out, _ = ops.infini_attention(x.q, x.k, x.v, gate, segment_len=cfg.segment_len, update=cfg.update, freqs=freqs,
-                                impl=cfg.impl)
+  out, _ = ops.infini_attention(x.q, x.k, x.v, gate, segment_len=cfg.infini.segment_len, update=cfg.infini.update,
+                                freqs=freqs, impl=cfg.impl)
   return out, None
 
 
 def init_state(cfg, batch, max_length, kv_heads, head_dim, dtype):
   del max_length  # constant memory: the compressive memory and one segment
-  return ops.init_infini_cache(batch, kv_heads, head_dim, head_dim, segment_len=cfg.segment_len, dtype=dtype)
+  return ops.init_infini_cache(batch, kv_heads, head_dim, head_dim, segment_len=cfg.infini.segment_len, dtype=dtype)
 
 
 def cached_tokens(cfg, length: int) -> int:
-  return min(length, cfg.segment_len)
+  return min(length, cfg.infini.segment_len)
 
 
 def state_bytes(cfg, kv_heads: int, head_dim: int) -> int:
@@ -39,4 +41,4 @@ def state_bytes(cfg, kv_heads: int, head_dim: int) -> int:
 
 
 INFINI = AttentionType(apply, init_state, cached_tokens=cached_tokens, state_bytes=state_bytes,
-                       state_follows_heads=True)
+                       state_follows_heads=True, config=InfiniConfig)

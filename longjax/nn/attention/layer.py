@@ -17,7 +17,7 @@ class Attention(nn.Module):
 
   `attention.type` picks the attention op and its state from `ATTENTION_TYPES`; `state` None is a
   whole-sequence call. `train` selects LongLoRA's behaviour for type s2: shifted sparse attention
-  in training, full attention at evaluation unless `attention.s2_at_eval`.
+  in training, full attention at evaluation unless `attention.s2.at_eval`.
   """
 
   num_heads: int
@@ -29,6 +29,7 @@ class Attention(nn.Module):
   lora: LoraConfig
   init_std: float = 0.02
   train: bool = False
+  balanced: bool = False  # the length axis is in context parallelism's balanced layout (AttentionInputs.balanced)
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -49,7 +50,7 @@ class Attention(nn.Module):
     k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
     if self.attention.logn_length:  # log-n scaling: a scale on q is a scale on its logits, before or after RoPE
       q = q * logn_scale(positions, self.attention.logn_length)[..., None, None].astype(q.dtype)
-    inputs = AttentionInputs(q, k, v, positions, seq_len, segment_ids)
+    inputs = AttentionInputs(q, k, v, positions, seq_len, segment_ids, self.balanced)
     out, state = ATTENTION_TYPES[self.attention.type].apply(self, self.attention, self.rope, inputs, state,
                                                             self.train)
     out = checkpoint_name(out, "attention_out")

@@ -14,8 +14,8 @@ from longjax.config import AttentionConfig
 from longjax.nn.attention.common import AttentionInputs, AttentionType, append_kv, frequencies, init_kv
 
 
-def remapping_type(remap_of: Callable[[AttentionConfig], ops.Remap]) -> AttentionType:
-  """The AttentionType of a remapping method, `remap_of(cfg)` giving its `ops.Remap`."""
+def remapping_type(remap_of: Callable[[AttentionConfig], ops.Remap], config: type) -> AttentionType:
+  """The AttentionType of a remapping method, `remap_of(cfg)` giving its `ops.Remap`, `config` its sub-config."""
 
   def apply(module, cfg, rope, x: AttentionInputs, state, train):
     del module, train
@@ -29,4 +29,4 @@ def remapping_type(remap_of: Callable[[AttentionConfig], ops.Remap]) -> Attentio
                               block_size=cfg.kernel_block)
     return out, state
 
-  return AttentionType(apply, init_kv)
+  return AttentionType(apply, init_kv, config=config)
