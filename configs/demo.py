@@ -39,11 +39,14 @@ def get_config(arg=None):
   # Measured (docs/demo_retrieval.md): packed into the stream, a passkey document of a row's length usually
   # straddles two rows, cutting the key from its question, and its loss is mostly filler; the model learned no
   # retrieval. So each retrieval document owns a row and only its answers carry loss. The rate replaces whole
-  # documents and a source file fills many rows, a passkey document one: 0.95 gives ~2/3 passkey rows.
+  # documents and a source file fills many rows, a passkey document one: over 2,400 rows 0.95 gave 40% passkey
+  # rows, 0.98 62% and 0.99 81%. After 800 steps the model retrieved about half the keys at 1x at 0.95 and at
+  # 0.98, all 30 at 0.99 (source loss 2.97 nats against 2.67 at 0.95; docs/demo_retrieval.md): the share
+  # matters steeply, and so do the steps (600 at 0.99: 77%).
   # Fine-tuning keeps the mix (each method sees the same passkeys). The warm-up's key=value episodes stay out of
   # pre-training: mixed in at even odds their many answers outweighed the passkey's and it was not learned
   # (docs/demo_retrieval.md).
-  data.retrieval_rate = 0.95
+  data.retrieval_rate = 0.99
   data.retrieval_task = "passkey"
   data.retrieval_digits = 2
   data.retrieval_pairs = 4
@@ -82,10 +85,12 @@ def get_config(arg=None):
       model.rope.original_max_position_embeddings = PRETRAIN_LENGTH
     train.seq_len = EXTENSION * PRETRAIN_LENGTH
     train.global_batch_size = 1  # same tokens per step as pre-training
-    train.num_steps = args.steps or 100
+    # 50 steps (100 before issue 26): with its evaluation, fine-tuning took 185 of the demo's 518 CPU s, and the
+    # goal is 600 s from a fresh clone (docs/demo_retrieval.md).
+    train.num_steps = args.steps or 50
     train.learning_rate = 1e-3
     train.warmup_steps = 10
     train.weight_decay = 0.0
     train.log_every = 10
-    train.checkpoint_every = 100
+    train.checkpoint_every = 50
   return config
