@@ -13,7 +13,8 @@ from longjax.evaluate.extension import BASELINE, training_free_methods
 BASE = RopeConfig(rope_theta=1e5, partial_rotary_factor=0.5)  # a trained rope that is not the default
 
 
-@pytest.mark.parametrize("length, factor", [(512, 4.0), (1000, 2.5)])
+# 1002: not a multiple of 4, so a true division (250.5, 751.5) differs from the floor
+@pytest.mark.parametrize("length, factor", [(512, 4.0), (1000, 2.5), (1002, 3.0)])
 def test_every_method_as_configured(length, factor):
   methods = training_free_methods(length, factor, BASE)
   rope = lambda **fields: dataclasses.replace(BASE, **fields)  # noqa: E731
@@ -37,6 +38,9 @@ def test_every_method_as_configured(length, factor):
   for key, value in want.items():
     assert methods[key] == value, key
   assert all(r.rope_theta == 1e5 and r.partial_rotary_factor == 0.5 for r, _ in methods.values())
+  remapping = [methods[f"Self-Extend G{2 * factor:g}"][1].self_extend.window, methods["DCA"][1].dca.chunk_size,
+               methods["DCA"][1].dca.local_window, methods["ReRoPE + log-n"][1].rerope.window]
+  assert all(type(n) is int for n in remapping), remapping  # token counts, not 250.5
 
 
 @pytest.mark.parametrize("length, factor", [(512, 4.0), (1000, 2.5), (4096, 8.0)])
