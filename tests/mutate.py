@@ -59,6 +59,7 @@ TESTS = {
     "longjax/ops/reference.py": ["tests/ops/test_attention.py"],
     "longjax/ops/cached.py": ["tests/ops/test_caches.py"],
     "longjax/ops/sink_cache.py": ["tests/ops/test_caches.py"],
+    "longjax/ops/kv_compress.py": ["tests/ops/test_kv_compress.py", "tests/ops/test_sink_chunk_attention.py"],
     "longjax/evaluate/plots.py": ["tests/evaluate/test_ruler.py"],
     "longjax/evaluate/tasks.py": ["tests/evaluate/test_tasks.py", "tests/evaluate/test_ruler_task.py",
                                   "tests/evaluate/test_training_eval.py"],

@@ -63,13 +63,26 @@ def _rope_of(attend) -> dict:
   return {"frequencies_at": lambda n: positional.frequencies_per_row(RopeConfig(), D, n)}
 
 
+def _jit_chunk():
+  """sink_chunk_attention jitted (one compile a chunk size instead of one a primitive: a quarter of the CPU)."""
+  return jax.jit(sink_chunk_attention, static_argnames=("window", "sinks"))
+
+
+def _jitted(attend):
+  if attend is sink_chunk_attention:
+    return _jit_chunk()
+  return jax.jit(attend, static_argnames=("window", "sinks", "frequencies_at"))
+
+
 def _by_chunks(attend, q, k, v, valid, window=WINDOW):
   state = ops.init_sink_cache(B, HKV, D, window=window, sinks=SINKS, dtype=jnp.float32)
   outs, states, start = [], [], 0
+  rope = _rope_of(attend)
+  attend = _jitted(attend)
   for size in CHUNKS:
     part = slice(start, start + size)
     out, state = attend(jnp.asarray(q[:, part]), jnp.asarray(k[:, part]), jnp.asarray(v[:, part]), state,
-                        jnp.asarray(valid[:, part]), window=window, sinks=SINKS, **_rope_of(attend))
+                        jnp.asarray(valid[:, part]), window=window, sinks=SINKS, **rope)
     outs.append(np.asarray(out))
     states.append(state)
     start += size
@@ -97,10 +110,10 @@ def test_one_token_chunks_with_one_slot_less_are_the_one_token_path():
   q, k, v, valid = _inputs(seed=1)
   total = q.shape[1]
   state = ops.init_sink_cache(B, HKV, D, window=WINDOW - 1, sinks=SINKS, dtype=jnp.float32)
-  outs = []
+  outs, attend = [], _jit_chunk()
   for t in range(total):
-    out, state = sink_chunk_attention(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], state, valid[:, t:t + 1],
-                                      window=WINDOW - 1, sinks=SINKS, **_rope_of(sink_chunk_attention))
+    out, state = attend(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], state, valid[:, t:t + 1],
+                        window=WINDOW - 1, sinks=SINKS, **_rope_of(sink_chunk_attention))
     outs.append(np.asarray(out))
   want, _ = ops.sink_cache_attention(q, k, v, ops.init_sink_cache(B, HKV, D, window=WINDOW, sinks=SINKS,
                                                                   dtype=jnp.float32), valid, window=WINDOW,
