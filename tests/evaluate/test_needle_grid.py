@@ -3,9 +3,11 @@ holds (task, lengths, depths, trials, prompt tokens, trained length, samples), w
 
 import re
 
+import numpy as np
 import pytest
 
 from longjax.evaluate import needle
+from longjax.evaluate.passkey import random_keys
 
 
 class Recorder:
@@ -59,9 +61,13 @@ def test_sf_score_is_the_fraction_of_the_two_facts(outputs, score):
   assert needle.sf_score(outputs[0]) == score
 
 
+EOS = 3
+
+
 def _key_reader(prompts, max_new_tokens):
+  """Answers each prompt's number, then EOS and more digits (which the grid cuts off)."""
   return [[ord(c) for c in " " + re.search(r"magic number is (\d+)\.", "".join(map(chr, p))).group(1)]
-          for p in prompts]
+          + [EOS, ord("1"), ord("7")] for p in prompts]
 
 
 def test_keyed_grid_fields_samples_and_answer_budget():
@@ -74,18 +80,20 @@ def test_keyed_grid_fields_samples_and_answer_budget():
   encode = lambda text: [ord(c) for c in text]  # noqa: E731
   decode = lambda ids: "".join(map(chr, ids))  # noqa: E731
   documents = ["alpha beta gamma delta " * 10]
-  grid = needle.evaluate_needle(generate, encode, decode, documents, [300, 400], [0.0, 1.0], trials=2, seed=3,
-                                trained_length=200)
+  grid = needle.evaluate_needle(generate, encode, decode, documents, [300, 700], [0.0, 1.0], trials=2, seed=3,
+                                trained_length=200, eos_id=EOS)
   assert (grid.task, grid.lengths, grid.depths, grid.trials, grid.trained_length) == (
-      "needle", [300, 400], [0.0, 1.0], 2, 200)
-  assert grid.accuracy == [[1.0, 1.0], [1.0, 1.0]] and grid.prompt_tokens == [300, 400]
+      "needle", [300, 700], [0.0, 1.0], 2, 200)
+  assert grid.accuracy == [[1.0, 1.0], [1.0, 1.0]] and grid.prompt_tokens == [300, 700]
   assert [len(p) for p, _ in calls] == [2] * 4
-  # the widest default key (50000) fills each prompt to the length; the answer budget is its tokens + 1
-  assert all(len(p) <= n for (prompts, _), n in zip(calls, [300, 300, 400, 400]) for p in prompts)
-  numbers = [int(decode(_key_reader(prompts[:1], 0)[0])) for prompts, _ in calls]
-  assert [n for _, n in calls] == [max(len(f" {int(decode(a))}") for a in _key_reader(p, 0)) + 1 for p, _ in calls]
+  # the widest default key (50000) fills each prompt to the length (230 characters of documents repeated past
+  # 700); the answer budget is the answer's tokens + 1
+  assert all(len(p) <= n for (prompts, _), n in zip(calls, [300, 300, 700, 700]) for p in prompts)
+  keys = [[int(decode(a[:a.index(EOS)])) for a in _key_reader(prompts, 0)] for prompts, _ in calls]
+  numbers = [row[0] for row in keys]
+  assert [n for _, n in calls] == [max(len(f" {k}") for k in row) + 1 for row in keys]
   assert grid.samples == [{"length": n, "depth": d, "number": k, "answer": encode(f" {k}"), "output": encode(f" {k}")}
-                          for (n, d), k in zip([(300, 0.0), (300, 1.0), (400, 0.0), (400, 1.0)], numbers)]
+                          for (n, d), k in zip([(300, 0.0), (300, 1.0), (700, 0.0), (700, 1.0)], numbers)]
 
 
 @pytest.mark.parametrize("depth", [0.41, 0.77])
@@ -96,3 +104,82 @@ def test_gkamradt_needle_goes_right_after_the_last_sentence_end_before_its_depth
   before = prompt[prompt.index("<context>\n") + len("<context>\n"):prompt.index(needle.SF_NEEDLE)]
   ends = [m.end() for m in re.finditer(r"\.", context) if m.end() <= depth * len(context)]
   assert len(before) == ends[-1]
+
+
+def _keyed(lengths, depths, **kwargs):
+  calls = []
+
+  def generate(prompts, max_new_tokens):
+    calls.append(([decode(p) for p in prompts], max_new_tokens))
+    return _key_reader(prompts, max_new_tokens)
+
+  encode = lambda text: [ord(c) for c in text]  # noqa: E731
+  decode = lambda ids: "".join(map(chr, ids))  # noqa: E731
+  grid = needle.evaluate_needle(generate, encode, decode, ["alpha beta gamma delta " * 10], lengths, depths,
+                                eos_id=EOS, **kwargs)
+  return grid, calls
+
+
+def test_keyed_defaults_four_trials_seed_0_keys_up_to_50000():
+  grid, calls = _keyed([300], [0.5, 1.0])
+  assert grid.trials == 4 and [len(p) for p, _ in calls] == [4, 4]
+  rng = np.random.default_rng(0)
+  keys = [random_keys(rng, 4) for _ in range(2)]
+  assert [[int(re.search(r"number is (\d+)\.", p).group(1)) for p in prompts] for prompts, _ in calls] == keys
+
+
+@pytest.mark.parametrize("digits", [1, 3])
+def test_keyed_digits_size_every_prompt_to_the_length(digits):
+  """With `digits` every key has that many digits, so the widest (10^digits - 1) fills every prompt exactly."""
+  grid, calls = _keyed([250, 333], [0.0, 0.5], trials=3, digits=digits)
+  assert grid.prompt_tokens == [250, 333]
+  for (prompts, max_new_tokens), n in zip(calls, [250, 250, 333, 333]):
+    assert [len(p) for p in prompts] == [n] * 3 and max_new_tokens == digits + 2  # " " + digits + 1
+
+
+def test_cut_at_stops_before_the_first_stop_token():
+  assert needle.cut_at([5, 2, 7, 2], 2) == [5] and needle.cut_at((5, 7), 2) == [5, 7]
+  assert needle.cut_at([5, 2], None) == [5, 2] and needle.cut_at([2], 2) == []
+
+
+def _position_loop(haystack, depth, boundaries=" \n"):
+  """needle_position as a plain loop: target = round(depth * n); at the ends the target itself; else just before
+  the last whitespace at or before the target, or just after the last "." before it; 0 when there is none."""
+  target = round(depth * len(haystack))
+  if target in (0, len(haystack)):
+    return target
+  if boundaries == ".":
+    return next((i + 1 for i in range(target - 1, -1, -1) if haystack[i] == "."), 0)
+  return next((i for i in range(target, -1, -1) if haystack[i] in boundaries), 0)
+
+
+def test_needle_position_is_the_plain_loop():
+  """Short haystacks of letters, spaces, newlines and full stops at every depth k / n, with a boundary at the
+  target, at index 0, or nowhere before it."""
+  rng = np.random.default_rng(0)
+  haystacks = ["abcdef", ".abc d", " abc.d", "ab cd.ef", "ab\ncd", "a"] + [
+      "".join(rng.choice(list("ab .\n"), n)) for n in rng.integers(2, 12, 40)]
+  for haystack in haystacks:
+    for k in range(len(haystack) + 1):
+      depth = k / len(haystack)
+      assert needle.needle_position(haystack, depth) == _position_loop(haystack, depth), (haystack, depth)
+      assert needle.needle_position(haystack, depth, ".") == _position_loop(haystack, depth, "."), (haystack, depth)
+  for depth in (-0.1, 1.5):
+    with pytest.raises(ValueError, match=r"depth must be in \[0, 1\]"):
+      needle.needle_position("ab cd", depth)
+
+
+def test_a_multi_character_token_that_starts_with_a_digit_extends_the_number():
+  pieces = {1: " 4213", 2: "5.", 3: ".", 4: "0"}
+  decode = lambda ids: "".join(pieces[i] for i in ids)  # noqa: E731
+  assert not needle.is_correct([1, 2], [1], decode) and needle.is_correct([1, 3, 4], [1], decode)
+
+
+def test_haystack_text_joins_by_blank_lines_and_doubles_to_the_minimum():
+  assert needle.haystack_text(["ab", "cd"], 6) == "ab\n\ncd"
+  assert needle.haystack_text(["abcdef"], 6) == "abcdef"
+  assert needle.haystack_text(["ab"], 5) == "ab\n\nab"
+  assert needle.haystack_text(["ab", ""], 7) == "ab\n\n\n\nab\n\n"
+  for documents in ([], ["", ""]):
+    with pytest.raises(ValueError, match="^needle: the haystack needs at least one non-empty document$"):
+      needle.haystack_text(documents, 10)
