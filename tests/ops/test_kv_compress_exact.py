@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from longjax import ops
-from longjax.ops.kv_compress import candidate_attention, pack, quantize, unpack
+from longjax.ops.kv_compress import candidate_attention, max_pool, pack, quantize, unpack
 
 B, H, HKV, D = 2, 4, 2, 8
 G = H // HKV
@@ -133,6 +133,17 @@ def test_empty_states_shapes_dtypes_and_values():
   for field, (shape, dtype) in zip(quant, expected):
     assert field.shape == shape and field.dtype == dtype and not np.any(np.asarray(field, np.float32))
   assert ops.init_quant_cache(1, 1, D, max_length=8, bits=8, group=4, dtype=jnp.float32).key_code.shape == (1, 1, 8, D)
+  h2o = ops.init_evicting_cache(1, H, HKV, D, budget=3, dtype=jnp.float32)  # no observation window by default
+  assert h2o.obs_query.shape == (1, 0, H, D) and h2o.obs_position.shape == (1, 0)
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5, 7])
+def test_max_pool_is_a_loop_over_neighbours(kernel):
+  """torch's max_pool1d(kernel, stride 1, padding kernel // 2) as a loop: max over j - k // 2 .. j + k // 2."""
+  vote = np.random.default_rng(kernel).random((2, 3, 9)).astype(np.float32)
+  half = kernel // 2
+  want = np.stack([vote[..., max(0, j - half):j + half + 1].max(-1) for j in range(9)], axis=-1)
+  np.testing.assert_array_equal(max_pool(jnp.asarray(vote), kernel), want)
 
 
 def test_four_bit_codes_pack_low_nibble_first():
