@@ -55,7 +55,8 @@ TESTS = {
                                 "tests/nn/test_megalodon.py::test_cema_parameters_follow_the_reference_init"],
     "longjax/evaluate/passkey.py": ["tests/evaluate/test_passkey.py", "tests/evaluate/test_passkey_grid.py",
                                     "tests/evaluate/test_exact_lengths.py"],
-    "longjax/evaluate/ruler.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py"],
+    "longjax/evaluate/ruler.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py",
+                                  "tests/evaluate/test_ruler_fit.py"],
     # ruler.py's task families, tested through it
     "longjax/evaluate/ruler_niah.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_ruler_families.py"],
     "longjax/evaluate/ruler_vt.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_ruler_families.py"],

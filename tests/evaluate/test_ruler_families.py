@@ -273,3 +273,26 @@ def test_vt_variable_names_are_distinct_even_when_short():
     chains, copies = _chains(prompt)
     names = [v for c in chains.values() for v in c]
     assert len(chains) == 2 and copies == 6 and len(set(names)) == 8, seed
+
+
+class _Extremes:
+  """A generator whose integers(low, high) gives the lowest value of the range (or the highest, high - 1), as
+  NumPy's does for the narrowest ranges; every other draw goes to a real generator."""
+
+  def __init__(self, seed, highest):
+    self.rng, self.highest = np.random.default_rng(seed), highest
+
+  def integers(self, low, high=None):
+    low, high = (0, low) if high is None else (low, high)
+    return high - 1 if self.highest else low
+
+  def __getattr__(self, name):
+    return getattr(self.rng, name)
+
+
+@pytest.mark.parametrize("highest", [False, True])
+def test_vt_values_span_rulers_range(highest):
+  """RULER variable_tracking.py: np.random.randint(10000, 99999), so 10000 to 99998: the range's two ends."""
+  prompt, outputs = ruler_vt.vt_instance(_Extremes(10, highest), 3, num_chains=1, num_hops=1, var_len=5)
+  chains, _ = _chains(prompt)
+  assert list(chains) == ["99998" if highest else "10000"] and outputs == chains["99998" if highest else "10000"]
