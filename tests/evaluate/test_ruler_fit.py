@@ -103,15 +103,17 @@ def test_vt_example_of_the_smallest_budget_and_one_less():
     ruler.generate_sample("vt", context_tokens=3, tokenizer=_Lines(), rng=np.random.default_rng(2))
 
 
-@pytest.mark.parametrize("context", [150, 3010])
+@pytest.mark.parametrize("context", [100, 2960])
 def test_fwe_vocabulary_is_a_fiftieth_of_the_context_and_at_least_four(context):
-  """fwe's vocabulary: context_tokens // 50 coded words, at least 4 (the answers are ranks 2-4). The sample is the
-  family's prompt of some size n with that vocabulary, from the seed generate_sample draws first. The prompt shows
-  sum_r int(n r^-2 / zeta(2)) words (r up to the vocabulary size V): at least n H/zeta(2) - V, H = sum_r r^-2."""
+  """RULER freq_words_extraction.py: vocab_size = max_seq_length // 50, max_seq_length counting the 50 tokens to
+  generate (so (2960 + 50) // 50 = 60 here, not 2960 // 50 = 59); here at least 4 (the answers are ranks 2-4). The
+  sample is the family's prompt of some size n with that vocabulary, from the seed generate_sample draws first. The
+  prompt shows sum_r int(n r^-2 / zeta(2)) words (r up to the vocabulary size V): at least n H/zeta(2) - V,
+  H = sum_r r^-2."""
   s = ruler.generate_sample("fwe", context_tokens=context, tokenizer=_Words(), rng=np.random.default_rng(3))
   seed = int(np.random.default_rng(3).integers(2**63))
   shown = len(s.input.split("coded words. ")[1].split("\nQuestion:")[0].split())
-  vocab_size = max(4, context // 50)
+  vocab_size = max(4, (context + 50) // 50)
   most = int((shown + vocab_size) * (np.pi ** 2 / 6) / np.sum(np.arange(1.0, vocab_size + 1) ** -2)) + 1
   prompts = [ruler_aggregation.fwe(np.random.default_rng(seed), n, alpha=2.0, coded_wordlen=6, vocab_size=vocab_size)
              for n in range(shown, most + 1)]
