@@ -180,6 +180,8 @@ def test_cwe_example_and_task_sizes(short):
   shown = example.rsplit("in the list are: ", 1)[1]  # the example's answer: its common words, numbered
   assert sorted(re.findall(r"\d+\. (\S+)", shown)) == sorted(w for w, c in counts.items() if c == max(counts.values()))
   assert [int(n) for n in re.findall(r"(\d+)\. ", shown)] == [1, 2, 3]
+  # the example: 20 words, 3 of them 3 times (short), or 40 words, 3 of them 10 times and the rest 3 times
+  assert sorted(counts.values()) == ([1] * 17 + [3] * 3 if short else [3] * 37 + [10] * 3)
   listed = task.split("Memorize the ones that appear most often.\n")[1].split("\nQuestion:")[0]
   assert [int(n) for n in re.findall(r"(\d+)\. ", listed)] == list(range(1, len(re.findall(r"\d+\. ", listed)) + 1))
   counts = _listed(listed)
