@@ -298,3 +298,14 @@ def test_vt_values_span_rulers_range(highest):
   prompt, outputs = ruler_vt.vt_instance(_Extremes(10, highest), 3, num_chains=1, num_hops=1, var_len=5)
   chains, _ = _chains(prompt)
   assert list(chains) == ["99998" if highest else "10000"] and outputs == chains["99998" if highest else "10000"]
+
+
+def test_cwe_worked_examples_one_a_line_before_the_task():
+  """num_fewshot examples (RULER's cwe has one; the option takes more): each a whole solved prompt, then a newline."""
+  prompt, common = ruler_aggregation.cwe(np.random.default_rng(11), 4, freq_cw=30, freq_ucw=3, num_cw=2,
+                                         num_fewshot=2, short=True)
+  parts = prompt.split("\nBelow is a numbered list of words.")
+  assert len(parts) == 3 and parts[0].startswith("Below is a numbered list of words.")
+  for shot in parts[:2]:
+    assert re.search(r"the list are: 1\. [a-z'-]+ 2\. [a-z'-]+$", shot)
+  assert parts[2].endswith("the list are:") and len(common) == 2
