@@ -10,6 +10,11 @@ coverage then runs, for each mutant, only the selected tests that call the mutat
 survivor (with its diff) go to mutants-report/<file>.txt. The score counts every mutant: "no tests" (a function
 none of the selected tests calls) and "timeout" (killed by the CPU-time limit) included. Not part of `make test` or CI.
 
+A watchdog stops runaway mutants (a prompt that grows forever, a loop that never ends) before they take the machine:
+each mutant's worker lowers its CPU-time limit to max(--cpu-cap, 4 x its tests' measured time) seconds, and a thread
+of the mutmut process sends SIGXCPU to any worker whose resident memory (with its children's) passes --memory-cap.
+SIGXCPU is the signal of mutmut's own CPU limit, so either stop is recorded as mutmut records its timeouts.
+
 mutmut leaves decorated functions alone (flax's `@nn.compact` methods, `@property`, `@jax.jit`): their lines are
 checked by the tests, not by this.
 """
@@ -21,9 +26,14 @@ import glob
 import io
 import json
 import os
+import resource
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from contextlib import redirect_stdout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +55,8 @@ TESTS = {
                                 "tests/nn/test_megalodon.py::test_cema_parameters_follow_the_reference_init"],
     "longjax/evaluate/passkey.py": ["tests/evaluate/test_passkey.py", "tests/evaluate/test_passkey_grid.py",
                                     "tests/evaluate/test_exact_lengths.py"],
-    "longjax/evaluate/ruler.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py"],
+    "longjax/evaluate/ruler.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_exact_lengths.py",
+                                  "tests/evaluate/test_ruler_fit.py"],
     # ruler.py's task families, tested through it
     "longjax/evaluate/ruler_niah.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_ruler_families.py"],
     "longjax/evaluate/ruler_vt.py": ["tests/evaluate/test_ruler.py", "tests/evaluate/test_ruler_families.py"],
@@ -68,6 +79,145 @@ TESTS = {
     "longjax/positional/rope.py": ["tests/positional"],
     "longjax/positional/methods.py": ["tests/positional"],
 }
+
+
+class Watchdog:
+  """Stops registered mutant workers past a memory cap with SIGXCPU, from a thread of the mutmut process.
+
+  A worker registers by writing a file named by its pid (its start time and mutant name inside) to `directory`;
+  the thread reads the resident memory of each (with its descendants') every `poll_s` seconds and sends SIGXCPU,
+  then SIGKILL `grace_s` later if it still runs. The start time guards against a reused pid."""
+
+  def __init__(self, directory, memory_bytes, poll_s=0.5, grace_s=10.0, log=print):
+    self.directory, self.memory_bytes, self.poll_s, self.grace_s, self.log = directory, memory_bytes, poll_s, grace_s, log
+    self.stopping = {}  # pid -> time SIGXCPU was sent, while it runs
+    self.stopped = []  # the mutants stopped, in order
+    self._done = threading.Event()
+    self._thread = threading.Thread(target=self._loop, name="mutate-watchdog", daemon=True)
+
+  def start(self):
+    self._thread.start()
+    return self
+
+  def close(self):
+    self._done.set()
+    if self._thread.is_alive():
+      self._thread.join()
+
+  def _loop(self):
+    while not self._done.wait(self.poll_s):
+      self.check()
+
+  def check(self):
+    """One pass over the registered workers; returns the pids stopped in it."""
+    stopped = []
+    for name in os.listdir(self.directory):
+      if not name.isdigit():
+        continue  # a registration being written
+      pid = int(name)
+      try:
+        with open(os.path.join(self.directory, name)) as f:
+          start, mutant = f.read().split(" ", 1)
+      except (OSError, ValueError):
+        continue
+      if _start_time(pid) != start:  # gone (or the pid reused)
+        self._forget(pid, name)
+        continue
+      if pid in self.stopping:
+        if time.monotonic() - self.stopping[pid] > self.grace_s:
+          _signal(pid, signal.SIGKILL)
+        continue
+      rss = _tree_rss(pid)
+      if rss > self.memory_bytes:
+        self.log(f"watchdog: {mutant} (pid {pid}) at {rss / 2**30:.2f} GiB resident, over the cap of "
+                 f"{self.memory_bytes / 2**30:.2f} GiB: SIGXCPU (recorded as timeout)", flush=True)
+        self.stopping[pid] = time.monotonic()
+        self.stopped.append(mutant)
+        _signal(pid, signal.SIGXCPU)
+        stopped.append(pid)
+    return stopped
+
+  def _forget(self, pid, name):
+    self.stopping.pop(pid, None)
+    try:
+      os.remove(os.path.join(self.directory, name))
+    except OSError:
+      pass
+
+
+def _signal(pid, sig):
+  try:
+    os.kill(pid, sig)
+  except ProcessLookupError:
+    pass
+
+
+def _start_time(pid):
+  """The process's start time in clock ticks (field 22 of /proc/PID/stat), or None when it is gone."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rpartition(")")[2].split()[19]
+  except OSError:
+    return None
+
+
+def _tree_rss(pid):
+  """Resident bytes of `pid` and its descendants (from /proc)."""
+  children = {}
+  for entry in os.listdir("/proc"):
+    if entry.isdigit():
+      try:
+        with open(f"/proc/{entry}/stat") as f:
+          children.setdefault(int(f.read().rpartition(")")[2].split()[1]), []).append(int(entry))
+      except OSError:
+        pass
+  total, todo = 0, [pid]
+  while todo:
+    p = todo.pop()
+    todo += children.get(p, [])
+    try:
+      with open(f"/proc/{p}/statm") as f:
+        total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+      pass
+  return total
+
+
+def register_worker(directory, mutant_name, cpu_s):
+  """In a mutant's worker: register with the watchdog and lower the CPU-time limit to `cpu_s` more seconds."""
+  path = os.path.join(directory, str(os.getpid()))
+  with open(path + ".tmp", "w") as f:
+    f.write(f"{_start_time(os.getpid())} {mutant_name}")
+  os.replace(path + ".tmp", path)
+  limit = int(time.process_time() + cpu_s)
+  soft, _ = resource.getrlimit(resource.RLIMIT_CPU)
+  if soft == resource.RLIM_INFINITY or limit < soft:
+    resource.setrlimit(resource.RLIMIT_CPU, (limit, limit + 1))  # the kernel sends SIGXCPU, as for mutmut's limit
+
+
+def _watch_workers(directory, cpu_cap, watchdog):
+  """Make mutmut's pytest runner register each mutant's worker (inherited by the fork server and its workers), and
+  start `watchdog` once the mutant runner has started (after the fork server's fork: no thread crosses a fork)."""
+  from mutmut.runners.harness import PytestRunner
+  from mutmut.state import state
+  from mutmut.workers import isolation
+
+  for runner in (isolation.ForkServerRunner, isolation.ForkRunner):
+    def startup(self, _startup=runner.startup):
+      _startup(self)
+      if not watchdog._thread.is_alive():
+        watchdog.start()
+    runner.startup = startup
+
+  run_tests = PytestRunner.run_tests
+
+  def watched_run_tests(self, *, mutant_name, tests):
+    if mutant_name and mutant_name != "fail":  # not the clean or forced-fail runs
+      measured = sum(state().duration_by_test.get(test, 0.0) for test in tests)
+      register_worker(directory, mutant_name, max(cpu_cap, 4 * measured))
+    return run_tests(self, mutant_name=mutant_name, tests=tests)
+
+  PytestRunner.run_tests = watched_run_tests
 
 
 def source_files(selection):
@@ -111,7 +261,7 @@ def _keep_verdicts(path, old, rerun):
     json.dump(data, f, indent=4)
 
 
-def run_one(path, max_children, tests=None, functions=None, again=False):
+def run_one(path, max_children, tests=None, functions=None, again=False, memory_cap_gb=3.0, cpu_cap_s=60.0):
   """In a fresh process: mutmut run over `path` with its tests; prints and writes the report. With `again`,
   only the mutants the last run left alive (survived, no tests, not run) run; the killed keep their verdict."""
   from mutmut import configuration
@@ -127,10 +277,15 @@ def run_one(path, max_children, tests=None, functions=None, again=False):
   module = path[:-3].replace("/", ".").removesuffix(".__init__")
   print(f"{path}: mutating, tests {' '.join(tests)}", flush=True)
   old = _verdicts(path) if again else {}
-  names = [f"{module}.*{name}__mutmut_*" for name in functions] if functions else [f"{module}.*"]
+  # a function's mutants, or one mutant by its name (x_fit__mutmut_3)
+  names = ([f"{module}.*{name}" if "__mutmut_" in name else f"{module}.*{name}__mutmut_*" for name in functions]
+           if functions else [f"{module}.*"])
   if old:  # again (without a last run of this file in mutants/: all)
     names = [n for n, code in old.items() if code in ALIVE and any(fnmatch.fnmatch(n, p) for p in names)]
     print(f"{path}: again, {len(names)} mutants the last run did not kill", flush=True)
+  watch_dir = tempfile.mkdtemp(prefix="mutate-watchdog-")
+  watchdog = Watchdog(watch_dir, int(memory_cap_gb * 2**30))
+  _watch_workers(watch_dir, cpu_cap_s, watchdog)
   try:
     if names:
       cli(["run", "--max-children", str(max_children), *names], standalone_mode=False)
@@ -138,6 +293,8 @@ def run_one(path, max_children, tests=None, functions=None, again=False):
     if stop.code:
       return stop.code
   finally:
+    watchdog.close()
+    shutil.rmtree(watch_dir, ignore_errors=True)
     if old:
       _keep_verdicts(path, old, set(names))
   results = io.StringIO()
@@ -154,6 +311,9 @@ def run_one(path, max_children, tests=None, functions=None, again=False):
   score = f"{path}: {killed}/{total} killed ({100 * killed / max(total, 1):.1f}%); " + ", ".join(
       f"{k} {len(v)}" for k, v in sorted(status.items()))
   report = [score, ""]
+  if watchdog.stopped:
+    report += ["Stopped by the watchdog's memory cap (recorded as timeout): " +
+               ", ".join(watchdog.stopped), ""]
   for verdict in ("survived", "no tests", "suspicious"):
     for name in status.get(verdict, []):
       diff = io.StringIO()
@@ -172,20 +332,27 @@ def main():
   parser.add_argument("modules", nargs="*", default=MUTATED, help="source files or folders (default: %(default)s)")
   parser.add_argument("--max-children", type=int, default=os.cpu_count() or 2)
   parser.add_argument("--tests", help="comma-separated test files or folders, instead of the file's own")
-  parser.add_argument("--functions", help="comma-separated function names: mutate only these (one file)")
+  parser.add_argument("--functions", help="comma-separated function names, or mutant names (x_f__mutmut_3): "
+                                          "run only these (one file)")
   parser.add_argument("--again", action="store_true",
                       help="keep mutants/ and rerun only the mutants the last run of each file did not kill")
+  parser.add_argument("--memory-cap", type=float, default=3.0, metavar="GB",
+                      help="stop a mutant's worker past this resident memory (GiB; default %(default)s)")
+  parser.add_argument("--cpu-cap", type=float, default=60.0, metavar="S",
+                      help="stop a mutant's worker past max(S, 4 x its tests' measured time) seconds of CPU "
+                           "(default %(default)s)")
   parser.add_argument("--one", help=argparse.SUPPRESS)
   args = parser.parse_args()
   os.chdir(ROOT)
   if args.one:
     return run_one(args.one, args.max_children, args.tests and args.tests.split(","),
-                   args.functions and args.functions.split(","), args.again)
+                   args.functions and args.functions.split(","), args.again, args.memory_cap, args.cpu_cap)
   failed = 0
   for path in source_files(args.modules or MUTATED):
     if not args.again:
       shutil.rmtree(os.path.join(ROOT, "mutants"), ignore_errors=True)  # a file's mutants and stats start afresh
-    command = [sys.executable, __file__, "--one", path, "--max-children", str(args.max_children)]
+    command = [sys.executable, __file__, "--one", path, "--max-children", str(args.max_children),
+               "--memory-cap", str(args.memory_cap), "--cpu-cap", str(args.cpu_cap)]
     command += ["--again"] if args.again else []
     command += ["--tests", args.tests] if args.tests else []
     failed |= subprocess.call(command + (["--functions", args.functions] if args.functions else []))

@@ -143,7 +143,8 @@ def generate_sample(task: str, *, context_tokens: int, tokenizer, rng: np.random
     def build(n):
       return ruler_aggregation.cwe(np.random.default_rng(seed), n, short=short, **options)
   elif family == "freq_words_extraction":
-    vocab_size = options["vocab_size"] or max(4, context_tokens // 50)  # RULER: max_seq_length // 50
+    # RULER: max_seq_length // 50, max_seq_length counting the generation budget
+    vocab_size = options["vocab_size"] or max(4, (context_tokens + TEMPLATES[family][2]) // 50)
     options = {**options, "vocab_size": vocab_size}
     minimum = ruler_aggregation.fwe_minimum(options["alpha"])
 

@@ -180,6 +180,8 @@ def test_cwe_example_and_task_sizes(short):
   shown = example.rsplit("in the list are: ", 1)[1]  # the example's answer: its common words, numbered
   assert sorted(re.findall(r"\d+\. (\S+)", shown)) == sorted(w for w, c in counts.items() if c == max(counts.values()))
   assert [int(n) for n in re.findall(r"(\d+)\. ", shown)] == [1, 2, 3]
+  # the example: 20 words, 3 of them 3 times (short), or 40 words, 3 of them 10 times and the rest 3 times
+  assert sorted(counts.values()) == ([1] * 17 + [3] * 3 if short else [3] * 37 + [10] * 3)
   listed = task.split("Memorize the ones that appear most often.\n")[1].split("\nQuestion:")[0]
   assert [int(n) for n in re.findall(r"(\d+)\. ", listed)] == list(range(1, len(re.findall(r"\d+\. ", listed)) + 1))
   counts = _listed(listed)
@@ -273,3 +275,37 @@ def test_vt_variable_names_are_distinct_even_when_short():
     chains, copies = _chains(prompt)
     names = [v for c in chains.values() for v in c]
     assert len(chains) == 2 and copies == 6 and len(set(names)) == 8, seed
+
+
+class _Extremes:
+  """A generator whose integers(low, high) gives the lowest value of the range (or the highest, high - 1), as
+  NumPy's does for the narrowest ranges; every other draw goes to a real generator."""
+
+  def __init__(self, seed, highest):
+    self.rng, self.highest = np.random.default_rng(seed), highest
+
+  def integers(self, low, high=None):
+    low, high = (0, low) if high is None else (low, high)
+    return high - 1 if self.highest else low
+
+  def __getattr__(self, name):
+    return getattr(self.rng, name)
+
+
+@pytest.mark.parametrize("highest", [False, True])
+def test_vt_values_span_rulers_range(highest):
+  """RULER variable_tracking.py: np.random.randint(10000, 99999), so 10000 to 99998: the range's two ends."""
+  prompt, outputs = ruler_vt.vt_instance(_Extremes(10, highest), 3, num_chains=1, num_hops=1, var_len=5)
+  chains, _ = _chains(prompt)
+  assert list(chains) == ["99998" if highest else "10000"] and outputs == chains["99998" if highest else "10000"]
+
+
+def test_cwe_worked_examples_one_a_line_before_the_task():
+  """num_fewshot examples (RULER's cwe has one; the option takes more): each a whole solved prompt, then a newline."""
+  prompt, common = ruler_aggregation.cwe(np.random.default_rng(11), 4, freq_cw=30, freq_ucw=3, num_cw=2,
+                                         num_fewshot=2, short=True)
+  parts = prompt.split("\nBelow is a numbered list of words.")
+  assert len(parts) == 3 and parts[0].startswith("Below is a numbered list of words.")
+  for shot in parts[:2]:
+    assert re.search(r"the list are: 1\. [a-z'-]+ 2\. [a-z'-]+$", shot)
+  assert parts[2].endswith("the list are:") and len(common) == 2
