@@ -44,6 +44,28 @@ def test_a_cell_is_computed_once(tmp_path):
   assert calls == [1] and first == second and first["value"] == 3 and "seconds" in first
 
 
+def test_ruler_cells_of_other_seeds_hold_other_prompts_and_pool():
+  """A second RULER run must add new prompts (another seed, another cell), never recount the first run's."""
+  from longjax.evaluate import ruler
+  from longjax.data.tokenizer import ByteTokenizer
+  base = dict(documents={}, loss_length=128, passkey_lengths=(), depths=(0.5,), keys=1, ruler_lengths=(4096,),
+              ruler_samples=2, tasks=("ruler",))
+  first, second = real_model.Settings(**base), real_model.Settings(**base, ruler_seed=1)
+  assert real_model.ruler_key(4096, first) == "ruler_niah_single_1_4096_s2"
+  assert real_model.ruler_key(4096, second) == "ruler_niah_single_1_4096_s2_seed1"
+  prompts = {}
+  for seed in (0, 1):
+    calls = []
+    ruler.evaluate_ruler(lambda batch, n: calls.extend(batch) or [""] * len(batch), ByteTokenizer(), ["niah_single_1"], [1024],
+                         samples=2, seed=seed)
+    prompts[seed] = calls
+  assert len(prompts[0]) == 2 and not set(prompts[0]) & set(prompts[1])
+  summary = real_model.summarize(["m"], {"m": {"ruler_niah_single_1_4096_s2": {"accuracy": 1.0, "samples": 2},
+                                               "ruler_niah_single_1_4096_s2_seed1": {"accuracy": 0.5, "samples": 2}}},
+                                 2048, 4096, [])
+  assert summary["m"]["ruler"] == {"4096": 0.75} and summary["m"]["ruler_prompts"] == {"4096": 4}
+
+
 def _curve(losses, length=128):
   step = length // len(losses)
   return {"length": length, "starts": [1 + i * step for i in range(len(losses))],

@@ -182,7 +182,9 @@ def passkey_key(length: int, settings: "Settings") -> str:
 
 
 def ruler_key(length: int, settings: "Settings") -> str:
-  return f"ruler_niah_single_1_{length}_s{settings.ruler_samples}"
+  """A RULER cell is one length, one seed and its samples; another seed draws other prompts, so its cell pools."""
+  seed = f"_seed{settings.ruler_seed}" if settings.ruler_seed else ""
+  return f"ruler_niah_single_1_{length}_s{settings.ruler_samples}{seed}"
 
 
 def cell_keys(settings: "Settings") -> list[str]:
@@ -214,8 +216,9 @@ def evaluate_method(name: str, config: Config, params, tokenizer, trained: Confi
     elif task == "ruler":
       for n in settings.ruler_lengths:
         cell(folder, ruler_key(n, settings), lambda: {"accuracy": ruler.evaluate_ruler(
-            run.generate, tokenizer, ["niah_single_1"], [n], samples=settings.ruler_samples, seed=0,
-            add_bos=config.data.add_bos)["niah_single_1"][n], "samples": settings.ruler_samples})
+            run.generate, tokenizer, ["niah_single_1"], [n], samples=settings.ruler_samples,
+            seed=settings.ruler_seed, add_bos=config.data.add_bos)["niah_single_1"][n],
+            "samples": settings.ruler_samples, "seed": settings.ruler_seed})
     else:
       raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
 
@@ -232,6 +235,7 @@ class Settings:
   ruler_lengths: tuple[int, ...]
   ruler_samples: int
   tasks: tuple[str, ...]
+  ruler_seed: int = 0  # RULER's prompts are drawn from this seed; cells of different seeds hold different prompts
 
 
 # --------------------------------------------------------------------------------------------- the report
