@@ -86,6 +86,7 @@ def test_report_conclusions_come_from_the_cells(tmp_path, rising):
   (yarn / "passkey_64_d0.5_k2.json").write_text(json.dumps({"accuracy": [[1.0]], "depths": [0.5], "trials": 2}))
   settings = real_model.Settings(documents={"topics": ""}, loss_length=128, passkey_lengths=(64,), depths=(0.5,),
                                  keys=1, ruler_lengths=(), ruler_samples=1, tasks=("loss",))
+  (tmp_path / "notes.md").write_text("## What the runs show\n\nwritten by hand\n")
   path = real_model.write_report(str(tmp_path), str(cells), _trained(), [BASELINE, "YaRN x2", "PI x2"], settings,
                                  {"setup": "setup"})
   report = open(path).read()
@@ -97,6 +98,7 @@ def test_report_conclusions_come_from_the_cells(tmp_path, rising):
   assert "| PI x2 | not run |" in report and "Not run yet: PI x2" in report
   assert "| YaRN x2 | 75% (3/4) |" in report and f"| {BASELINE} | not run |" in report
   assert (tmp_path / "loss_by_position_topics.png").stat().st_size > 0
+  assert report.rstrip().endswith("## What the runs show\n\nwritten by hand")  # the hand-written notes, last
 
 
 PARTS_AGAIN = ("import", "free", "finetune", "report")

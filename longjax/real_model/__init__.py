@@ -400,6 +400,10 @@ def write_report(out: str, cells_dir: str, trained: Config, names: list[str], se
   missing = [name for name, s in summary.items() if not s["seconds"]]
   if missing:
     lines += ["", f"Not run yet: {', '.join(missing)}."]
+  notes = os.path.join(out, "notes.md")  # what was run and what it shows, written by hand beside the report
+  if os.path.isfile(notes):
+    with open(notes) as f:
+      lines += ["", f.read().rstrip()]
   path = os.path.join(out, "report.md")
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")
