@@ -76,7 +76,7 @@ def _curve(losses, length=128):
 def test_report_conclusions_come_from_the_cells(tmp_path, rising):
   cells = tmp_path / "cells"
   baseline_loss = [2.0, 2.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0] if rising else [2.0] * 8
-  for name, losses in ((BASELINE, baseline_loss), ("YaRN x2", [2.0] * 6 + [2.1, 2.1])):
+  for name, losses in ((BASELINE, baseline_loss), ("YaRN x2", [2.0] * 6 + [2.1, 2.1]), ("Dynamic NTK", [3.0] * 8)):
     folder = cells / real_model.slug(name)
     folder.mkdir(parents=True)
     (folder / "loss_topics_128.json").write_text(json.dumps(_curve(losses)))
@@ -87,13 +87,18 @@ def test_report_conclusions_come_from_the_cells(tmp_path, rising):
   settings = real_model.Settings(documents={"topics": ""}, loss_length=128, passkey_lengths=(64,), depths=(0.5,),
                                  keys=1, ruler_lengths=(), ruler_samples=1, tasks=("loss",))
   (tmp_path / "notes.md").write_text("## What the runs show\n\nwritten by hand\n")
-  path = real_model.write_report(str(tmp_path), str(cells), _trained(), [BASELINE, "YaRN x2", "PI x2"], settings,
+  path = real_model.write_report(str(tmp_path), str(cells), _trained(), [BASELINE, "YaRN x2", "PI x2", "Dynamic NTK"],
+                                 settings,
                                  {"setup": "setup"})
   report = open(path).read()
   results = json.loads((tmp_path / "results.json").read_text())
   text = " ".join(results["conclusions"])
   assert ("loss rises" in text) == rising
-  assert "YaRN x2" in text.split("Within")[1]  # +0.1 nats: within 0.15
+  assert "YaRN x2" in text.split("Within")[1].split("(change")[0]  # +0.1 nats: within 0.15
+  # flat (+0.0) but a nat above plain RoPE inside the window: not an extension, and said so
+  assert "Dynamic NTK" not in text.split("Within")[1].split("(change")[0]
+  assert "worse than plain RoPE inside it (nats above RoPE's 1-64 loss): Dynamic NTK +1.00." in text
+  assert "| Dynamic NTK | 1 | 3.000 | 3.000 | 3.000 | 3.000 | +0.000 | +0.000 | +1.000 |" in report
   assert results["summary"]["YaRN x2"]["passkey"] == {"64": 0.75}  # both cells pooled: 3 of 4 prompts
   assert "| PI x2 | not run |" in report and "Not run yet: PI x2" in report
   assert "| YaRN x2 | 75% (3/4) |" in report and f"| {BASELINE} | not run |" in report
