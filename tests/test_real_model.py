@@ -44,6 +44,28 @@ def test_a_cell_is_computed_once(tmp_path):
   assert calls == [1] and first == second and first["value"] == 3 and "seconds" in first
 
 
+def test_ruler_cells_of_other_seeds_hold_other_prompts_and_pool():
+  """A second RULER run must add new prompts (another seed, another cell), never recount the first run's."""
+  from longjax.evaluate import ruler
+  from longjax.data.tokenizer import ByteTokenizer
+  base = dict(documents={}, loss_length=128, passkey_lengths=(), depths=(0.5,), keys=1, ruler_lengths=(4096,),
+              ruler_samples=2, tasks=("ruler",))
+  first, second = real_model.Settings(**base), real_model.Settings(**base, ruler_seed=1)
+  assert real_model.ruler_key(4096, first) == "ruler_niah_single_1_4096_s2"
+  assert real_model.ruler_key(4096, second) == "ruler_niah_single_1_4096_s2_seed1"
+  prompts = {}
+  for seed in (0, 1):
+    calls = []
+    ruler.evaluate_ruler(lambda batch, n: calls.extend(batch) or [""] * len(batch), ByteTokenizer(), ["niah_single_1"], [1024],
+                         samples=2, seed=seed)
+    prompts[seed] = calls
+  assert len(prompts[0]) == 2 and not set(prompts[0]) & set(prompts[1])
+  summary = real_model.summarize(["m"], {"m": {"ruler_niah_single_1_4096_s2": {"accuracy": 1.0, "samples": 2},
+                                               "ruler_niah_single_1_4096_s2_seed1": {"accuracy": 0.5, "samples": 2}}},
+                                 2048, 4096, [])
+  assert summary["m"]["ruler"] == {"4096": 0.75} and summary["m"]["ruler_prompts"] == {"4096": 4}
+
+
 def _curve(losses, length=128):
   step = length // len(losses)
   return {"length": length, "starts": [1 + i * step for i in range(len(losses))],
@@ -54,7 +76,7 @@ def _curve(losses, length=128):
 def test_report_conclusions_come_from_the_cells(tmp_path, rising):
   cells = tmp_path / "cells"
   baseline_loss = [2.0, 2.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0] if rising else [2.0] * 8
-  for name, losses in ((BASELINE, baseline_loss), ("YaRN x2", [2.0] * 6 + [2.1, 2.1])):
+  for name, losses in ((BASELINE, baseline_loss), ("YaRN x2", [2.0] * 6 + [2.1, 2.1]), ("Dynamic NTK", [3.0] * 8)):
     folder = cells / real_model.slug(name)
     folder.mkdir(parents=True)
     (folder / "loss_topics_128.json").write_text(json.dumps(_curve(losses)))
@@ -64,17 +86,24 @@ def test_report_conclusions_come_from_the_cells(tmp_path, rising):
   (yarn / "passkey_64_d0.5_k2.json").write_text(json.dumps({"accuracy": [[1.0]], "depths": [0.5], "trials": 2}))
   settings = real_model.Settings(documents={"topics": ""}, loss_length=128, passkey_lengths=(64,), depths=(0.5,),
                                  keys=1, ruler_lengths=(), ruler_samples=1, tasks=("loss",))
-  path = real_model.write_report(str(tmp_path), str(cells), _trained(), [BASELINE, "YaRN x2", "PI x2"], settings,
+  (tmp_path / "notes.md").write_text("## What the runs show\n\nwritten by hand\n")
+  path = real_model.write_report(str(tmp_path), str(cells), _trained(), [BASELINE, "YaRN x2", "PI x2", "Dynamic NTK"],
+                                 settings,
                                  {"setup": "setup"})
   report = open(path).read()
   results = json.loads((tmp_path / "results.json").read_text())
   text = " ".join(results["conclusions"])
   assert ("loss rises" in text) == rising
-  assert "YaRN x2" in text.split("Within")[1]  # +0.1 nats: within 0.15
+  assert "YaRN x2" in text.split("Within")[1].split("(change")[0]  # +0.1 nats: within 0.15
+  # flat (+0.0) but a nat above plain RoPE inside the window: not an extension, and said so
+  assert "Dynamic NTK" not in text.split("Within")[1].split("(change")[0]
+  assert "worse than plain RoPE inside it (nats above RoPE's 1-64 loss): Dynamic NTK +1.00." in text
+  assert "| Dynamic NTK | 1 | 3.000 | 3.000 | 3.000 | 3.000 | +0.000 | +0.000 | +1.000 |" in report
   assert results["summary"]["YaRN x2"]["passkey"] == {"64": 0.75}  # both cells pooled: 3 of 4 prompts
   assert "| PI x2 | not run |" in report and "Not run yet: PI x2" in report
   assert "| YaRN x2 | 75% (3/4) |" in report and f"| {BASELINE} | not run |" in report
   assert (tmp_path / "loss_by_position_topics.png").stat().st_size > 0
+  assert report.rstrip().endswith("## What the runs show\n\nwritten by hand")  # the hand-written notes, last
 
 
 PARTS_AGAIN = ("import", "free", "finetune", "report")

@@ -182,7 +182,9 @@ def passkey_key(length: int, settings: "Settings") -> str:
 
 
 def ruler_key(length: int, settings: "Settings") -> str:
-  return f"ruler_niah_single_1_{length}_s{settings.ruler_samples}"
+  """A RULER cell is one length, one seed and its samples; another seed draws other prompts, so its cell pools."""
+  seed = f"_seed{settings.ruler_seed}" if settings.ruler_seed else ""
+  return f"ruler_niah_single_1_{length}_s{settings.ruler_samples}{seed}"
 
 
 def cell_keys(settings: "Settings") -> list[str]:
@@ -214,8 +216,9 @@ def evaluate_method(name: str, config: Config, params, tokenizer, trained: Confi
     elif task == "ruler":
       for n in settings.ruler_lengths:
         cell(folder, ruler_key(n, settings), lambda: {"accuracy": ruler.evaluate_ruler(
-            run.generate, tokenizer, ["niah_single_1"], [n], samples=settings.ruler_samples, seed=0,
-            add_bos=config.data.add_bos)["niah_single_1"][n], "samples": settings.ruler_samples})
+            run.generate, tokenizer, ["niah_single_1"], [n], samples=settings.ruler_samples,
+            seed=settings.ruler_seed, add_bos=config.data.add_bos)["niah_single_1"][n],
+            "samples": settings.ruler_samples, "seed": settings.ruler_seed})
     else:
       raise ValueError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
 
@@ -232,6 +235,7 @@ class Settings:
   ruler_lengths: tuple[int, ...]
   ruler_samples: int
   tasks: tuple[str, ...]
+  ruler_seed: int = 0  # RULER's prompts are drawn from this seed; cells of different seeds hold different prompts
 
 
 # --------------------------------------------------------------------------------------------- the report
@@ -288,11 +292,12 @@ def summarize(names: list[str], cells: dict, length: int, loss_length: int, docu
   summary = {}
   for name in names:
     own = cells.get(slug(name), {})
-    curves = [own[f"loss_{d}_{loss_length}"] for d in documents if f"loss_{d}_{loss_length}" in own]
+    curves = {d: own[f"loss_{d}_{loss_length}"] for d in documents if f"loss_{d}_{loss_length}" in own}
     entry: dict = {"loss_documents": len(curves)}
     if curves:
-      per_doc = np.array([band_means(c, bands) for c in curves])
-      entry["loss_bands"] = [float(v) for v in per_doc.mean(axis=0)]
+      per_doc = {d: band_means(c, bands) for d, c in curves.items()}
+      entry["loss_bands"] = [float(v) for v in np.mean(list(per_doc.values()), axis=0)]
+      entry["loss_bands_by_document"] = per_doc
       entry["bands"] = bands
     passkey_cells = [(re.match(r"passkey_(\d+)", k), v) for k, v in own.items()]
     entry["passkey"], entry["passkey_prompts"] = _pool(
@@ -305,6 +310,11 @@ def summarize(names: list[str], cells: dict, length: int, loss_length: int, docu
   return summary
 
 
+def window_cost(entry: dict, baseline: dict) -> float:
+  """Mean loss inside the trained window (the first two quarter-bands, equal widths) minus the baseline's."""
+  return float(np.mean(entry["loss_bands"][:2]) - np.mean(baseline["loss_bands"][:2]))
+
+
 def conclusions(summary: dict, baseline: str, length: int, tolerance: float = 0.15) -> list[str]:
   """Sentences computed from the summary: does plain RoPE's loss rise past L, which methods stay flat."""
   out = []
@@ -314,15 +324,26 @@ def conclusions(summary: dict, baseline: str, length: int, tolerance: float = 0.
     verb = "rises" if b[3] > b[1] + tolerance else "does not rise"
     out.append(f"Past the trained length ({length} tokens), plain RoPE's loss {verb}: {b[1]:.2f} nats in the "
                f"second half of the trained window, {b[2]:.2f} and {b[3]:.2f} in the two quarters past it.")
-  flat = [n for n, s in with_loss.items() if s["loss_bands"][3] <= s["loss_bands"][1] + tolerance]
+  drifts = {n: s["loss_bands"][3] - s["loss_bands"][1] for n, s in with_loss.items()}
+  # A method can stay flat past L by being bad everywhere (PI without training): what it costs inside the window,
+  # against plain RoPE on the same documents, is the other half of the verdict.
+  costs = ({n: window_cost(s, with_loss[baseline]) for n, s in with_loss.items()} if baseline in with_loss
+           else {n: 0.0 for n in with_loss})
+  flat = [n for n in with_loss if drifts[n] <= tolerance and costs[n] <= tolerance]
   if with_loss:
-    detail = ", ".join(f"{n} {s['loss_bands'][3] - s['loss_bands'][1]:+.2f}" for n, s in with_loss.items())
+    detail = ", ".join(f"{n} {d:+.2f}" for n, d in drifts.items())
+    quarter = f"in the last quarter ({length + (length // 2)}-{2 * length})"
+    inside = f" and within {tolerance} of plain RoPE's inside the trained window" if baseline in with_loss else ""
     if flat:
-      out.append(f"Within {tolerance} nats of their own {length // 2}-{length} loss in the last quarter "
-                 f"({length + (length // 2)}-{2 * length}): {', '.join(flat)} (change in nats: {detail}).")
+      out.append(f"Within {tolerance} nats of their own {length // 2}-{length} loss {quarter}{inside}: "
+                 f"{', '.join(flat)} (change in nats: {detail}).")
     else:
-      out.append(f"No method stayed within {tolerance} nats of its own {length // 2}-{length} loss in the last "
-                 f"quarter (change in nats: {detail}).")
+      out.append(f"No method stayed within {tolerance} nats of its own {length // 2}-{length} loss {quarter}"
+                 f"{inside} (change in nats: {detail}).")
+    costly = [n for n in with_loss if drifts[n] <= tolerance and costs[n] > tolerance]
+    if costly:
+      out.append(f"Flat past the trained length but worse than plain RoPE inside it (nats above RoPE's 1-{length} "
+                 f"loss): {', '.join(f'{n} {costs[n]:+.2f}' for n in costly)}.")
   for n, s in summary.items():
     if s["passkey"]:
       cells = ", ".join(f"{k}: {100 * v:.0f}%" for k, v in sorted(s["passkey"].items(), key=lambda kv: int(kv[0])))
@@ -361,14 +382,22 @@ def write_report(out: str, cells_dir: str, trained: Config, names: list[str], se
            "## Conclusions", "", *[f"- {s}" for s in results["conclusions"]], ""]
   bands = next((s["bands"] for s in summary.values() if "bands" in s), None)
   if bands:
+    docs = [d for d in settings.documents if any(d in s.get("loss_bands_by_document", {}) for s in summary.values())]
+    base = summary.get(baseline, {})
     lines += [f"## Loss by position (nats, mean over documents), windows of {settings.loss_length} tokens", "",
-              "| method | docs | " + " | ".join(f"{a}-{b - 1}" for a, b in bands) + " | last - (L/2..L) |",
-              "|---" * (len(bands) + 3) + "|"]
+              "Last - (L/2..L): the last quarter's loss minus the method's own in the second half of the trained "
+              "window (L = the trained length), over the mean and per document. 1..L vs RoPE: the method's mean loss "
+              "inside the trained window minus plain RoPE's, what the method costs where no extension is needed.", "",
+              "| method | docs | " + " | ".join(f"{a}-{b - 1}" for a, b in bands) + " | last - (L/2..L) | "
+              + "".join(f"last - (L/2..L), {d} | " for d in docs) + "1..L vs RoPE |",
+              "|---" * (len(bands) + 4 + len(docs)) + "|"]
     for name, s in summary.items():
       if "loss_bands" in s:
-        lb = s["loss_bands"]
+        lb, by_doc = s["loss_bands"], s["loss_bands_by_document"]
+        per_doc = "".join(f"{by_doc[d][3] - by_doc[d][1]:+.3f} | " if d in by_doc else "not run | " for d in docs)
+        cost = f"{window_cost(s, base):+.3f}" if "loss_bands" in base else "-"
         lines.append(f"| {name} | {s['loss_documents']} | " + " | ".join(f"{v:.3f}" for v in lb)
-                     + f" | {lb[3] - lb[1]:+.3f} |")
+                     + f" | {lb[3] - lb[1]:+.3f} | {per_doc}{cost} |")
     for doc in settings.documents:
       curves = {name: PositionLoss(**{k: v for k, v in cells[slug(name)][key].items()
                                                        if k != "seconds"})
@@ -396,6 +425,10 @@ def write_report(out: str, cells_dir: str, trained: Config, names: list[str], se
   missing = [name for name, s in summary.items() if not s["seconds"]]
   if missing:
     lines += ["", f"Not run yet: {', '.join(missing)}."]
+  notes = os.path.join(out, "notes.md")  # what was run and what it shows, written by hand beside the report
+  if os.path.isfile(notes):
+    with open(notes) as f:
+      lines += ["", f.read().rstrip()]
   path = os.path.join(out, "report.md")
   with open(path, "w") as f:
     f.write("\n".join(lines) + "\n")

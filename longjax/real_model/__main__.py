@@ -18,6 +18,7 @@ _DEPTHS = flags.DEFINE_list("depths", ["0.1", "0.5", "0.9"], "Passkey depths in 
 _KEYS = flags.DEFINE_integer("keys", 1, "Passkeys per (length, depth) cell.")
 _RULER_LENGTHS = flags.DEFINE_list("ruler_lengths", ["8192", "16384"], "RULER niah_single_1 lengths.")
 _RULER_SAMPLES = flags.DEFINE_integer("ruler_samples", 2, "RULER prompts per length.")
+_RULER_SEED = flags.DEFINE_integer("ruler_seed", 0, "RULER prompts' seed: another seed adds other prompts to the pool.")
 _FINETUNE_STEPS = flags.DEFINE_integer("finetune_steps", 30, "Fine-tuning steps per method.")
 _FINETUNE_WINDOW = flags.DEFINE_integer("finetune_window", 1024, "Fine-tuning rows (tokens); PoSE spans 2x.")
 _TASK_ORDER = flags.DEFINE_list("tasks", ["loss", "passkey", "ruler"], "Which evaluations, in this order.")
@@ -41,7 +42,7 @@ def main(argv):
         passkey_lengths=tuple(int(n) for n in _PASSKEY_LENGTHS.value),
         depths=tuple(float(d) for d in _DEPTHS.value), keys=_KEYS.value,
         ruler_lengths=tuple(int(n) for n in _RULER_LENGTHS.value), ruler_samples=_RULER_SAMPLES.value,
-        tasks=tuple(_TASK_ORDER.value))
+        tasks=tuple(_TASK_ORDER.value), ruler_seed=_RULER_SEED.value)
   except ValueError as e:
     raise ConfigError(f"--passkey_lengths/--depths/--ruler_lengths: {e}; give comma-separated numbers") from None
   out = os.path.abspath(_WORKDIR.value)

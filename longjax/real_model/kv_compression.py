@@ -8,7 +8,9 @@ Tasks (each a cell on disk, computed once; rerunning skips them): `loss` (loss b
 cache between chunks: each chunk's queries see the kept tokens plus the chunk's own, so position t's loss is
 what the model predicts after the policy has compressed everything before t's chunk), `passkey` (the
 passkey prompt at depth 0.5, one key) and `ruler` (RULER niah_single_1, one sample) at 4K and 8K, greedy,
-prompt prefilled in the same chunks, then decoded token by token under the policy. Budgets are fractions of
+prompt prefilled in the same chunks (`--prefill chunk`) or in one piece then compressed once, as the H2O and
+SnapKV papers run them (`--prefill whole`, cells `*_whole`; policies that evict nothing are not rerun that way),
+then decoded token by token under the policy. Budgets are fractions of
 the context length (tokens per layer, per kv head for h2o and snapkv); int8 and int4 keep every token.
 Bytes are the KV-cache calculator's (`longjax.evaluate.kv_cache_bytes` with the policy), K/V in float16.
 """
@@ -36,6 +38,7 @@ from longjax.real_model import cell, documents, machine
 FRACTIONS = (2, 4, 8)  # budgets: context // these
 EVICTING = ("streaming", "h2o", "snapkv")
 TASK_ORDER = ("loss", "passkey", "ruler")
+PREFILLS = ("chunk", "whole")  # retrieval prompts: compressed between --chunk-token chunks, or once after the prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +89,8 @@ def chunked_losses(model, params, tokens: np.ndarray, policy, chunk: int) -> np.
 
 
 def run_cells(workdir: str, cells: str, tasks: tuple[str, ...], lengths: tuple[int, ...], loss_length: int,
-              chunk: int, fractions: tuple[int, ...] = FRACTIONS, policies: tuple[str, ...] | None = None) -> None:
+              chunk: int, fractions: tuple[int, ...] = FRACTIONS, policies: tuple[str, ...] | None = None,
+              prefill: str = "chunk") -> None:
   loaded = load(workdir)
   config, params, tokenizer = loaded.config, loaded.params, loaded.tokenizer
   model = loaded.model
@@ -105,17 +109,22 @@ def run_cells(workdir: str, cells: str, tasks: tuple[str, ...], lengths: tuple[i
         cell(folder, f"loss_{length}", lambda: {"losses": chunked_losses(model, params, tokens, policy,
                                                                          chunk).tolist(), "chunk": chunk})
         continue
+      if prefill == "whole" and setting.policy not in EVICTING:
+        continue  # nothing is evicted, so when the cache is compressed cannot matter
       policy = setting.make(length, max_length)
       options = {"kv_policy": setting.policy, "kv_budget": policy.budget, "max_length": max_length,
-                 "prefill_chunk": chunk}
+                 "prefill_chunk": max_length if prefill == "whole" else chunk}
       run = EvalRun(config, {setting.label: config}, params, tokenizer, generate_options=options)
+      suffix = "_whole" if prefill == "whole" else ""
       if task == "passkey":
-        cell(folder, f"passkey_{length}", lambda: dataclasses.asdict(passkey.evaluate_passkey(
-            run.generate, lambda t: len(run.encode(t)), [length], [0.5], keys_per_cell=1, seed=length)))
+        cell(folder, f"passkey_{length}{suffix}", lambda: {**dataclasses.asdict(passkey.evaluate_passkey(
+            run.generate, lambda t: len(run.encode(t)), [length], [0.5], keys_per_cell=1, seed=length)),
+            "prefill_chunk": options["prefill_chunk"]})
       else:
-        cell(folder, f"ruler_{length}", lambda: {"accuracy": ruler.evaluate_ruler(
+        cell(folder, f"ruler_{length}{suffix}", lambda: {"accuracy": ruler.evaluate_ruler(
             run.generate, tokenizer, ["niah_single_1"], [length], samples=1, seed=0,
-            add_bos=config.data.add_bos)["niah_single_1"][length], "samples": 1})
+            add_bos=config.data.add_bos)["niah_single_1"][length], "samples": 1,
+            "prefill_chunk": options["prefill_chunk"]})
 
 
 def _read(cells: str, label: str, key: str) -> dict | None:
@@ -124,6 +133,20 @@ def _read(cells: str, label: str, key: str) -> dict | None:
     return None
   with open(path) as f:
     return json.load(f)
+
+
+def _retrieval_keys(lengths: tuple[int, ...]) -> list[str]:
+  """Cell keys of the retrieval columns: each task and length, chunked prefill first, then the whole prompt."""
+  return [f"{t}_{n}{suffix}" for suffix in ("", "_whole") for t in ("passkey", "ruler") for n in lengths]
+
+
+def _column_name(key: str) -> str:
+  task, n, *whole = key.split("_")
+  return f"{task} {int(n) // 1024}K" + (" whole" if whole else "")
+
+
+def setting_of(label: str) -> Setting:
+  return next(s for s in settings() if s.label == label)
 
 
 def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], loss_length: int, chunk: int) -> str:
@@ -140,32 +163,35 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
       entry["loss_bins"] = [float(b.mean()) for b in bins]
       entry["loss_mean"] = float(losses.mean())
       entry["loss_seconds"] = loss["seconds"]
-    for task in ("passkey", "ruler"):
-      for n in lengths:
-        value = _read(cells, setting.label, f"{task}_{n}")
-        if value is not None:
-          entry[f"{task}_{n}"] = value["accuracy"][0][0] if task == "passkey" else value["accuracy"]
-          entry[f"{task}_{n}_prompts"] = value["trials"] if task == "passkey" else value["samples"]
-          entry[f"{task}_{n}_seconds"] = value["seconds"]
+    for key in _retrieval_keys(lengths):
+      value = _read(cells, setting.label, key)
+      if value is not None:
+        entry[key] = value["accuracy"][0][0] if key.startswith("passkey") else value["accuracy"]
+        entry[f"{key}_prompts"] = value["trials"] if key.startswith("passkey") else value["samples"]
+        entry[f"{key}_seconds"] = value["seconds"]
     results[setting.label] = entry
   write_json(results, os.path.join(out, "results.json"))
+  columns = [key for key in _retrieval_keys(lengths) if not key.endswith("_whole")
+             or any(key in entry for entry in results.values())]  # the whole-prompt columns once measured
   header = (["method", f"KV bytes at {loss_length}", "of full", f"mean loss 1-{loss_length}", "loss last 1K"]
-            + [f"{t} {n // 1024}K" for t in ("passkey", "ruler") for n in lengths])
+            + [_column_name(key) for key in columns])
   full_bytes = results["full"]["bytes"][loss_length]
   table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for label, entry in results.items():
     cells_text = [label, format_bytes(entry["bytes"][loss_length]), f"{entry['bytes'][loss_length] / full_bytes:.3f}",
                   f"{entry['loss_mean']:.3f}" if "loss_mean" in entry else "not run",
                   f"{entry['loss_bins'][-1]:.3f}" if "loss_bins" in entry else "not run"]
-    for task in ("passkey", "ruler"):
-      for n in lengths:
-        value = entry.get(f"{task}_{n}")
-        prompts = entry.get(f"{task}_{n}_prompts")
-        cells_text.append("not run" if value is None else f"{int(round(value * prompts))}/{prompts}")
+    for key in columns:
+      value, prompts = entry.get(key), entry.get(f"{key}_prompts")
+      if value is None:
+        evicts = setting_of(label).policy in EVICTING
+        cells_text.append("not run" if evicts or not key.endswith("_whole") else "=")
+      else:
+        cells_text.append(f"{int(round(value * prompts))}/{prompts}")
     table.append("| " + " | ".join(cells_text) + " |")
   # How long each cell took (seconds, as the cell recorded it; the machine's load varied between runs).
-  keys = [("loss_seconds", f"loss {loss_length // 1024}K")] + [(f"{t}_{n}_seconds", f"{t} {n // 1024}K")
-                                                                 for t in ("passkey", "ruler") for n in lengths]
+  keys = [("loss_seconds", f"loss {loss_length // 1024}K")] + [(f"{key}_seconds", _column_name(key))
+                                                                 for key in columns]
   timing = ["| method | " + " | ".join(name for _, name in keys) + " |", "|" + "---|" * (len(keys) + 1)]
   for label, entry in results.items():
     timing.append("| " + " | ".join([label] + [f"{entry[k]:.0f}" if k in entry else "-" for k, _ in keys]) + " |")
@@ -177,7 +203,9 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
       f"Loss by position: the first {loss_length} + 1 tokens of the language reference (`pydoc_data.topics`), "
       f"read in chunks of {chunk} tokens into a cache under the policy, compressed between chunks (a chunk's "
       f"queries see the kept tokens plus the chunk's own, causally). Passkey (depth 0.5) and RULER niah_single_1: "
-      f"greedy, prefilled in the same chunks then decoded under the policy (a decode step sees the kept tokens "
+      f"greedy, prefilled in the same chunks then decoded under the policy (columns marked whole: the prompt "
+      f"prefilled in one piece and compressed once, as the H2O and SnapKV papers do; `=`: a policy that evicts "
+      f"nothing, the same either way) (a decode step sees the kept tokens "
       f"plus itself; streaming's sees the budget, itself included, as StreamingLLM); a cell is right/prompts. "
       f"Budgets are tokens per layer (per kv head for h2o and snapkv): 1/2, 1/4, 1/8 of the context length of "
       f"the cell. Bytes: the KV-cache calculator with the policy's own `state_bytes`, 30 layers, "
@@ -236,6 +264,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("chunk", 1024, "Prefill chunk (compression between chunks).")
   flags.DEFINE_list("fractions", [str(f) for f in FRACTIONS], "Budgets to run: context // these.")
   flags.DEFINE_list("policies", None, "Policies to run (default: all).")
+  flags.DEFINE_enum("prefill", "chunk", list(PREFILLS),
+                    "Retrieval prompts: compressed between --chunk-token chunks, or once after the whole prompt.")
   flags.DEFINE_bool("report_only", False, "Only rebuild the report from the cells on disk.")
 
 
@@ -266,7 +296,7 @@ def main(argv):
     fractions = _ints("fractions", FLAGS.fractions, FRACTIONS)
     policies = None if FLAGS.policies is None else _names("policies", FLAGS.policies, tuple(kv_policies.KV_POLICIES))
     run_cells(FLAGS.workdir, FLAGS.cells, _names("tasks", FLAGS.tasks, TASK_ORDER), lengths, loss_length, chunk,
-              fractions, policies)
+              fractions, policies, FLAGS.prefill)
   print(write_report(FLAGS.workdir, FLAGS.cells, FLAGS.out, lengths, loss_length, chunk))
 
 

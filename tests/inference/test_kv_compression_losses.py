@@ -50,3 +50,38 @@ def test_importing_defines_no_flags_and_bad_values_are_one_line():
     kv_compression._ints("lengths", ["4k"])
   with pytest.raises(ConfigError, match=r"^--tasks=loss,mmlu is invalid: allowed one or more of loss, passkey, ruler$"):
     kv_compression._names("tasks", ["loss", "mmlu"], kv_compression.TASK_ORDER)
+
+
+def test_report_adds_whole_prompt_columns_once_measured(tmp_path):
+  """Retrieval under the chunked prefill and under the whole-prompt prefill are separate columns; the whole ones
+  appear only when a cell exists, a policy that evicts nothing shows `=` there (same either way), a missing
+  evicting cell says `not run`, never a value."""
+  from longjax.config import Config, ModelConfig  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+  workdir, cells = tmp_path / "model", tmp_path / "cells"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(Config(model=ModelConfig(max_position_embeddings=1024)).to_json())
+
+  def put(label, key, value):
+    folder = cells / label.replace(" ", "_").replace("/", "-")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{key}.json").write_text(json.dumps({**value, "seconds": 1.0}))
+
+  def passkey(right):
+    return {"accuracy": [[float(right)]], "trials": 1}
+
+  put("full", "passkey_1024", passkey(1))
+  put("snapkv 1/4", "passkey_1024", passkey(0))
+  put("snapkv 1/4", "passkey_1024_whole", passkey(1))
+  text = kv_compression.write_report(str(workdir), str(cells), str(tmp_path), (1024,), 1024, 256)
+  header = next(line for line in text.splitlines() if line.startswith("| method |"))
+  assert header.endswith("| passkey 1K | ruler 1K | passkey 1K whole |")  # no ruler-whole cell: no column
+  rows = {}
+  for line in text.splitlines():  # the first table's rows (the table of seconds repeats the labels)
+    if line.startswith("| "):
+      rows.setdefault(line.split(" | ")[0][2:], line)
+  assert rows["snapkv 1/4"].endswith("| 0/1 | not run | 1/1 |")
+  assert rows["full"].endswith("| 1/1 | not run | = |")
+  assert rows["h2o 1/4"].endswith("| not run | not run | not run |")
+  results = json.loads((tmp_path / "results.json").read_text())
+  assert results["snapkv 1/4"]["passkey_1024_whole"] == 1.0 and "passkey_1024_whole" not in results["full"]
