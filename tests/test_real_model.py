@@ -150,6 +150,9 @@ def test_the_whole_job_on_a_tiny_gguf(tmp_path):
   tuned = {p.parent.name for p in fresh.rglob("loss_*.json")}
   assert tuned >= {real_model.slug(name) for name in real_model.FINETUNE_METHODS}, tuned
   assert "finetune_seconds" not in json.loads((fresh / "parts.json").read_text())
+  # The report says how many steps were trained, not what a later run's --finetune_steps says.
+  later = real_model.run(str(out), ("report",), *args[2:5], 30, 32, str(gguf), str(tmp_path / "later"))
+  assert "Fine-tuning: 2 steps of 32-token rows" in open(later).read()
 
 
 @pytest.mark.parametrize("flag", ["--parts=import,bogus", "--tasks=loss,perplexity", "--documents=essays",

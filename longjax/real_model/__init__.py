@@ -493,6 +493,7 @@ def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list
         train_and_evaluate(finetune_config(trained, method, model_dir, text_dir, finetune_steps, finetune_window),
                            run_dir)
         extra.setdefault("finetune_seconds", {})[name] = round(time.time() - started, 1)
+      extra["finetune_steps"] = finetune_steps  # what the report says was trained, whatever a later run's flag
       tuned = load(run_dir)
       config = dataclasses.replace(tuned.config, model=dataclasses.replace(
           tuned.config.model, loss_chunk=2048))
@@ -506,7 +507,7 @@ def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list
       f"Loss by position: one forward pass of {settings.loss_length} tokens per method and document "
       f"({'; '.join(DOCUMENTS[d] for d in settings.documents)}). Passkey: the landmark-attention prompt, greedy "
       "answer. Fine-tuning: "
-      f"{finetune_steps} steps of {finetune_window}-token rows with PoSE positions spanning {FACTOR}x.")
+      f"{extra.get('finetune_steps', finetune_steps)} steps of {finetune_window}-token rows with PoSE positions spanning {FACTOR}x.")
   names_all = names + [n for n in FINETUNE_METHODS if n not in names]
   os.makedirs(report_dir or out, exist_ok=True)
   return write_report(report_dir or out, cells, trained, names_all, settings, extra)
