@@ -145,10 +145,6 @@ def _column_name(key: str) -> str:
   return f"{task} {int(n) // 1024}K" + (" whole" if whole else "")
 
 
-def setting_of(label: str) -> Setting:
-  return next(s for s in settings() if s.label == label)
-
-
 def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], loss_length: int, chunk: int) -> str:
   """out/report.md, out/results.json and out/kv_compression.png from the cells on disk."""
   config = checkpoint.read_config(workdir)
@@ -184,7 +180,7 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
     for key in columns:
       value, prompts = entry.get(key), entry.get(f"{key}_prompts")
       if value is None:
-        evicts = setting_of(label).policy in EVICTING
+        evicts = label.split()[0] in EVICTING  # a label is "policy" or "policy 1/N", as _plot reads it
         cells_text.append("not run" if evicts or not key.endswith("_whole") else "=")
       else:
         cells_text.append(f"{int(round(value * prompts))}/{prompts}")
