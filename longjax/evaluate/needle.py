@@ -59,11 +59,12 @@ def answer_tokens(encode: Callable[[str], Sequence[int]], prompt: str, number: i
 
 
 def is_correct(generated: Sequence[int], answer: Sequence[int], decode: Callable[[Sequence[int]], str]) -> bool:
-  """The generated tokens begin with the answer's and what follows does not extend the number."""
+  """The generated tokens begin with the answer's and the text after the answer's does not extend the number
+  (its first character, tokens that decode to nothing skipped, is not a digit)."""
   generated, answer = list(generated), list(answer)
   if not answer or generated[:len(answer)] != answer:
     return False
-  tail = decode(generated[:len(answer) + 1])[len(decode(answer)):]
+  tail = decode(generated)[len(decode(answer)):]
   return not tail[:1].isdigit()
 
 

@@ -175,6 +175,14 @@ def test_a_multi_character_token_that_starts_with_a_digit_extends_the_number():
   assert not needle.is_correct([1, 2], [1], decode) and needle.is_correct([1, 3, 4], [1], decode)
 
 
+def test_a_token_that_decodes_to_nothing_does_not_hide_a_digit_after_the_answer():
+  pieces = {1: " 4213", 5: "", 4: "0", 3: "."}  # 5: a special token other than EOS, decoded to nothing
+  decode = lambda ids: "".join(pieces[i] for i in ids)  # noqa: E731
+  assert not needle.is_correct([1, 5, 4], [1], decode)  # the text reads " 42130": another number
+  assert not needle.is_correct([1, 5, 5, 4], [1], decode)
+  assert needle.is_correct([1, 5, 3, 4], [1], decode) and needle.is_correct([1, 5], [1], decode)
+
+
 def test_haystack_text_joins_by_blank_lines_and_doubles_to_the_minimum():
   assert needle.haystack_text(["ab", "cd"], 6) == "ab\n\ncd"
   assert needle.haystack_text(["abcdef"], 6) == "abcdef"
