@@ -106,6 +106,27 @@ def test_report_conclusions_come_from_the_cells(tmp_path, rising):
   assert report.rstrip().endswith("## What the runs show\n\nwritten by hand")  # the hand-written notes, last
 
 
+def test_the_kv_compression_table_and_plot_join_the_report(tmp_path):
+  from longjax.config import ConfigError
+  from longjax.real_model import kv_compression
+
+  cells, report_dir, kv_dir = tmp_path / "cells", tmp_path / "docs" / "real_model", tmp_path / "docs" / "kv"
+  cells.mkdir()
+  settings = real_model.Settings(documents={"topics": ""}, loss_length=128, passkey_lengths=(64,), depths=(0.5,),
+                                 keys=1, ruler_lengths=(), ruler_samples=1, tasks=("loss",))
+  with pytest.raises(ConfigError, match=r"^--kv_dir=.*/kv: no summary.md there; build it with"):
+    real_model.write_report(str(report_dir), str(cells), _trained(), [BASELINE], settings, {}, str(kv_dir))
+  assert not report_dir.exists()  # nothing written
+  kv_dir.mkdir(parents=True)
+  report_dir.mkdir(parents=True)
+  (kv_dir / kv_compression.SUMMARY).write_text("| method | x |\n|---|---|\n| int8 | 1/1 |\n\n![p](kv_compression.png)\n")
+  report = open(real_model.write_report(str(report_dir), str(cells), _trained(), [BASELINE], settings, {},
+                                        str(kv_dir))).read()
+  section = report.split("## KV-cache compression")[1].split("\n## ")[0]
+  assert "| int8 | 1/1 |" in section and "![p](../kv/kv_compression.png)" in section  # relative to the report
+  assert "[../kv/report.md](../kv/report.md)" in section
+
+
 PARTS_AGAIN = ("import", "free", "finetune", "report")
 
 

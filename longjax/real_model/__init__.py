@@ -369,8 +369,14 @@ def _accuracy_table(summary: dict, task: str, title: str) -> list[str]:
 
 
 def write_report(out: str, cells_dir: str, trained: Config, names: list[str], settings: Settings,
-                 extra: dict) -> str:
-  """report.md and results.json from the cells on disk; missing cells are listed, never filled in."""
+                 extra: dict, kv_dir: str | None = None) -> str:
+  """report.md and results.json from the cells on disk; missing cells are listed, never filled in. kv_dir: a
+  `longjax.real_model.kv_compression` report's folder, whose table and plot become a section."""
+  kv_lines = []
+  if kv_dir:  # read first: a bad folder leaves no half-written report
+    from longjax.real_model import kv_compression  # pylint: disable=import-outside-toplevel (it imports this)
+
+    kv_lines = kv_compression.summary_section(kv_dir, out)
   cells = read_cells(cells_dir)
   length = trained_length(trained)
   summary = summarize(names, cells, length, settings.loss_length, list(settings.documents))
@@ -410,6 +416,7 @@ def write_report(out: str, cells_dir: str, trained: Config, names: list[str], se
   lines += _accuracy_table(summary, "passkey",
                            "Passkey accuracy (correct / prompts; depths and keys per cell in the cells' JSON)")
   lines += _accuracy_table(summary, "ruler", "RULER niah_single_1 (string_match_all; correct / prompts)")
+  lines += kv_lines
   if "parity" in extra:
     p = extra["parity"]
     took = (f"`python -m longjax.convert --gguf ...` took {extra['import_seconds']:.0f} s. "
@@ -450,8 +457,13 @@ def _checkpoint_steps(run_dir: str) -> list[int]:
 
 
 def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list[str] | None, cells: str,
-        finetune_steps: int, finetune_window: int, gguf: str | None = None, report_dir: str | None = None) -> str:
+        finetune_steps: int, finetune_window: int, gguf: str | None = None, report_dir: str | None = None,
+        kv_dir: str | None = None) -> str:
   """The parts asked for, in order; returns report.md's path."""
+  if kv_dir:  # before hours of cells, not after
+    from longjax.real_model import kv_compression  # pylint: disable=import-outside-toplevel (it imports this)
+
+    kv_compression.check_kv_dir(kv_dir)
   os.makedirs(out, exist_ok=True)
   model_dir = os.path.join(out, "smollm2")
   extra_path = os.path.join(cells, "parts.json")  # import parity and fine-tuning times travel with the cells
@@ -510,4 +522,4 @@ def run(out: str, parts: tuple[str, ...], settings: Settings, method_names: list
       f"{extra.get('finetune_steps', finetune_steps)} steps of {finetune_window}-token rows with PoSE positions spanning {FACTOR}x.")
   names_all = names + [n for n in FINETUNE_METHODS if n not in names]
   os.makedirs(report_dir or out, exist_ok=True)
-  return write_report(report_dir or out, cells, trained, names_all, settings, extra)
+  return write_report(report_dir or out, cells, trained, names_all, settings, extra, kv_dir)

@@ -23,6 +23,8 @@ _FINETUNE_STEPS = flags.DEFINE_integer("finetune_steps", 30, "Fine-tuning steps 
 _FINETUNE_WINDOW = flags.DEFINE_integer("finetune_window", 1024, "Fine-tuning rows (tokens); PoSE spans 2x.")
 _TASK_ORDER = flags.DEFINE_list("tasks", ["loss", "passkey", "ruler"], "Which evaluations, in this order.")
 _REPORT_DIR = flags.DEFINE_string("report_dir", None, "Where report.md, results.json and plots go (default WORKDIR).")
+_KV_DIR = flags.DEFINE_string("kv_dir", None, "A KV-compression report's folder (`python -m "
+                              "longjax.real_model.kv_compression --out DIR`): its table and plot join the report.")
 
 
 def main(argv):
@@ -49,7 +51,7 @@ def main(argv):
   cells = os.path.abspath(_CELLS.value or os.path.join(out, "cells"))
   report_dir = os.path.abspath(_REPORT_DIR.value) if _REPORT_DIR.value else None
   path = real_model.run(out, parts, settings, _METHODS.value, cells, _FINETUNE_STEPS.value, _FINETUNE_WINDOW.value,
-                        report_dir=report_dir)
+                        report_dir=report_dir, kv_dir=os.path.abspath(_KV_DIR.value) if _KV_DIR.value else None)
   print(open(path).read(), flush=True)
 
 

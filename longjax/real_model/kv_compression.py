@@ -127,6 +127,31 @@ def run_cells(workdir: str, cells: str, tasks: tuple[str, ...], lengths: tuple[i
             "prefill_chunk": options["prefill_chunk"]})
 
 
+SUMMARY = "summary.md"  # write_report's table and plot, without the protocol and notes
+
+
+def check_kv_dir(kv_dir: str) -> str:
+  """kv_dir's summary.md, or one clear line (ConfigError) if there is none."""
+  path = os.path.join(kv_dir, SUMMARY)
+  if not os.path.isfile(path):
+    raise ConfigError(f"--kv_dir={kv_dir}: no {SUMMARY} there; build it with `python -m "
+                      "longjax.real_model.kv_compression --report_only --out DIR` first")
+  return path
+
+
+def summary_section(kv_dir: str, report_dir: str) -> list[str]:
+  """The real-model report's section on KV compression: kv_dir's summary table and plot (its image path made
+  relative to report_dir) and a link to the whole report; one clear line if kv_dir holds no report."""
+  path = check_kv_dir(kv_dir)
+  relative = os.path.relpath(kv_dir, report_dir)
+  with open(path) as f:
+    text = f.read().rstrip().replace("](kv_compression.png)", f"]({relative}/kv_compression.png)")
+  return ["## KV-cache compression", "",
+          "Full cache vs StreamingLLM, H2O, SnapKV (1/2, 1/4, 1/8 of the context) and KIVI-style int8/int4 on the "
+          f"imported model; the protocol, timings and what the cells show: [{relative}/report.md]"
+          f"({relative}/report.md).", "", text, ""]
+
+
 def _read(cells: str, label: str, key: str) -> dict | None:
   path = os.path.join(cells, label.replace(" ", "_").replace("/", "-"), key + ".json")
   if not os.path.isfile(path):
@@ -208,6 +233,9 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
       f"one sequence, K/V in float16 (the model ran in float32).", "",
       *table, "", "![loss and retrieval vs KV bytes](kv_compression.png)", "",
       "Seconds per cell (wall clock, as each cell recorded it; `-`: not run):", "", *timing, ""])
+  # The table and the plot alone, for the real-model report to include (`python -m longjax.real_model --kv_dir`).
+  with open(os.path.join(out, SUMMARY), "w") as f:
+    f.write("\n".join([*table, "", "![loss and retrieval vs KV bytes](kv_compression.png)", ""]))
   notes = os.path.join(out, "notes.md")  # what was run and what it shows, written by hand beside the cells
   if os.path.isfile(notes):
     with open(notes) as f:

@@ -85,3 +85,6 @@ def test_report_adds_whole_prompt_columns_once_measured(tmp_path):
   assert rows["h2o 1/4"].endswith("| not run | not run | not run |")
   results = json.loads((tmp_path / "results.json").read_text())
   assert results["snapkv 1/4"]["passkey_1024_whole"] == 1.0 and "passkey_1024_whole" not in results["full"]
+  summary = (tmp_path / "summary.md").read_text()  # the table and plot the real-model report includes
+  assert rows["snapkv 1/4"] in summary.splitlines() and "](kv_compression.png)" in summary
+  assert "Seconds per cell" not in summary
