@@ -35,13 +35,17 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set of token
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _KV_POLICY = flags.DEFINE_string("kv_policy", "full", f"KV-cache policy: {', '.join(kv_policies.KV_POLICIES)}.")
 _KV_BUDGET = flags.DEFINE_integer("kv_budget", None, "Tokens the cache keeps per layer (streaming, h2o, snapkv).")
+_KV_BUDGET_BYTES = flags.DEFINE_integer("kv_budget_bytes", None, "Or bytes of cache per sequence, all layers, in the "
+                                        "model's dtype: the largest token budget that fits (streaming, h2o, snapkv).")
 
 
 def main(argv):
   del argv
-  kv_policies.make_policy(_KV_POLICY.value, _KV_BUDGET.value)  # a bad policy or budget fails before loading
+  if _KV_BUDGET_BYTES.value is None:
+    kv_policies.make_policy(_KV_POLICY.value, _KV_BUDGET.value)  # a bad policy or budget fails before loading
   check_sampling(_MAX_NEW_TOKENS.value, _TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
   trained = checkpoint.read_config(_WORKDIR.value)
+  kv_budget = kv_policies.resolve_budget(_KV_POLICY.value, _KV_BUDGET.value, _KV_BUDGET_BYTES.value, trained.model)
   prompt_tokens = len(get_tokenizer(trained.data).encode(_PROMPT.value, bos=trained.data.add_bos))
   check_cache_length(prompt_tokens, _MAX_NEW_TOKENS.value, _MAX_LENGTH.value)
   if prompt_tokens == 0:
@@ -55,7 +59,7 @@ def main(argv):
   run = load(_WORKDIR.value, _STEP.value, mesh=sharding.make_mesh(mesh_config))
   text = run.generate(_PROMPT.value, max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
                       top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value, max_length=_MAX_LENGTH.value,
-                      kv_policy=_KV_POLICY.value, kv_budget=_KV_BUDGET.value)
+                      kv_policy=_KV_POLICY.value, kv_budget=kv_budget)
   if jax.process_index() == 0:
     print(_PROMPT.value + text)
 

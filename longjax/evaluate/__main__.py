@@ -25,8 +25,8 @@ by a UTF-8 file or a directory of them, one document a file. Writes WORKDIR/eval
 With several processes (the config's `distributed` keys, JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID,
 or a detected TPU or SLURM cluster) each restores only the blocks of the parameters its devices hold under the
 mesh (the run's `mesh` keys, or --config's) and all run every forward together; process 0 writes and prints.
---kv_policy/--kv_budget generate (passkey, needle, RULER) and size (kv_cache) under a KV-cache policy
-(`longjax.inference.kv_policies`).
+--kv_policy/--kv_budget (tokens, or --kv_budget_bytes) generate (passkey, needle, RULER) and size (kv_cache) under a
+KV-cache policy (`longjax.inference.kv_policies`).
 """
 
 import os
@@ -57,6 +57,8 @@ _BATCH = flags.DEFINE_integer("batch_size", 1, "kv_cache: sequences.")
 _DTYPE = flags.DEFINE_string("dtype", "float16", "kv_cache: the K/V storage dtype.")
 _KV_POLICY = flags.DEFINE_string("kv_policy", "full", f"KV-cache policy: {', '.join(kv_policies.KV_POLICIES)}.")
 _KV_BUDGET = flags.DEFINE_integer("kv_budget", None, "Tokens the cache keeps per layer (streaming, h2o, snapkv).")
+_KV_BUDGET_BYTES = flags.DEFINE_integer("kv_budget_bytes", None, "Or bytes of cache per sequence, all layers, in the "
+                                        "model's dtype: the largest token budget that fits (streaming, h2o, snapkv).")
 _TEXT = flags.DEFINE_string("text", None, "perplexity, loss_by_position: a UTF-8 text file, or a directory of them "
                             "(one document a file), evaluated instead of the run's data.")
 # The sections an evaluation --config may change: the weights' shapes stay the run's.
@@ -108,11 +110,12 @@ def _options() -> TaskOptions:
 def main(argv):
   del argv
   options = _options()
-  kv_policies.make_policy(_KV_POLICY.value, _KV_BUDGET.value)  # a bad policy or budget fails before loading
-  generate_options = {} if _KV_POLICY.value == "full" else {"kv_policy": _KV_POLICY.value,
-                                                             "kv_budget": _KV_BUDGET.value}
+  if _KV_BUDGET_BYTES.value is None:
+    kv_policies.make_policy(_KV_POLICY.value, _KV_BUDGET.value)  # a bad policy or budget fails before loading
   task = TASKS[_TASK.value]
   trained = checkpoint.read_config(_WORKDIR.value)
+  kv_budget = kv_policies.resolve_budget(_KV_POLICY.value, _KV_BUDGET.value, _KV_BUDGET_BYTES.value, trained.model)
+  generate_options = {} if _KV_POLICY.value == "full" else {"kv_policy": _KV_POLICY.value, "kv_budget": kv_budget}
   methods = {trained.model.rope.rope_type: trained}
   distributed = Config().distributed
   if _CONFIG.value is not None:

@@ -9,7 +9,8 @@
   int8, int4 KIVI-style quantized K/V (keys per channel in groups of `group` tokens, values per token); every
              token is kept, so they take no token budget.
 
-The budget is tokens per sequence per layer (per kv head for h2o and snapkv, which choose per head); the
+The budget is tokens per sequence per layer (per kv head for h2o and snapkv, which choose per head), or bytes
+per sequence (`budget_for_bytes`: the largest token budget whose `state_bytes` over all layers fit); the
 cache never holds more between calls (`longjax.ops.kv_compress` says how prefill chunks and decode steps
 are compressed). Each entry validates its options, builds one layer's state, says its `state_bytes` (what
 the KV-cache calculator reports) and attends (`attend`, called by the full attention type when the cache
@@ -253,6 +254,39 @@ def make_policy(name: str, budget: int | None = None, max_length: int | None = N
   return policy
 
 
+def budget_for_bytes(name: str, model_config: ModelConfig, max_bytes: int, dtype="float16", **options) -> int:
+  """The largest token budget of the evicting policy `name` whose cache, all layers of one sequence as the KV-cache
+  calculator counts it (`state_bytes` x layers), fits in `max_bytes`; one clear line if none fits."""
+  if name not in ("streaming", "h2o", "snapkv"):
+    raise ConfigError(f"kv_budget_bytes is invalid for kv_policy={name}: it keeps every token; a bytes budget "
+                      f"applies to streaming, h2o, snapkv")
+  if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
+    raise ConfigError(f"kv_budget_bytes={max_bytes!r} is invalid: a positive whole number of bytes per sequence")
+  least = {"streaming": options.get("sinks", STREAMING_SINKS), "snapkv": options.get("window", SNAPKV_WINDOW)}.get(
+      name, 0) + 1
+  size = lambda budget: model_config.num_layers * KV_POLICIES[name](budget=budget, **options).state_bytes(  # noqa: E731
+      model_config, budget, dtype)
+  if size(least) > max_bytes:
+    raise ConfigError(f"kv_budget_bytes={max_bytes} is invalid: kv_policy={name} needs at least {size(least)} bytes "
+                      f"per sequence here (its smallest budget, {least} tokens, in {jnp.dtype(dtype).name})")
+  low, high = least, max(least, max_bytes)  # size grows with the budget: the largest budget that fits
+  while low < high:
+    middle = (low + high + 1) // 2
+    low, high = (middle, high) if size(middle) <= max_bytes else (low, middle - 1)
+  return low
+
+
+def resolve_budget(name: str, budget: int | None, budget_bytes: int | None, model_config: ModelConfig) -> int | None:
+  """The command line's --kv_budget or --kv_budget_bytes (converted in the model's dtype, the dtype generation's
+  cache is allocated in) as tokens, validated by `make_policy`; one clear line for both or a bad one."""
+  if budget_bytes is not None:
+    if budget is not None:
+      raise ConfigError(f"--kv_budget={budget} and --kv_budget_bytes={budget_bytes}: give one of them, not both")
+    budget = budget_for_bytes(name, model_config, budget_bytes, model_config.dtype)
+  make_policy(name, budget)
+  return budget
+
+
 def init_cache(model_config: ModelConfig, batch_size: int, max_length: int, dtype=None, policy=None) -> dict:
   """`longjax.nn.init_cache`, or under a compressing policy one `ops.CompressedCache` per layer."""
   if policy is None or isinstance(policy, Full):
@@ -272,4 +306,5 @@ def init_cache(model_config: ModelConfig, batch_size: int, max_length: int, dtyp
   return {"layers": [layer() for _ in range(model_config.num_layers)]}
 
 
-__all__ = ["Full", "H2O", "KV_POLICIES", "Quantized", "SnapKV", "Streaming", "init_cache", "make_policy"]
+__all__ = ["Full", "H2O", "KV_POLICIES", "Quantized", "SnapKV", "Streaming", "budget_for_bytes", "init_cache",
+           "make_policy", "resolve_budget"]

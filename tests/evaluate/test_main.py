@@ -42,6 +42,14 @@ def test_passkey_and_kv_cache_write_json_and_png(runner, trained_workdir, tmp_pa
   result = json.load(open(workdir / "eval" / "kv_cache_h2o.json"))
   h2o_token = per_token + config.num_layers * config.num_kv_heads * 8
   assert [s["total_bytes"] for s in result["sizes"]] == [64 * h2o_token, 100 * h2o_token]
+  # the same budget given in bytes (the model's dtype, float32 here): the largest whole budget that fits
+  proc = _evaluate(runner, workdir, "--task=kv_cache", "--lengths=64,256", "--dtype=float32", "--kv_policy=h2o",
+                   f"--kv_budget_bytes={101 * h2o_token - 1}", "--name=h2o_bytes")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.load(open(workdir / "eval" / "kv_cache_h2o_bytes.json"))
+  assert [s["total_bytes"] for s in result["sizes"]] == [64 * h2o_token, 100 * h2o_token]
+  assert_user_error(_evaluate(runner, workdir, "--task=passkey", "--kv_policy=h2o", "--kv_budget=100",
+                              "--kv_budget_bytes=100000"), "give one of them, not both")
   assert_user_error(_evaluate(runner, workdir, "--task=passkey", "--kv_policy=h2o", "--kv_budget=0"), "kv_budget=0")
 
   assert_user_error(_evaluate(runner, workdir, "--task=passkey", "--depths=0,2"), "--depths")

@@ -105,6 +105,39 @@ def test_bad_budgets_are_one_clear_line(name, budget, options, words):
   assert words in str(error.value) and "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("name,options", [("streaming", {}), ("h2o", {}), ("snapkv", {}), ("snapkv", {"window": 4})])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_a_bytes_budget_is_the_largest_token_budget_whose_cache_fits(name, options, dtype):
+  config = model_and_params(layers=1)[0].config
+  sizes = {b: kv_cache_bytes(config, b, dtype=dtype, kv_policy=kv_policies.make_policy(name, b, **options))
+           for b in range(1, 200) if b > options.get("window", kv_policies.SNAPKV_WINDOW if name == "snapkv" else
+                                                        kv_policies.STREAMING_SINKS if name == "streaming" else 0)}
+  smallest = sizes[min(sizes)]
+  for max_bytes in [smallest, smallest + 1, *range(smallest + 7, sizes[199], 997), sizes[199]]:
+    expected = max(b for b, size in sizes.items() if size <= max_bytes)  # the loop: every budget tried
+    assert kv_policies.budget_for_bytes(name, config, max_bytes, dtype, **options) == expected, max_bytes
+  with pytest.raises(ConfigError, match=rf"^kv_budget_bytes={smallest - 1} is invalid: kv_policy={name} needs at "
+                                        rf"least {smallest} bytes per sequence here \(its smallest budget, "
+                                        rf"{min(sizes)} tokens, in {dtype}\)$"):
+    kv_policies.budget_for_bytes(name, config, smallest - 1, dtype, **options)
+
+
+@pytest.mark.parametrize("name,max_bytes,words", [
+    ("int8", 10_000, "kv_budget_bytes is invalid for kv_policy=int8: it keeps every token"),
+    ("full", 10_000, "kv_budget_bytes is invalid for kv_policy=full"),
+    ("h2o", 0, "kv_budget_bytes=0 is invalid: a positive whole number of bytes per sequence"),
+    ("h2o", 10.5, "kv_budget_bytes=10.5 is invalid"),
+])
+def test_bad_bytes_budgets_are_one_clear_line(name, max_bytes, words):
+  config = model_and_params(layers=1)[0].config
+  with pytest.raises(ConfigError) as error:
+    kv_policies.budget_for_bytes(name, config, max_bytes)
+  assert words in str(error.value) and "\n" not in str(error.value)
+  with pytest.raises(ConfigError, match="give one of them, not both"):
+    kv_policies.resolve_budget("h2o", 8, 10_000, config)
+  assert kv_policies.resolve_budget("h2o", 8, None, config) == 8
+
+
 def test_compression_needs_full_attention():
   model, _ = model_and_params(layers=1, attention=AttentionConfig.of("sliding", window=4))
   with pytest.raises(ConfigError, match="model.attention.type=full"):
