@@ -6,6 +6,7 @@ in a subprocess, which mutation runs cannot see."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from longjax.config import AttentionConfig, Config, ConfigError, S2Config
@@ -182,6 +183,47 @@ def test_retrieval_report():
   assert report.table == grid.table()
 
 
+def test_retrieval_report_plots_its_grid(monkeypatch):
+  plot = Recorder("heat.png")
+  monkeypatch.setattr(plots, "plot_retrieval_heatmap", plot)
+  grid = _grid("needle")
+  assert tasks._retrieval_report(grid).plot("h.png") == "heat.png"
+  assert plot.calls == [((grid, "h.png"), {})]
+
+
+def test_passkey_task_passes_its_options(monkeypatch):
+  evaluate = Recorder(lambda *a, **k: _grid("passkey"))
+  monkeypatch.setattr(passkey, "evaluate_passkey", evaluate)
+  tokenizer = ByteTokenizer()
+  trained = _config(trained=32)
+  run = EvalRun(trained, {"own": trained}, tokenizer=tokenizer)
+  report = TASKS["passkey"].run(run, TaskOptions(lengths=(40, 80), depths=(0.25,), trials=3, digits=2, seed=4))
+  [(args, kwargs)] = evaluate.calls
+  assert args[0] == run.generate and args[2:] == ((40, 80), (0.25,))
+  assert args[1]("abc") == 4  # BOS and three bytes
+  assert kwargs == {"keys_per_cell": 3, "digits": 2, "seed": 4, "trained_length": 32}
+  assert report.scalars["passkey_accuracy"] == 0.4375
+
+
+def test_generate_runs_the_evaluated_model_with_the_generate_options_and_cuts_at_eos(monkeypatch):
+  tokenizer = ByteTokenizer()
+  answer = tokenizer.encode(" 42", bos=False)
+  generate = Recorder(lambda model, params, prompts, n, **kwargs: np.asarray(
+      [(answer + [tokenizer.eos_id] * n + [9])[:n] for _ in prompts], np.int32))
+  monkeypatch.setattr("longjax.inference.loaded._generate", generate)
+  trained = _config()
+  evaluated = dataclasses.replace(trained, model=dataclasses.replace(trained.model, hidden_size=128))
+  run = EvalRun(trained, {"own": trained, "ntk": evaluated}, params="P", tokenizer=tokenizer,
+                generate_options={"kv_policy": "h2o", "kv_budget": 8})
+  assert run.generate(["ab", "c"], 5) == [" 42", " 42"]
+  [(args, kwargs)] = generate.calls
+  model, params, prompts, n = args
+  assert (model.config, params, n) == (evaluated.model, "P", 5)
+  assert [list(p) for p in prompts] == [run.encode("ab"), run.encode("c")]
+  assert kwargs["stop_tokens"] == (tokenizer.eos_id,) and (kwargs["kv_policy"], kwargs["kv_budget"]) == ("h2o", 8)
+  assert run.generate([[1, 2, 3]], 5) == [answer] and generate.calls[-1][0][2] == [[1, 2, 3]]  # ids: as given
+
+
 def _s2(config, at_eval=True):
   attention = AttentionConfig(type="s2", s2=S2Config(group_size_ratio=0.25, at_eval=at_eval))
   return dataclasses.replace(config, model=dataclasses.replace(config.model, attention=attention))
@@ -253,3 +295,43 @@ def test_encode_adds_bos_as_the_evaluated_config_says_unless_told(add_bos):
   ids = tokenizer.encode("ab", bos=False)
   assert run.encode("ab") == ([tokenizer.bos_id] if add_bos else []) + ids
   assert run.encode("ab", bos=True) == [tokenizer.bos_id] + ids and run.encode("ab", bos=False) == ids
+
+
+def test_ruler_task_runs_each_task_at_each_length_and_names_what_did_not_fit(monkeypatch):
+  from longjax.evaluate import ruler
+
+  names = list(ruler.TASKS)[:2]
+  monkeypatch.setattr(ruler, "TASKS", {name: ruler.TASKS[name] for name in names})
+
+  def evaluate(generate, tokenizer, tasks_, lengths, **kwargs):
+    [task], [length] = tasks_, lengths
+    if (task, length) == (names[1], 64):
+      raise ValueError("the template alone is longer")
+    return {task: {length: {names[0]: 0.5, names[1]: 0.25}[task] + length / 2048}}
+
+  recorder, plot = Recorder(evaluate), Recorder("ruler.png")
+  monkeypatch.setattr(ruler, "evaluate_ruler", recorder)
+  monkeypatch.setattr(plots, "plot_ruler", plot)
+  tokenizer = ByteTokenizer()
+  trained = _config(trained=32)
+  run = EvalRun(trained, {"own": _with_data(trained, add_bos=False)}, tokenizer=tokenizer)
+  report = TASKS["ruler"].run(run, TaskOptions(lengths=(64, 128), trials=3, seed=7))
+
+  assert [(args[2:], kwargs) for args, kwargs in recorder.calls] == [
+      (([task], [n]), {"samples": 3, "seed": 7, "add_bos": False}) for task in names for n in (64, 128)]
+  assert all(args[0] == run.generate and args[1] is tokenizer for args, _ in recorder.calls)
+  results = {names[0]: {64: 0.53125, 128: 0.5625}, names[1]: {128: 0.3125}}
+  skipped = [f"{names[1]} at 64: the template alone is longer"]
+  assert report.results == {"scores": {names[0]: {"64": 0.53125, "128": 0.5625}, names[1]: {"128": 0.3125}},
+                            "skipped": skipped}
+  assert report.table == "\n".join([
+      f"{'task':>16}      64     128",
+      f"{names[0]:>16}     53%     56%",
+      f"{names[1]:>16}       -     31%",
+      *skipped])
+  assert report.scalars == {"ruler_64": 0.53125, "ruler_128": 0.4375}
+  assert report.plot("r.png") == "ruler.png" and plot.calls == [((results, "r.png"), {})]
+  # without --lengths: the trained length times 1, 2, 4, 8
+  recorder.calls.clear()
+  TASKS["ruler"].run(run, TaskOptions())
+  assert [args[3] for args, _ in recorder.calls] == [[n] for _ in names for n in (32, 64, 128, 256)]
