@@ -24,7 +24,7 @@ def closed(monkeypatch):
   figures, close = [], plt.close
 
   def recording_close(fig=None):
-    figures.append(fig)
+    figures.append(plt.gcf() if fig is None else fig)  # close(None) closes the current figure
     close(fig)
 
   monkeypatch.setattr(plt, "close", recording_close)
@@ -114,7 +114,7 @@ def test_retrieval_heatmap(tmp_path, closed):
   ax, colorbar = fig.axes
   [image] = ax.get_images()
   np.testing.assert_array_equal(image.get_array(), grid.accuracy)
-  assert image.get_clim() == (0.0, 1.0) and image.get_cmap().name == "RdYlGn"
+  assert image.get_clim() == (0.0, 1.0) and image.get_cmap().name == "RdYlGn" and ax.get_aspect() == "auto"
   assert _heatmap_texts(ax) == [((j, i), f"{grid.accuracy[i][j]:.2f}") for i in range(2) for j in range(3)]
   assert {(t.get_ha(), t.get_va(), t.get_fontsize()) for t in ax.texts} == {("center", "center", 7)}
   assert [t.get_text() for t in ax.get_xticklabels()] == ["0%", "50%", "100%"]
@@ -172,7 +172,7 @@ def test_ruler_heatmap(tmp_path, closed):
   ax, colorbar = fig.axes
   [image] = ax.get_images()
   np.testing.assert_array_equal(image.get_array(), [[50.0, np.nan, 100.0], [np.nan, 25.0, np.nan]])
-  assert image.get_clim() == (0, 100) and image.get_cmap().name == "RdYlGn"
+  assert image.get_clim() == (0, 100) and image.get_cmap().name == "RdYlGn" and ax.get_aspect() == "auto"
   assert _heatmap_texts(ax) == [((0, 0), "50"), ((2, 0), "100"), ((1, 1), "25")]  # none in the empty cells
   assert {(t.get_ha(), t.get_va(), t.get_fontsize()) for t in ax.texts} == {("center", "center", 8)}
   assert [t.get_text() for t in ax.get_xticklabels()] == ["1024", "2048", "4096"]

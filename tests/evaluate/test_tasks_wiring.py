@@ -75,8 +75,8 @@ def test_perplexity_task(monkeypatch, add_bos, option_lengths):
 
 
 def _curve(model, params, documents, length, num_bins):
-  first = model.config.hidden_size / 100  # tells the methods apart
-  return PositionLoss(length, [0, 4], [4, length], [first, first + 1.0], 7)
+  first = model.config.hidden_size / 128  # tells the methods apart (exact in binary)
+  return PositionLoss(length, [0, 4, 8], [4, 8, length], [first, first + 1.0, first + 2.0], 7)
 
 
 def test_loss_by_position_task(monkeypatch):
@@ -97,9 +97,10 @@ def test_loss_by_position_task(monkeypatch):
   assert report.results == {"own": dataclasses.asdict(own), "wide": dataclasses.asdict(other)}
   assert report.table == ("loss by position (nats), windows of 12 tokens, 7 documents\n"
                           "     positions          own         wide\n"
-                          "           0-3       2.5600       2.5000\n"
-                          "          4-11       3.5600       3.5000")
-  assert report.scalars == {"loss_first_bin": 2.56, "loss_last_bin": 3.56}
+                          "           0-3       2.0000       1.9531\n"
+                          "           4-7       3.0000       2.9531\n"
+                          "          8-11       4.0000       3.9531")
+  assert report.scalars == {"loss_first_bin": 2.0, "loss_last_bin": 4.0}
   assert report.plot("p.png") == "lbp.png"
   assert plot.calls == [(({"own": own, "wide": other}, "p.png"), {"trained_length": 6})]
   # --lengths: the longest of them
@@ -109,29 +110,31 @@ def test_loss_by_position_task(monkeypatch):
 
 @pytest.mark.parametrize("generate_options", [{}, {"kv_policy": "h2o", "kv_budget": 32}])
 def test_kv_cache_task(monkeypatch, generate_options):
-  mesh, plot = Recorder((2, 1, 4, 1)), Recorder("kv.png")
+  mesh, plot = Recorder((2, 2, 4, 1)), Recorder("kv.png")
   monkeypatch.setattr(tasks, "mesh_shape", mesh)
   monkeypatch.setattr(plots, "plot_kv_cache", plot)
   config = _config(trained=64)
   run = EvalRun(config, {"m": config}, generate_options=generate_options)
-  report = TASKS["kv_cache"].run(run, TaskOptions(lengths=(64, 256), batch_size=2, dtype="float32"))
+  report = TASKS["kv_cache"].run(run, TaskOptions(lengths=(64, 256), batch_size=4, dtype="float32"))
 
   assert mesh.calls == [((config.mesh, tasks.jax.device_count()), {})]
   policy = run.kv_policy
-  sizes = kv_cache.kv_cache_table(config.model, (64, 256), 2, "float32", kv_policy=policy, data=2, fsdp=1, tensor=4)
+  sizes = kv_cache.kv_cache_table(config.model, (64, 256), 4, "float32", kv_policy=policy, data=2, fsdp=2, tensor=4)
   per_token = kv_cache.kv_cache_size(config.model, 1, 1, "float32", kv_policy=policy).total_bytes
-  assert sizes[0].device_bytes != sizes[0].total_bytes  # the mesh shares it out
-  assert report.results == {"mesh": {"data": 2, "fsdp": 1, "tensor": 4},
+  for data, fsdp, tensor in [(1, 2, 4), (2, 1, 4), (2, 2, 1)]:  # each axis of the mesh shares it out
+    assert kv_cache.kv_cache_table(config.model, (64,), 4, "float32", kv_policy=policy, data=data, fsdp=fsdp,
+                                   tensor=tensor)[0].device_bytes != sizes[0].device_bytes
+  assert report.results == {"mesh": {"data": 2, "fsdp": 2, "tensor": 4},
                             "sizes": [dataclasses.asdict(s) for s in sizes]}
   fmt = kv_cache.format_bytes
   policy_text = ", kv_policy h2o budget 32" if generate_options else ""
   lines = report.table.split("\n")
-  assert lines[0] == (f"kv cache (llama, attention full{policy_text}, 4 layers, 4 kv heads x 64, float32, batch 2, "
-                      f"mesh data=2 fsdp=1 tensor=4): {fmt(per_token)} for one token")
+  assert lines[0] == (f"kv cache (llama, attention full{policy_text}, 4 layers, 4 kv heads x 64, float32, batch 4, "
+                      f"mesh data=2 fsdp=2 tensor=4): {fmt(per_token)} for one token")
   assert lines[1:] == [f"{s.length:>9} tokens: {s.cached_tokens:>9} cached, {fmt(s.layer_bytes):>11} a layer, "
                        f"{fmt(s.total_bytes):>11} total, {fmt(s.device_bytes):>11} a device" for s in sizes]
-  if not generate_options:  # K and V of 64 tokens, 4 heads x 64, float32, batch 2, a layer
-    assert sizes[0].layer_bytes == 2 * 64 * 4 * 64 * 4 * 2 and lines[1].startswith("       64 tokens:        64 cached")
+  if not generate_options:  # K and V of 64 tokens, 4 heads x 64, float32, batch 4, a layer
+    assert sizes[0].layer_bytes == 2 * 64 * 4 * 64 * 4 * 4 and lines[1].startswith("       64 tokens:        64 cached")
   assert report.plot("k.png") == "kv.png" and plot.calls == [((sizes, "k.png"), {})]
   # the trained length times 1, 2, 4, 8 without --lengths
   report = TASKS["kv_cache"].run(run, TaskOptions())
