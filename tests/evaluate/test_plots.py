@@ -55,6 +55,13 @@ def _legend(ax):
   return [t.get_text() for t in legend.get_texts()]
 
 
+def _gridded(ax, minor=False):
+  """Grid lines on at alpha 0.3, on the minor ticks too (of the log-scaled y axis) when `minor`."""
+  ticks = ax.xaxis.get_major_ticks()[:1] + ax.yaxis.get_major_ticks()[:1] + (ax.yaxis.get_minor_ticks()[:1] if minor
+                                                                             else [])
+  return all(t.gridline.get_visible() and t.gridline.get_alpha() == 0.3 for t in ticks)
+
+
 def _trained_line(ax, x):
   [line] = [line for line in ax.get_lines() if line.get_label().startswith("trained length")]
   assert list(line.get_xdata()) == [x, x] and line.get_linestyle() == "--"
@@ -76,7 +83,7 @@ def test_perplexity_against_length(tmp_path, closed):
   [curve] = [line for line in ax.get_lines() if line.get_label() == "yarn"]
   assert list(curve.get_xdata()) == [128, 512] and list(curve.get_ydata()) == [5.0, 9.0]  # no tokens: no point
   assert curve.get_marker() == "o"
-  assert _legend(ax) == ["yarn", "trained length 256"] and _trained_line(ax, 256)
+  assert _legend(ax) == ["yarn", "trained length 256"] and _trained_line(ax, 256) and _gridded(ax, minor=True)
   assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2 and ax.get_yscale() == "log"
   assert isinstance(ax.yaxis.get_major_formatter(), ticker.ScalarFormatter)
   assert isinstance(ax.yaxis.get_minor_formatter(), ticker.ScalarFormatter)
@@ -95,6 +102,7 @@ def test_training_losses(tmp_path, closed):
   [ax] = fig.axes
   [line] = ax.get_lines()
   assert list(line.get_xdata()) == [0, 10] and list(line.get_ydata()) == [3.0, 2.5] and _legend(ax) == ["run"]
+  assert _gridded(ax)
   assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("step", "loss (nats/token)", "Training loss")
   plots.plot_losses({"run": [(0, 1.0)]}, path, title="T")
   assert closed[1].axes[0].get_title() == "T"
@@ -105,7 +113,7 @@ def _heatmap_texts(ax):
 
 
 def test_retrieval_heatmap(tmp_path, closed):
-  grid = RetrievalGrid("passkey", [64, 128], [0.0, 0.5, 1.0], [[1.0, 0.5, 0.25], [0.0, 0.75, 1.0]], 4,
+  grid = RetrievalGrid("passkey", [64, 128], [0.0, 0.5, 1.0], [[0.5, 0.5, 0.25], [0.5, 0.75, 0.5]], 4,
                        [63, 127], trained_length=64)
   path = str(tmp_path / "h.png")
   assert plots.plot_retrieval_heatmap(grid, path) == path
@@ -119,6 +127,8 @@ def test_retrieval_heatmap(tmp_path, closed):
   assert {(t.get_ha(), t.get_va(), t.get_fontsize()) for t in ax.texts} == {("center", "center", 7)}
   assert [t.get_text() for t in ax.get_xticklabels()] == ["0%", "50%", "100%"]
   assert [t.get_text() for t in ax.get_yticklabels()] == ["64 (trained)", "128"]
+  assert {t.get_fontsize() for t in ax.get_xticklabels() + ax.get_yticklabels()} == {8}
+  assert ax.title.get_fontsize() == 10 and image.colorbar.ax is colorbar
   assert list(ax.get_xticks()) == [0, 1, 2] and list(ax.get_yticks()) == [0, 1]
   assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
       "depth of the hidden line", "prompt length (tokens)", "passkey: accuracy, 4 per cell")
@@ -137,6 +147,7 @@ def test_loss_by_position(tmp_path, closed):
   assert list(rope.get_xdata()) == [0.5, 3.0, 6.0] and list(rope.get_ydata()) == [3.0, 2.0, 1.5]
   assert list(yarn.get_xdata()) == [1.5, 5.5] and list(yarn.get_ydata()) == [2.5, 2.0]
   assert _legend(ax) == ["rope (6 documents)", "yarn (3 documents)", "trained length 4"] and _trained_line(ax, 4)
+  assert _gridded(ax)
   assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
       "position in the window (tokens of context)", "mean token loss (nats)", "Loss by position")
   plots.plot_loss_by_position(curves, path)
@@ -155,7 +166,7 @@ def test_kv_cache(tmp_path, closed):
   assert list(total.get_xdata()) == [1024, 4096] and list(total.get_ydata()) == [16.0, 64.0]
   assert list(device.get_xdata()) == [1024, 4096] and list(device.get_ydata()) == [4.0, 16.0]
   assert device.get_linestyle() == "--" and total.get_linestyle() == "-"
-  assert _legend(ax) == ["total", "per device"]
+  assert _legend(ax) == ["total", "per device"] and _gridded(ax, minor=True)
   assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2 and ax.get_yscale() == "log"
   assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("tokens", "GiB",
                                                                 "KV-cache memory (batch 2, bfloat16)")
@@ -164,22 +175,22 @@ def test_kv_cache(tmp_path, closed):
 
 
 def test_ruler_heatmap(tmp_path, closed):
-  results = {"niah_single_1": {4096: 1.0, 1024: 0.5}, "vt": {2048: 0.25}}
+  results = {"niah_single_1": {4096: 0.75, 1024: 0.5}, "vt": {2048: 0.25}}  # not 0-100: the scale is fixed
   path = str(tmp_path / "r.png")
   assert plots.plot_ruler(results, path) == path
   [fig] = closed
   _written(path, fig, (1.2 * 3 + 3, 0.5 * 2 + 1.8))
   ax, colorbar = fig.axes
   [image] = ax.get_images()
-  np.testing.assert_array_equal(image.get_array(), [[50.0, np.nan, 100.0], [np.nan, 25.0, np.nan]])
+  np.testing.assert_array_equal(image.get_array(), [[50.0, np.nan, 75.0], [np.nan, 25.0, np.nan]])
   assert image.get_clim() == (0, 100) and image.get_cmap().name == "RdYlGn" and ax.get_aspect() == "auto"
-  assert _heatmap_texts(ax) == [((0, 0), "50"), ((2, 0), "100"), ((1, 1), "25")]  # none in the empty cells
+  assert _heatmap_texts(ax) == [((0, 0), "50"), ((2, 0), "75"), ((1, 1), "25")]  # none in the empty cells
   assert {(t.get_ha(), t.get_va(), t.get_fontsize()) for t in ax.texts} == {("center", "center", 8)}
   assert [t.get_text() for t in ax.get_xticklabels()] == ["1024", "2048", "4096"]
   assert [t.get_text() for t in ax.get_yticklabels()] == ["niah_single_1", "vt"]
   assert list(ax.get_xticks()) == [0, 1, 2] and list(ax.get_yticks()) == [0, 1]
   assert (ax.get_xlabel(), ax.get_title(), colorbar.get_ylabel()) == ("length (tokens, prompt + generation)", "RULER",
                                                                       "score (%)")
-  assert colorbar.get_ylim() == (0.0, 100.0)
+  assert colorbar.get_ylim() == (0.0, 100.0) and image.colorbar.ax is colorbar
   plots.plot_ruler(results, path, title="T")
   assert closed[1].axes[0].get_title() == "T"
