@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba
 
 from longjax.evaluate import plots
 from longjax.evaluate.kv_cache import CacheSize
@@ -64,7 +65,8 @@ def _gridded(ax, minor=False):
 
 def _trained_line(ax, x):
   [line] = [line for line in ax.get_lines() if line.get_label().startswith("trained length")]
-  assert list(line.get_xdata()) == [x, x] and line.get_linestyle() == "--"
+  assert list(line.get_xdata()) == [x, x] and line.get_linestyle() == "--"  # thin, gray, dashed: not a curve
+  assert to_rgba(line.get_color()) == to_rgba("gray") and line.get_linewidth() == 1
   return line.get_label()
 
 
@@ -146,6 +148,7 @@ def test_loss_by_position(tmp_path, closed):
   rope, yarn = ax.get_lines()[:2]
   assert list(rope.get_xdata()) == [0.5, 3.0, 6.0] and list(rope.get_ydata()) == [3.0, 2.0, 1.5]
   assert list(yarn.get_xdata()) == [1.5, 5.5] and list(yarn.get_ydata()) == [2.5, 2.0]
+  assert rope.get_marker() == yarn.get_marker() == "."
   assert _legend(ax) == ["rope (6 documents)", "yarn (3 documents)", "trained length 4"] and _trained_line(ax, 4)
   assert _gridded(ax)
   assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
@@ -166,6 +169,7 @@ def test_kv_cache(tmp_path, closed):
   assert list(total.get_xdata()) == [1024, 4096] and list(total.get_ydata()) == [16.0, 64.0]
   assert list(device.get_xdata()) == [1024, 4096] and list(device.get_ydata()) == [4.0, 16.0]
   assert device.get_linestyle() == "--" and total.get_linestyle() == "-"
+  assert (total.get_marker(), device.get_marker()) == ("o", "x")
   assert _legend(ax) == ["total", "per device"] and _gridded(ax, minor=True)
   assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2 and ax.get_yscale() == "log"
   assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("tokens", "GiB",
