@@ -176,6 +176,8 @@ def test_kv_cache(tmp_path, closed):
                                                                 "KV-cache memory (batch 2, bfloat16)")
   plots.plot_kv_cache([], path, title="T")
   assert closed[1].axes[0].get_title() == "T"  # no sizes: the title alone
+  plots.plot_kv_cache(sizes[1:], path)
+  assert closed[2].axes[0].get_title() == "KV-cache memory (batch 2, bfloat16)"  # one length
 
 
 def test_ruler_heatmap(tmp_path, closed):
