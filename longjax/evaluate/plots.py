@@ -87,8 +87,9 @@ def plot_kv_cache(sizes: list, path: str, *, title: str = "KV-cache memory") -> 
   """sizes: [CacheSize]; total and per-device bytes against length, log-log."""
   fig, ax = plt.subplots(figsize=(7, 4.5))
   lengths = [s.length for s in sizes]
-  ax.plot(lengths, [s.total_bytes / 2**30 for s in sizes], marker="o", label="total")
-  ax.plot(lengths, [s.device_bytes / 2**30 for s in sizes], marker="x", linestyle="--", label="per device")
+  if sizes:  # an empty line cannot be log-scaled
+    ax.plot(lengths, [s.total_bytes / 2**30 for s in sizes], marker="o", label="total")
+    ax.plot(lengths, [s.device_bytes / 2**30 for s in sizes], marker="x", linestyle="--", label="per device")
   ax.set_xscale("log", base=2)
   ax.set_yscale("log")
   ax.set_xlabel("tokens")
