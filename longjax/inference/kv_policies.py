@@ -257,6 +257,8 @@ def make_policy(name: str, budget: int | None = None, max_length: int | None = N
 def budget_for_bytes(name: str, model_config: ModelConfig, max_bytes: int, dtype="float16", **options) -> int:
   """The largest token budget of the evicting policy `name` whose cache, all layers of one sequence as the KV-cache
   calculator counts it (`state_bytes` x layers), fits in `max_bytes`; one clear line if none fits."""
+  if name not in KV_POLICIES:
+    make_policy(name)  # the unknown-policy line
   if name not in ("streaming", "h2o", "snapkv"):
     raise ConfigError(f"kv_budget_bytes is invalid for kv_policy={name}: it keeps every token; a bytes budget "
                       f"applies to streaming, h2o, snapkv")

@@ -127,6 +127,7 @@ def test_a_bytes_budget_is_the_largest_token_budget_whose_cache_fits(name, optio
     ("full", 10_000, "kv_budget_bytes is invalid for kv_policy=full"),
     ("h2o", 0, "kv_budget_bytes=0 is invalid: a positive whole number of bytes per sequence"),
     ("h2o", 10.5, "kv_budget_bytes=10.5 is invalid"),
+    ("lru", 10_000, "kv_policy='lru' is invalid: allowed full, streaming, h2o, snapkv, int8, int4"),
 ])
 def test_bad_bytes_budgets_are_one_clear_line(name, max_bytes, words):
   config = model_and_params(layers=1)[0].config
