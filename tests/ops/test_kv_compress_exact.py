@@ -174,3 +174,48 @@ def test_a_padded_query_and_a_query_that_sees_no_key_read_nothing():
   np.testing.assert_allclose(probs[0, :, :, 1], np.eye(3)[np.zeros((HKV, G), int)], atol=1e-6)  # key 1 alone
   np.testing.assert_allclose(probs[:, :, :, 2].sum(-1), 1.0, rtol=1e-6)
   assert not np.any(probs[..., 2])  # the empty slot
+
+
+def _attention_np(q, keys, values, key_position, q_position):
+  """Causal softmax attention by position in float64, each row's max subtracted (GQA: head h reads kv head h // G)."""
+  out = np.zeros(q.shape[:3] + values.shape[-1:])
+  for b, t, h in np.ndindex(*q.shape[:3]):
+    kv = h // G
+    seen = (key_position[b, kv] >= 0) & (key_position[b, kv] <= q_position[b, t])
+    logits = keys[b, kv].astype(np.float64) @ q[b, t, h].astype(np.float64) / np.sqrt(q.shape[-1])
+    weights = np.where(seen, np.exp(np.where(seen, logits, -np.inf) - logits[seen].max()), 0.0)
+    out[b, t, h] = weights / weights.sum() @ values[b, kv]
+  return out
+
+
+def test_candidate_attention_is_stable_for_large_logits_and_rows_far_apart():
+  # logits of several hundred (exp overflows float32 past 88) and one query row 500 above the others: a softmax
+  # that skips the row's max, or takes one max over all rows, gives inf/nan or a row of zeros
+  q, k, v = _inputs(4, seed=5)
+  q = q * np.asarray([40.0, 40.0, 40.0, 400.0], np.float32)[None, :, None, None]
+  keys, values = np.swapaxes(k, 1, 2), np.swapaxes(v, 1, 2)
+  key_position = np.broadcast_to(np.arange(4, dtype=np.int32), (B, HKV, 4))
+  q_position = np.tile(np.arange(4, dtype=np.int32), (B, 1))
+  out, probs = jax.jit(candidate_attention)(jnp.asarray(q), jnp.asarray(keys), jnp.asarray(values),
+                                            jnp.asarray(key_position), jnp.asarray(q_position),
+                                            jnp.ones((B, 4), bool))
+  assert np.all(np.isfinite(probs)) and np.all(np.isfinite(out))
+  np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(out, _attention_np(q, keys, values, key_position, q_position), atol=1e-4)
+
+
+def test_candidate_attention_accumulates_bfloat16_in_float32_and_returns_bfloat16():
+  q, k, v = _inputs(6, seed=6)
+  as_bf16 = lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))  # noqa: E731
+  q, k, v = as_bf16(q * 3.0), as_bf16(k), as_bf16(v)
+  keys, values = np.swapaxes(k, 1, 2), np.swapaxes(v, 1, 2)
+  key_position = np.broadcast_to(np.arange(6, dtype=np.int32), (B, HKV, 6))
+  q_position = np.tile(np.arange(6, dtype=np.int32), (B, 1))
+  out, probs = jax.jit(candidate_attention)(*(jnp.asarray(x, jnp.bfloat16) for x in (q, keys, values)),
+                                            jnp.asarray(key_position), jnp.asarray(q_position),
+                                            jnp.ones((B, 6), bool))
+  assert out.dtype == jnp.bfloat16 and probs.dtype == jnp.float32
+  reference = _attention_np(q, keys, values, key_position, q_position)
+  # one bfloat16 rounding of the output (2^-8 relative); logits rounded to bfloat16 (8 bits) before the softmax
+  # would move the probabilities by ~|logit| * 2^-8 and miss this
+  np.testing.assert_allclose(np.asarray(out, np.float32), reference, rtol=2 ** -8, atol=2 ** -8)
