@@ -83,8 +83,12 @@ class Streaming:
   sinks: int = STREAMING_SINKS
   name = "streaming"
 
+  @property
+  def least_budget(self) -> int:
+    return self.sinks + 1
+
   def validate(self, max_length: int | None) -> None:
-    _check_budget(self.name, self.budget, max_length, least=self.sinks + 1)
+    _check_budget(self.name, self.budget, max_length, least=self.least_budget)
 
   def init(self, model_config: ModelConfig, batch: int, max_length: int, dtype):
     del max_length
@@ -119,6 +123,7 @@ class H2O:
 
   budget: int
   name = "h2o"
+  least_budget = 1
 
   @property
   def recent(self) -> int:
@@ -160,7 +165,11 @@ class SnapKV:
       raise ConfigError(f"kv_options.kernel={self.kernel!r} is invalid: snapkv pools with an odd kernel >= 1")
     if not isinstance(self.window, int) or self.window < 1:
       raise ConfigError(f"kv_options.window={self.window!r} is invalid: snapkv needs an observation window >= 1")
-    _check_budget(self.name, self.budget, max_length, least=self.window + 1)
+    _check_budget(self.name, self.budget, max_length, least=self.least_budget)
+
+  @property
+  def least_budget(self) -> int:
+    return self.window + 1
 
   def init(self, model_config: ModelConfig, batch: int, max_length: int, dtype):
     del max_length
@@ -264,8 +273,7 @@ def budget_for_bytes(name: str, model_config: ModelConfig, max_bytes: int, dtype
                       f"applies to streaming, h2o, snapkv")
   if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
     raise ConfigError(f"kv_budget_bytes={max_bytes!r} is invalid: a positive whole number of bytes per sequence")
-  least = {"streaming": options.get("sinks", STREAMING_SINKS), "snapkv": options.get("window", SNAPKV_WINDOW)}.get(
-      name, 0) + 1
+  least = KV_POLICIES[name](budget=1, **options).least_budget  # the policy's own smallest budget
   size = lambda budget: model_config.num_layers * KV_POLICIES[name](budget=budget, **options).state_bytes(  # noqa: E731
       model_config, budget, dtype)
   if size(least) > max_bytes:
