@@ -289,8 +289,7 @@ def quantized_attention(q, k, v, valid, state: QuantCache, *, bits: int, key_blo
   value_min = state.value_min.at[rows, heads, scale_slots].set(value_min[..., 0], mode="drop")
   values = dequantize(unpack(value_code, bits), value_scale[..., None], value_min[..., None]).astype(dtype)
 
-  block = key_block if slots % key_block == 0 else slots
-  out = cached_attention(q, keys, values, q_offsets=state.length, kv_lengths=length, key_block=block)
+  out = cached_attention(q, keys, values, q_offsets=state.length, kv_lengths=length, key_block=key_block)
 
   codes, scale, low = quantize(keys.reshape(batch, -1, groups, group, head_dim), 3, bits)
   group_index = jnp.arange(groups)[None, None, :]

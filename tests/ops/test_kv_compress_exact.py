@@ -51,8 +51,13 @@ def _gather(x, index):
   return np.stack([x[b, index[b]] for b in range(B)])
 
 
-def _quant_reference(q, k, v, bits, group):
-  """out [B, L, H, D] of KIVI's cache read chunk by chunk, as a loop over rows, kv heads and queries."""
+def _as_bf16(x):
+  return np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))
+
+
+def _quant_reference(q, k, v, bits, group, cast=lambda x: x):
+  """out [B, L, H, D] of KIVI's cache read chunk by chunk, as a loop over rows, kv heads and queries; `cast` rounds
+  what the cache holds (keys, dequantized keys and values) to its dtype."""
   out = np.zeros(q.shape)
   for b in range(B):
     for h in range(HKV):
@@ -60,24 +65,28 @@ def _quant_reference(q, k, v, bits, group):
       for size in CHUNKS[b]:
         stop = start + size
         closed = start // group * group  # groups full before this call are quantized
-        keys = k[b, :stop, h].copy()
+        keys = np.array(cast(k[b, :stop, h]))
         for g0 in range(0, closed, group):
-          keys[g0:g0 + group] = _quant_np(k[b, g0:g0 + group, h], bits)
-        values = np.stack([_quant_np(v[b, t, h][:, None], bits)[:, 0] for t in range(stop)]) if stop else None
+          keys[g0:g0 + group] = cast(_quant_np(cast(k[b, g0:g0 + group, h]), bits))
+        values = np.stack([cast(_quant_np(v[b, t, h][:, None], bits)[:, 0]) for t in range(stop)]) if stop else None
         for t in range(start, stop):
           for head in range(h * G, (h + 1) * G):
             logits = keys[:t + 1].astype(np.float64) @ q[b, t, head] / np.sqrt(D)
             w = np.exp(logits - logits.max())
-            out[b, t, head] = (w / w.sum()) @ values[:t + 1]
+            out[b, t, head] = cast(w) @ values[:t + 1] / w.sum()  # weights in the cache dtype, sum not
         start = stop
   return out
 
 
-@pytest.mark.parametrize("bits", [8, 4])
-def test_quantized_attention_reads_what_kivi_stores(bits):
-  """Groups of 3 closed inside a call, across calls and exactly at a call's end; padding neither read nor kept."""
+@pytest.mark.parametrize("bits,dtype", [(8, jnp.float32), (4, jnp.float32), (8, jnp.bfloat16)])
+def test_quantized_attention_reads_what_kivi_stores(bits, dtype):
+  """Groups of 3 closed inside a call, across calls and exactly at a call's end; padding neither read nor kept; a
+  group not yet full has no codes, scale or minimum. A bfloat16 cache read by float32 queries: every key and
+  value the queries read is rounded to bfloat16 (new and open keys as stored, closed groups and values after
+  dequantizing), as a bfloat16 full cache would hold them."""
   q, k, v = _inputs(13, seed=7)
-  state = ops.init_quant_cache(B, HKV, D, max_length=16, bits=bits, group=3, dtype=jnp.float32)
+  cast = _as_bf16 if dtype == jnp.bfloat16 else (lambda x: x)
+  state = ops.init_quant_cache(B, HKV, D, max_length=16, bits=bits, group=3, dtype=dtype)
   step = jax.jit(lambda s, q, k, v, m: ops.quantized_attention(q, k, v, m, s, bits=bits, key_block=4))
   out = np.zeros(q.shape, np.float32)
   for index, valid in _calls():
@@ -85,10 +94,14 @@ def test_quantized_attention_reads_what_kivi_stores(bits):
     got = np.asarray(got)
     for b in range(B):
       out[b, index[b][valid[b]]] = got[b][valid[b]]
-  np.testing.assert_allclose(out, _quant_reference(q, k, v, bits, 3), atol=3e-5)
+      closed = int(state.length[b]) // 3
+      assert not np.any(np.asarray(state.key_scale[b, :, closed:])) and not np.any(state.key_min[b, :, closed:])
+      assert not np.any(unpack(state.key_code, bits)[b, :, 3 * closed:])
+    assert state.key_open.dtype == dtype and got.dtype == np.float32
+  np.testing.assert_allclose(out, _quant_reference(q, k, v, bits, 3, cast), atol=3e-5)
   np.testing.assert_array_equal(state.length, [13, 13])
   # the open group (token 12) is kept exactly, in its group's first slot
-  np.testing.assert_array_equal(np.asarray(state.key_open)[:, :, 0], k[:, 12])
+  np.testing.assert_array_equal(np.asarray(state.key_open, np.float32)[:, :, 0], cast(k[:, 12]))
 
 
 @pytest.mark.parametrize("rule,protect,kernel", [("h2o", 2, 1), ("snapkv", 2, 3)])
@@ -219,3 +232,46 @@ def test_candidate_attention_accumulates_bfloat16_in_float32_and_returns_bfloat1
   # one bfloat16 rounding of the output (2^-8 relative); logits rounded to bfloat16 (8 bits) before the softmax
   # would move the probabilities by ~|logit| * 2^-8 and miss this
   np.testing.assert_allclose(np.asarray(out, np.float32), reference, rtol=2 ** -8, atol=2 ** -8)
+
+
+@pytest.mark.parametrize("rule", ["h2o", "snapkv"])
+def test_an_evicting_bfloat16_cache_holds_float32_inputs_as_bfloat16(rule):
+  """Float32 keys, values and queries into a bfloat16 cache: the chunk's own keys and values are read as the cache
+  holds them (the same outputs as inputs rounded beforehand, bit for bit), and every field keeps its dtype (SnapKV's
+  observation queries included), so the state can be carried through a jitted loop."""
+  q, k, v = _inputs(9, seed=8)
+  step = jax.jit(lambda s, q, k, v, p: ops.evicting_attention(q, k, v, p, jnp.ones(p.shape, bool), s, rule=rule,
+                                                              protect=2, kernel=3))
+  runs = []
+  for keys, values in ((k, v), (_as_bf16(k), _as_bf16(v))):
+    state = ops.init_evicting_cache(B, H, HKV, D, budget=4, window=2 if rule == "snapkv" else 0, dtype=jnp.bfloat16)
+    outs = []
+    for start, stop in ((0, 6), (6, 7), (7, 9)):
+      positions = jnp.broadcast_to(jnp.arange(start, stop, dtype=jnp.int32), (B, stop - start))
+      out, state = step(state, q[:, start:stop], keys[:, start:stop], values[:, start:stop], positions)
+      outs.append(np.asarray(out))
+    runs.append((np.concatenate(outs, axis=1), state))
+  (out, state), (rounded_out, rounded_state) = runs
+  assert out.dtype == np.float32
+  np.testing.assert_array_equal(out, rounded_out)
+  empty = ops.init_evicting_cache(B, H, HKV, D, budget=4, window=2, dtype=jnp.bfloat16)
+  for got, want, like in zip(state, rounded_state, empty):
+    assert got.dtype == like.dtype
+    np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
+
+
+def test_snapkv_pools_over_one_token_by_default_and_an_unknown_rule_is_named():
+  """Without `kernel` SnapKV's vote is not pooled (kernel 1, the NumPy rule's own default)."""
+  from test_kv_compress import _reference
+
+  q, k, v = _inputs(8, seed=9)
+  state = ops.init_evicting_cache(B, H, HKV, D, budget=3, window=2, dtype=jnp.float32)
+  positions = jnp.broadcast_to(jnp.arange(8, dtype=jnp.int32), (B, 8))
+  out, state = jax.jit(lambda s: ops.evicting_attention(q, k, v, positions, jnp.ones((B, 8), bool), s, rule="snapkv",
+                                                        protect=2))(state)
+  ref_out, ref_kept = _reference("snapkv", *(x.astype(np.float64) for x in (q, k, v)), [8], 3, 2)
+  np.testing.assert_allclose(out, ref_out, atol=2e-5)
+  assert {(b, h): sorted(np.asarray(state.position)[b, h].tolist()) for b in range(B) for h in range(HKV)} == \
+      ref_kept[0]
+  with pytest.raises(ValueError, match=r"evicting_attention: unknown rule 'lru'; allowed: h2o, snapkv"):
+    ops.evicting_attention(q, k, v, positions, jnp.ones((B, 8), bool), state, rule="lru", protect=2)

@@ -24,6 +24,7 @@ def _inputs(seed=0):
              zip(jax.random.split(jax.random.key(seed), 3), (H, HKV, HKV)))
   valid = np.ones((B, total), bool)
   valid[1, :2] = False  # row 1 left-padded: its tokens are numbered from the third
+  valid[0, 11:13] = False  # row 0's third chunk right-padded (a prompt's last chunk, before its decode steps)
   return q, k, v, valid
 
 
@@ -119,3 +120,23 @@ def test_one_token_chunks_with_one_slot_less_are_the_one_token_path():
                                                                   dtype=jnp.float32), valid, window=WINDOW,
                                      sinks=SINKS, **_rope_of(ops.sink_cache_attention))
   np.testing.assert_allclose(np.concatenate(outs, 1)[valid], np.asarray(want)[valid], atol=2e-6)
+
+
+def test_a_bfloat16_cache_reads_a_chunks_float32_keys_and_values_as_it_holds_them():
+  """Float32 keys and values into a bfloat16 cache: the chunk's own are read rounded to bfloat16, as the one-token
+  path reads them back from the cache (bit for bit the outputs of inputs rounded beforehand), in q's dtype."""
+  q, k, v, valid = _inputs(seed=2)
+  as_bf16 = lambda x: np.asarray(jnp.asarray(x, jnp.bfloat16).astype(jnp.float32))  # noqa: E731
+  attend, runs = _jit_chunk(), []
+  for keys, values in ((k, v), (as_bf16(k), as_bf16(v))):
+    state = ops.init_sink_cache(B, HKV, D, window=WINDOW, sinks=SINKS, dtype=jnp.bfloat16)
+    outs, start = [], 0
+    for size in CHUNKS:
+      part = slice(start, start + size)
+      out, state = attend(q[:, part], keys[:, part], values[:, part], state, valid[:, part], window=WINDOW,
+                          sinks=SINKS, **_rope_of(sink_chunk_attention))
+      outs.append(np.asarray(out))
+      start += size
+    runs.append(np.concatenate(outs, axis=1))
+  assert runs[0].dtype == np.float32 and state.key.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(runs[0], runs[1])
