@@ -7,11 +7,13 @@ Tasks (each a cell on disk, computed once; rerunning skips them): `loss` (loss b
 8K + 1 tokens of the language reference, read in chunks of `--chunk` tokens with the policy compressing the
 cache between chunks: each chunk's queries see the kept tokens plus the chunk's own, so position t's loss is
 what the model predicts after the policy has compressed everything before t's chunk), `passkey` (the
-passkey prompt at depth 0.5, one key) and `ruler` (RULER niah_single_1, one sample) at 4K and 8K, greedy,
+passkey prompt at depth 0.5, one key; `--depths` adds prompts at other depths, each with its own key) and `ruler`
+(RULER niah_single_1, one sample of seed 0; `--ruler_seeds` adds samples of other seeds) at 4K and 8K, greedy,
 prompt prefilled in the same chunks (`--prefill chunk`) or in one piece then compressed once, as the H2O and
 SnapKV papers run them (`--prefill whole`, cells `*_whole`; policies that evict nothing are not rerun that way),
 then decoded token by token under the policy. Budgets are fractions of
 the context length (tokens per layer, per kv head for h2o and snapkv); int8 and int4 keep every token.
+A table cell is right/prompts over every prompt of its column on disk (one cell file a prompt).
 Bytes are the KV-cache calculator's (`longjax.evaluate.kv_cache_bytes` with the policy), K/V in float16.
 """
 
@@ -21,6 +23,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -88,9 +91,21 @@ def chunked_losses(model, params, tokens: np.ndarray, policy, chunk: int) -> np.
   return np.concatenate(losses)
 
 
+def prompt_key(task: str, length: int, prefill: str, variant: float | int | None = None) -> str:
+  """A retrieval cell's name: the first prompt (passkey at depth 0.5, RULER seed 0) is `passkey_4096`,
+  `ruler_8192_whole`; the others add the passkey's depth in percent (`passkey_4096_d10`) or RULER's seed
+  (`ruler_4096_whole_s1`)."""
+  key = f"{task}_{length}" + ("_whole" if prefill == "whole" else "")
+  if task == "passkey" and variant is not None and variant != 0.5:
+    return f"{key}_d{round(variant * 100):02d}"
+  if task == "ruler" and variant:
+    return f"{key}_s{variant}"
+  return key
+
+
 def run_cells(workdir: str, cells: str, tasks: tuple[str, ...], lengths: tuple[int, ...], loss_length: int,
               chunk: int, fractions: tuple[int, ...] = FRACTIONS, policies: tuple[str, ...] | None = None,
-              prefill: str = "chunk") -> None:
+              prefill: str = "chunk", depths: tuple[float, ...] = (0.5,), ruler_seeds: tuple[int, ...] = (0,)) -> None:
   loaded = load(workdir)
   config, params, tokenizer = loaded.config, loaded.params, loaded.tokenizer
   model = loaded.model
@@ -115,16 +130,18 @@ def run_cells(workdir: str, cells: str, tasks: tuple[str, ...], lengths: tuple[i
       options = {"kv_policy": setting.policy, "kv_budget": policy.budget, "max_length": max_length,
                  "prefill_chunk": max_length if prefill == "whole" else chunk}
       run = EvalRun(config, {setting.label: config}, params, tokenizer, generate_options=options)
-      suffix = "_whole" if prefill == "whole" else ""
       if task == "passkey":
-        cell(folder, f"passkey_{length}{suffix}", lambda: {**dataclasses.asdict(passkey.evaluate_passkey(
-            run.generate, lambda t: len(run.encode(t)), [length], [0.5], keys_per_cell=1, seed=length)),
-            "prefill_chunk": options["prefill_chunk"]})
+        for depth in depths:  # the key's seed: the length at depth 0.5 (the first cells), else length + percent
+          seed = length if depth == 0.5 else length + round(depth * 100)
+          cell(folder, prompt_key(task, length, prefill, depth), lambda: {**dataclasses.asdict(
+              passkey.evaluate_passkey(run.generate, lambda t: len(run.encode(t)), [length], [depth],
+                                       keys_per_cell=1, seed=seed)), "prefill_chunk": options["prefill_chunk"]})
       else:
-        cell(folder, f"ruler_{length}{suffix}", lambda: {"accuracy": ruler.evaluate_ruler(
-            run.generate, tokenizer, ["niah_single_1"], [length], samples=1, seed=0,
-            add_bos=config.data.add_bos)["niah_single_1"][length], "samples": 1,
-            "prefill_chunk": options["prefill_chunk"]})
+        for seed in ruler_seeds:
+          cell(folder, prompt_key(task, length, prefill, seed), lambda: {"accuracy": ruler.evaluate_ruler(
+              run.generate, tokenizer, ["niah_single_1"], [length], samples=1, seed=seed,
+              add_bos=config.data.add_bos)["niah_single_1"][length], "samples": 1, "seed": seed,
+              "prefill_chunk": options["prefill_chunk"]})
 
 
 SUMMARY = "summary.md"  # write_report's table and plot, without the protocol and notes
@@ -160,6 +177,15 @@ def _read(cells: str, label: str, key: str) -> dict | None:
     return json.load(f)
 
 
+def _read_prompts(cells: str, label: str, key: str) -> list[tuple[str, dict]]:
+  """Every cell of a retrieval column on disk: `key` itself (the first prompt) and its other depths or seeds
+  (`key`_d<percent>, `key`_s<seed>), as (cell name, contents), the first prompt first."""
+  folder = os.path.join(cells, label.replace(" ", "_").replace("/", "-"))
+  names = sorted(name[:-5] for name in (os.listdir(folder) if os.path.isdir(folder) else [])
+                 if name.endswith(".json") and re.fullmatch(re.escape(key) + r"(_[ds]\d+)?", name[:-5]))
+  return [(name, _read(cells, label, name)) for name in sorted(names, key=lambda n: n != key)]
+
+
 def _retrieval_keys(lengths: tuple[int, ...]) -> list[str]:
   """Cell keys of the retrieval columns: each task and length, chunked prefill first, then the whole prompt."""
   return [f"{t}_{n}{suffix}" for suffix in ("", "_whole") for t in ("passkey", "ruler") for n in lengths]
@@ -185,11 +211,15 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
       entry["loss_mean"] = float(losses.mean())
       entry["loss_seconds"] = loss["seconds"]
     for key in _retrieval_keys(lengths):
-      value = _read(cells, setting.label, key)
-      if value is not None:
-        entry[key] = value["accuracy"][0][0] if key.startswith("passkey") else value["accuracy"]
-        entry[f"{key}_prompts"] = value["trials"] if key.startswith("passkey") else value["samples"]
-        entry[f"{key}_seconds"] = value["seconds"]
+      found = _read_prompts(cells, setting.label, key)
+      if found:  # fraction right over every prompt of the column; each prompt's own score under "<key>_each"
+        right = {name: (value["accuracy"][0][0] * value["trials"] if key.startswith("passkey")
+                        else value["accuracy"] * value["samples"]) for name, value in found}
+        prompts = sum(value["trials"] if key.startswith("passkey") else value["samples"] for _, value in found)
+        entry[key] = sum(right.values()) / prompts
+        entry[f"{key}_prompts"] = prompts
+        entry[f"{key}_each"] = {name: float(r) for name, r in right.items()}
+        entry[f"{key}_seconds"] = sum(value["seconds"] for _, value in found)
     results[setting.label] = entry
   write_json(results, os.path.join(out, "results.json"))
   columns = [key for key in _retrieval_keys(lengths) if not key.endswith("_whole")
@@ -223,7 +253,8 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
       f"--cells {cells} --out {out}`.", "",
       f"Loss by position: the first {loss_length} + 1 tokens of the language reference (`pydoc_data.topics`), "
       f"read in chunks of {chunk} tokens into a cache under the policy, compressed between chunks (a chunk's "
-      f"queries see the kept tokens plus the chunk's own, causally). Passkey (depth 0.5) and RULER niah_single_1: "
+      f"queries see the kept tokens plus the chunk's own, causally). Passkey (depth 0.5, more depths where a cell "
+      f"shows more prompts) and RULER niah_single_1 (seed 0, more seeds likewise): "
       f"greedy, prefilled in the same chunks then decoded under the policy (columns marked whole: the prompt "
       f"prefilled in one piece and compressed once, as the H2O and SnapKV papers do; `=`: a policy that evicts "
       f"nothing, the same either way) (a decode step sees the kept tokens "
@@ -290,6 +321,8 @@ def define_flags() -> None:
   flags.DEFINE_list("policies", None, "Policies to run (default: all).")
   flags.DEFINE_enum("prefill", "chunk", list(PREFILLS),
                     "Retrieval prompts: compressed between --chunk-token chunks, or once after the whole prompt.")
+  flags.DEFINE_list("depths", ["0.5"], "Passkey depths to run, one prompt (and key) each; 0.5 is the first cell.")
+  flags.DEFINE_list("ruler_seeds", ["0"], "RULER niah_single_1 seeds to run, one sample each; 0 is the first cell.")
   flags.DEFINE_bool("report_only", False, "Only rebuild the report from the cells on disk.")
 
 
@@ -303,6 +336,25 @@ def _ints(name: str, values: list[str], allowed: tuple[int, ...] | None = None) 
     rule = f"one or more of {', '.join(map(str, allowed))}" if allowed else "positive whole numbers"
     raise ConfigError(f"--{name}={','.join(values)} is invalid: allowed {rule}")
   return out
+
+
+def _depths(values: list[str]) -> tuple[float, ...]:
+  """--depths as fractions in [0, 1] on a whole percent (they name the cells), or one clear line (ConfigError)."""
+  try:
+    out = tuple(float(v) for v in values)
+  except ValueError:
+    out = ()
+  if not out or any(not 0 <= d <= 1 or abs(d * 100 - round(d * 100)) > 1e-9 for d in out):
+    raise ConfigError(f"--depths={','.join(values)} is invalid: allowed fractions from 0 to 1 in whole percent "
+                      f"(0.1, 0.25, 0.5)")
+  return out
+
+
+def _seeds(values: list[str]) -> tuple[int, ...]:
+  """--ruler_seeds as whole numbers >= 0, or one clear line (ConfigError)."""
+  if not values or not all(v.isdigit() for v in values):
+    raise ConfigError(f"--ruler_seeds={','.join(values)} is invalid: allowed whole numbers from 0")
+  return tuple(int(v) for v in values)
 
 
 def _names(name: str, values: list[str], allowed: tuple[str, ...]) -> tuple[str, ...]:
@@ -320,7 +372,7 @@ def main(argv):
     fractions = _ints("fractions", FLAGS.fractions, FRACTIONS)
     policies = None if FLAGS.policies is None else _names("policies", FLAGS.policies, tuple(kv_policies.KV_POLICIES))
     run_cells(FLAGS.workdir, FLAGS.cells, _names("tasks", FLAGS.tasks, TASK_ORDER), lengths, loss_length, chunk,
-              fractions, policies, FLAGS.prefill)
+              fractions, policies, FLAGS.prefill, _depths(FLAGS.depths), _seeds(FLAGS.ruler_seeds))
   print(write_report(FLAGS.workdir, FLAGS.cells, FLAGS.out, lengths, loss_length, chunk))
 
 

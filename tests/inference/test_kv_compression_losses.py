@@ -88,3 +88,40 @@ def test_report_adds_whole_prompt_columns_once_measured(tmp_path):
   summary = (tmp_path / "summary.md").read_text()  # the table and plot the real-model report includes
   assert rows["snapkv 1/4"] in summary.splitlines() and "](kv_compression.png)" in summary
   assert "Seconds per cell" not in summary
+
+
+def test_more_prompts_a_column_are_summed_and_named_by_depth_or_seed(tmp_path):
+  """Extra passkey depths (`_d<percent>`) and RULER seeds (`_s<seed>`) join their column as right/prompts; a
+  whole-prompt cell of another depth stays out of the chunked column; bad --depths / --ruler_seeds: one line."""
+  from longjax.config import Config, ModelConfig  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+  assert [kv_compression.prompt_key("passkey", 4096, p, d) for p, d in [("chunk", 0.5), ("whole", 0.1),
+                                                                         ("chunk", 0.05), ("whole", None)]] == \
+      ["passkey_4096", "passkey_4096_whole_d10", "passkey_4096_d05", "passkey_4096_whole"]
+  assert [kv_compression.prompt_key("ruler", 8192, p, s) for p, s in [("chunk", 0), ("whole", 2)]] == \
+      ["ruler_8192", "ruler_8192_whole_s2"]
+  workdir, cells = tmp_path / "model", tmp_path / "cells"
+  workdir.mkdir()
+  (workdir / "config.json").write_text(Config(model=ModelConfig(max_position_embeddings=1024)).to_json())
+  for key, value in [("passkey_1024", {"accuracy": [[1.0]], "trials": 1}),
+                     ("passkey_1024_d10", {"accuracy": [[0.0]], "trials": 1}),
+                     ("passkey_1024_d90", {"accuracy": [[1.0]], "trials": 1}),
+                     ("passkey_1024_whole_d10", {"accuracy": [[1.0]], "trials": 1}),
+                     ("ruler_1024_s1", {"accuracy": 0.0, "samples": 1}),
+                     ("ruler_1024_s2", {"accuracy": 1.0, "samples": 1})]:
+    folder = cells / "h2o_1-2"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{key}.json").write_text(json.dumps({**value, "seconds": 2.0}))
+  text = kv_compression.write_report(str(workdir), str(cells), str(tmp_path), (1024,), 1024, 256)
+  row = next(line for line in text.splitlines() if line.startswith("| h2o 1/2 |"))
+  assert row.endswith("| 2/3 | 1/2 | 1/1 |")  # passkey 1K, ruler 1K (no seed-0 cell: the others), passkey 1K whole
+  results = json.loads((tmp_path / "results.json").read_text())["h2o 1/2"]
+  assert results["passkey_1024_each"] == {"passkey_1024": 1.0, "passkey_1024_d10": 0.0, "passkey_1024_d90": 1.0}
+  assert results["passkey_1024_prompts"] == 3 and results["passkey_1024_seconds"] == 6.0
+  assert results["ruler_1024"] == 0.5
+  for bad in (["1.5"], ["0.123"], ["x"], []):
+    with pytest.raises(ConfigError, match="--depths=.* is invalid: allowed fractions from 0 to 1"):
+      kv_compression._depths(bad)
+  assert kv_compression._depths(["0.1", "0.9"]) == (0.1, 0.9)
+  with pytest.raises(ConfigError, match="--ruler_seeds=-1 is invalid: allowed whole numbers from 0"):
+    kv_compression._seeds(["-1"])
