@@ -188,7 +188,7 @@ def _read_prompts(cells: str, label: str, key: str) -> list[tuple[str, dict]]:
 
 def _retrieval_keys(lengths: tuple[int, ...]) -> list[str]:
   """Cell keys of the retrieval columns: each task and length, chunked prefill first, then the whole prompt."""
-  return [f"{t}_{n}{suffix}" for suffix in ("", "_whole") for t in ("passkey", "ruler") for n in lengths]
+  return [prompt_key(t, n, prefill) for prefill in PREFILLS for t in ("passkey", "ruler") for n in lengths]
 
 
 def _column_name(key: str) -> str:
@@ -240,7 +240,7 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
       else:
         cells_text.append(f"{int(round(value * prompts))}/{prompts}")
     table.append("| " + " | ".join(cells_text) + " |")
-  # How long each cell took (seconds, as the cell recorded it; the machine's load varied between runs).
+  # How long each column took (seconds, as its cells recorded them; the machine's load varied between runs).
   keys = [("loss_seconds", f"loss {loss_length // 1024}K")] + [(f"{key}_seconds", _column_name(key))
                                                                  for key in columns]
   timing = ["| method | " + " | ".join(name for _, name in keys) + " |", "|" + "---|" * (len(keys) + 1)]
@@ -263,7 +263,8 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
       f"the cell. Bytes: the KV-cache calculator with the policy's own `state_bytes`, 30 layers, "
       f"one sequence, K/V in float16 (the model ran in float32).", "",
       *table, "", "![loss and retrieval vs KV bytes](kv_compression.png)", "",
-      "Seconds per cell (wall clock, as each cell recorded it; `-`: not run):", "", *timing, ""])
+      "Seconds per column (wall clock, as each cell recorded it, summed over the column's prompts; `-`: not "
+      "run):", "", *timing, ""])
   # The table and the plot alone, for the real-model report to include (`python -m longjax.real_model --kv_dir`).
   with open(os.path.join(out, SUMMARY), "w") as f:
     f.write("\n".join([*table, "", "![loss and retrieval vs KV bytes](kv_compression.png)", ""]))
