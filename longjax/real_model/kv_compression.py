@@ -296,10 +296,11 @@ def _plot(results: dict, loss_length: int, path: str) -> None:
   left.set_xscale("log", base=2)
   left.set_xlabel(f"KV-cache bytes at {loss_length} tokens (float16, all layers)")
   left.set_ylabel(f"mean loss over positions 1-{loss_length} (nats)")
-  left.legend(fontsize=8)
   right.set_xlabel("position (end of bin)")
   right.set_ylabel("mean loss in bin (nats)")
-  right.legend(fontsize=7)
+  if left.lines:  # no loss cell yet: empty axes, no legend
+    left.legend(fontsize=8)
+    right.legend(fontsize=7)
   fig.tight_layout()
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.savefig(path, dpi=110)
