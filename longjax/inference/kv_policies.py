@@ -238,6 +238,8 @@ class Quantized:
     return keys + values
 
 
+EVICTING = ("streaming", "h2o", "snapkv")  # the entries that keep a budget of tokens (and evict the rest)
+
 KV_POLICIES = {
     "full": Full,
     "streaming": Streaming,
@@ -253,7 +255,7 @@ def make_policy(name: str, budget: int | None = None, max_length: int | None = N
   the checks that need no length)."""
   if name not in KV_POLICIES:
     raise ConfigError(f"kv_policy={name!r} is invalid: allowed {', '.join(KV_POLICIES)}")
-  if budget is None and name in ("streaming", "h2o", "snapkv"):
+  if budget is None and name in EVICTING:
     raise ConfigError(f"kv_budget=None is invalid: kv_policy={name} needs a budget in tokens")
   try:
     policy = KV_POLICIES[name](budget=budget, **options)
@@ -268,9 +270,9 @@ def budget_for_bytes(name: str, model_config: ModelConfig, max_bytes: int, dtype
   calculator counts it (`state_bytes` x layers), fits in `max_bytes`; one clear line if none fits."""
   if name not in KV_POLICIES:
     make_policy(name)  # the unknown-policy line
-  if name not in ("streaming", "h2o", "snapkv"):
+  if name not in EVICTING:
     raise ConfigError(f"kv_budget_bytes is invalid for kv_policy={name}: it keeps every token; a bytes budget "
-                      f"applies to streaming, h2o, snapkv")
+                      f"applies to {', '.join(EVICTING)}")
   if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
     raise ConfigError(f"kv_budget_bytes={max_bytes!r} is invalid: a positive whole number of bytes per sequence")
   least = KV_POLICIES[name](budget=1, **options).least_budget  # the policy's own smallest budget
@@ -316,5 +318,5 @@ def init_cache(model_config: ModelConfig, batch_size: int, max_length: int, dtyp
   return {"layers": [layer() for _ in range(model_config.num_layers)]}
 
 
-__all__ = ["Full", "H2O", "KV_POLICIES", "Quantized", "SnapKV", "Streaming", "budget_for_bytes", "init_cache",
+__all__ = ["EVICTING", "Full", "H2O", "KV_POLICIES", "Quantized", "SnapKV", "Streaming", "budget_for_bytes", "init_cache",
            "make_policy", "resolve_budget"]

@@ -39,7 +39,7 @@ from longjax.inference import kv_policies
 from longjax.real_model import cell, documents, machine
 
 FRACTIONS = (2, 4, 8)  # budgets: context // these
-EVICTING = ("streaming", "h2o", "snapkv")
+EVICTING = kv_policies.EVICTING  # the policies with a token budget: one column per fraction
 TASK_ORDER = ("loss", "passkey", "ruler")
 PREFILLS = ("chunk", "whole")  # retrieval prompts: compressed between --chunk-token chunks, or once after the prompt
 
