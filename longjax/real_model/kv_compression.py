@@ -186,6 +186,14 @@ def _read_prompts(cells: str, label: str, key: str) -> list[tuple[str, dict]]:
   return [(name, _read(cells, label, name)) for name in sorted(names, key=lambda n: n != key)]
 
 
+def _right_and_prompts(key: str, value: dict) -> tuple[float, int]:
+  """A retrieval cell's (prompts right, prompts): a passkey cell is a RetrievalGrid of one (length, depth), a RULER
+  cell a mean over its samples."""
+  if key.startswith("passkey"):
+    return value["accuracy"][0][0] * value["trials"], value["trials"]
+  return value["accuracy"] * value["samples"], value["samples"]
+
+
 def _retrieval_keys(lengths: tuple[int, ...]) -> list[str]:
   """Cell keys of the retrieval columns: each task and length, chunked prefill first, then the whole prompt."""
   return [prompt_key(t, n, prefill) for prefill in PREFILLS for t in ("passkey", "ruler") for n in lengths]
@@ -213,9 +221,9 @@ def write_report(workdir: str, cells: str, out: str, lengths: tuple[int, ...], l
     for key in _retrieval_keys(lengths):
       found = _read_prompts(cells, setting.label, key)
       if found:  # fraction right over every prompt of the column; each prompt's own score under "<key>_each"
-        right = {name: (value["accuracy"][0][0] * value["trials"] if key.startswith("passkey")
-                        else value["accuracy"] * value["samples"]) for name, value in found}
-        prompts = sum(value["trials"] if key.startswith("passkey") else value["samples"] for _, value in found)
+        scores = {name: _right_and_prompts(key, value) for name, value in found}
+        right = {name: score[0] for name, score in scores.items()}
+        prompts = sum(score[1] for score in scores.values())
         entry[key] = sum(right.values()) / prompts
         entry[f"{key}_prompts"] = prompts
         entry[f"{key}_each"] = {name: float(r) for name, r in right.items()}
