@@ -70,6 +70,8 @@ TESTS = {
     "longjax/ops/reference.py": ["tests/ops/test_attention.py"],
     "longjax/ops/cached.py": ["tests/ops/test_caches.py"],
     "longjax/ops/sink_cache.py": ["tests/ops/test_caches.py"],
+    "longjax/real_model/kv_compression.py": ["tests/inference/test_kv_compression_losses.py",
+                                             "tests/test_real_model.py::test_the_kv_compression_table_and_plot_join_the_report"],
     "longjax/ops/kv_compress.py": ["tests/ops/test_kv_compress.py", "tests/ops/test_kv_compress_exact.py",
                                    "tests/ops/test_sink_chunk_attention.py"],
     "longjax/evaluate/plots.py": ["tests/evaluate/test_plots.py", "tests/evaluate/test_ruler.py"],

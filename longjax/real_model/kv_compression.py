@@ -183,7 +183,7 @@ def _read_prompts(cells: str, label: str, key: str) -> list[tuple[str, dict]]:
   folder = os.path.join(cells, label.replace(" ", "_").replace("/", "-"))
   names = sorted(name[:-5] for name in (os.listdir(folder) if os.path.isdir(folder) else [])
                  if name.endswith(".json") and re.fullmatch(re.escape(key) + r"(_[ds]\d+)?", name[:-5]))
-  return [(name, _read(cells, label, name)) for name in sorted(names, key=lambda n: n != key)]
+  return [(name, _read(cells, label, name)) for name in names]  # `key` sorts before every name it begins
 
 
 def _right_and_prompts(key: str, value: dict) -> tuple[float, int]:

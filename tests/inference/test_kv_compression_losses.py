@@ -96,8 +96,9 @@ def test_more_prompts_a_column_are_summed_and_named_by_depth_or_seed(tmp_path):
   from longjax.config import Config, ModelConfig  # pylint: disable=import-outside-toplevel
   import json  # pylint: disable=import-outside-toplevel
   assert [kv_compression.prompt_key("passkey", 4096, p, d) for p, d in [("chunk", 0.5), ("whole", 0.1),
-                                                                         ("chunk", 0.05), ("whole", None)]] == \
-      ["passkey_4096", "passkey_4096_whole_d10", "passkey_4096_d05", "passkey_4096_whole"]
+                                                                         ("chunk", 0.05), ("whole", None),
+                                                                         ("chunk", 0.9)]] == \
+      ["passkey_4096", "passkey_4096_whole_d10", "passkey_4096_d05", "passkey_4096_whole", "passkey_4096_d90"]
   assert [kv_compression.prompt_key("ruler", 8192, p, s) for p, s in [("chunk", 0), ("whole", 2)]] == \
       ["ruler_8192", "ruler_8192_whole_s2"]
   workdir, cells = tmp_path / "model", tmp_path / "cells"
@@ -108,20 +109,28 @@ def test_more_prompts_a_column_are_summed_and_named_by_depth_or_seed(tmp_path):
                      ("passkey_1024_d90", {"accuracy": [[1.0]], "trials": 1}),
                      ("passkey_1024_whole_d10", {"accuracy": [[1.0]], "trials": 1}),
                      ("ruler_1024_s1", {"accuracy": 0.0, "samples": 1}),
-                     ("ruler_1024_s2", {"accuracy": 1.0, "samples": 1})]:
+                     ("ruler_1024_s2", {"accuracy": 1.0, "samples": 1}),
+                     ("passkey_1024_whole", {"accuracy": [[0.5]], "trials": 2}),  # two keys in one cell
+                     ("ruler_1024_whole", {"accuracy": 0.5, "samples": 2})]:
     folder = cells / "h2o_1-2"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{key}.json").write_text(json.dumps({**value, "seconds": 2.0}))
   text = kv_compression.write_report(str(workdir), str(cells), str(tmp_path), (1024,), 1024, 256)
   row = next(line for line in text.splitlines() if line.startswith("| h2o 1/2 |"))
-  assert row.endswith("| 2/3 | 1/2 | 1/1 |")  # passkey 1K, ruler 1K (no seed-0 cell: the others), passkey 1K whole
+  # passkey 1K, ruler 1K (no seed-0 cell: the others), passkey 1K whole (2 keys + 1), ruler 1K whole (2 samples)
+  assert row.endswith("| 2/3 | 1/2 | 2/3 | 1/2 |")
   results = json.loads((tmp_path / "results.json").read_text())["h2o 1/2"]
-  assert results["passkey_1024_each"] == {"passkey_1024": 1.0, "passkey_1024_d10": 0.0, "passkey_1024_d90": 1.0}
+  assert list(results["passkey_1024_each"].items()) == [("passkey_1024", 1.0), ("passkey_1024_d10", 0.0),
+                                                        ("passkey_1024_d90", 1.0)]  # the first prompt first
+  assert results["passkey_1024_whole_each"] == {"passkey_1024_whole": 1.0, "passkey_1024_whole_d10": 1.0}
   assert results["passkey_1024_prompts"] == 3 and results["passkey_1024_seconds"] == 6.0
   assert results["ruler_1024"] == 0.5
   for bad in (["1.5"], ["0.123"], ["x"], []):
     with pytest.raises(ConfigError, match="--depths=.* is invalid: allowed fractions from 0 to 1"):
       kv_compression._depths(bad)
-  assert kv_compression._depths(["0.1", "0.9"]) == (0.1, 0.9)
-  with pytest.raises(ConfigError, match="--ruler_seeds=-1 is invalid: allowed whole numbers from 0"):
-    kv_compression._seeds(["-1"])
+  assert kv_compression._depths(["0", "0.1", "0.9", "1"]) == (0.0, 0.1, 0.9, 1.0)
+  with pytest.raises(ConfigError, match=r"^--depths=0.1,1.5 is invalid"):
+    kv_compression._depths(["0.1", "1.5"])
+  assert kv_compression._seeds(["0", "2"]) == (0, 2)
+  with pytest.raises(ConfigError, match="^--ruler_seeds=1,-1 is invalid: allowed whole numbers from 0$"):
+    kv_compression._seeds(["1", "-1"])
